@@ -1,0 +1,226 @@
+//! x86-64 4-level page tables in guest memory: building them, and walking them.
+//!
+//! The walker is what the host uses to turn a guest-virtual address from a hypercall into a
+//! guest-physical one. The tables it walks may have been rewritten by the guest, so it trusts
+//! nothing it reads: every entry is checked against guest memory.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::BootError;
+
+/// The size of a page and of a page-table frame.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Page-table entry bits.
+pub mod flags {
+    /// The entry is present.
+    pub const PRESENT: u64 = 1 << 0;
+    /// Writes are allowed.
+    pub const WRITABLE: u64 = 1 << 1;
+    /// CPL3 may access.
+    pub const USER: u64 = 1 << 2;
+    /// The entry maps a large page (in a PDPT or PD).
+    pub const HUGE: u64 = 1 << 7;
+    /// Instruction fetches are not allowed (needs EFER.NXE).
+    pub const NO_EXECUTE: u64 = 1 << 63;
+}
+
+/// The physical-address bits of an entry.
+const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// Whether an address is canonical for 48-bit virtual addresses.
+pub fn is_canonical(address: u64) -> bool {
+    let top = address >> 47;
+    top == 0 || top == 0x1_FFFF
+}
+
+/// The index into the table of `level` (4 = PML4, 1 = PT) for an address.
+fn table_index(address: u64, level: u32) -> u64 {
+    (address >> (12 + 9 * (level - 1))) & 0x1FF
+}
+
+/// Hands out zero-filled physical frames, upward from a start address.
+#[derive(Debug, Clone)]
+pub struct FrameAllocator {
+    next: u64,
+    end: u64,
+}
+
+impl FrameAllocator {
+    /// Allocates from the frames in `start..end` (both page-aligned).
+    pub fn new(start: u64, end: u64) -> Self {
+        Self { next: start, end }
+    }
+
+    /// Allocates `count` contiguous frames and returns the first one's address.
+    pub fn allocate(&mut self, count: u64) -> Result<u64, BootError> {
+        let size = count
+            .checked_mul(PAGE_SIZE)
+            .ok_or(BootError::OutOfMemory { needed: u64::MAX })?;
+        let start = self.next;
+        match start.checked_add(size) {
+            Some(end) if end <= self.end => {
+                self.next = end;
+                Ok(start)
+            }
+            _ => Err(BootError::OutOfMemory {
+                needed: start.saturating_add(size),
+            }),
+        }
+    }
+
+    /// The first frame not handed out yet.
+    pub fn next_free(&self) -> u64 {
+        self.next
+    }
+}
+
+/// Builds page tables in guest memory. Frames come zero-filled from the allocator, so only the
+/// entries that map something are written.
+pub struct PageTableBuilder<'m, M: GuestMemoryBackend> {
+    memory: &'m M,
+    root: u64,
+}
+
+impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
+    /// Starts an empty address space, taking the PML4 frame from `frames`.
+    pub fn new(memory: &'m M, frames: &mut FrameAllocator) -> Result<Self, BootError> {
+        Ok(Self {
+            memory,
+            root: frames.allocate(1)?,
+        })
+    }
+
+    /// The physical address of the PML4, for CR3.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    fn read_entry(&self, address: u64) -> Result<u64, BootError> {
+        self.memory
+            .read_obj(GuestAddress(address))
+            .map_err(|_| BootError::OutOfMemory { needed: address + 8 })
+    }
+
+    fn write_entry(&self, address: u64, entry: u64) -> Result<(), BootError> {
+        self.memory
+            .write_obj(entry, GuestAddress(address))
+            .map_err(|_| BootError::OutOfMemory { needed: address + 8 })
+    }
+
+    /// Maps the 4 KiB page at `virt` to the frame at `phys` with `leaf_flags` (PRESENT is
+    /// implied). Intermediate tables are PRESENT|WRITABLE, plus USER if the leaf is USER.
+    /// Mapping a page twice is an error: it means two things were placed at one address.
+    pub fn map_page(
+        &mut self,
+        frames: &mut FrameAllocator,
+        virt: u64,
+        phys: u64,
+        leaf_flags: u64,
+    ) -> Result<(), BootError> {
+        debug_assert!(virt % PAGE_SIZE == 0 && phys % PAGE_SIZE == 0);
+        if !is_canonical(virt) {
+            return Err(BootError::BadAddress(virt));
+        }
+        let table_flags = flags::PRESENT | flags::WRITABLE | (leaf_flags & flags::USER);
+        let mut table = self.root;
+        for level in [4, 3, 2] {
+            let slot = table + table_index(virt, level) * 8;
+            let entry = self.read_entry(slot)?;
+            table = if entry & flags::PRESENT == 0 {
+                let frame = frames.allocate(1)?;
+                self.write_entry(slot, frame | table_flags)?;
+                frame
+            } else {
+                if entry & table_flags != table_flags {
+                    self.write_entry(slot, entry | table_flags)?;
+                }
+                entry & ADDRESS_MASK
+            };
+        }
+        let slot = table + table_index(virt, 1) * 8;
+        if self.read_entry(slot)? & flags::PRESENT != 0 {
+            return Err(BootError::MappingConflict(virt));
+        }
+        self.write_entry(slot, phys | leaf_flags | flags::PRESENT)
+    }
+
+    /// Maps `count` pages at `virt` to the contiguous frames at `phys`.
+    pub fn map_range(
+        &mut self,
+        frames: &mut FrameAllocator,
+        virt: u64,
+        phys: u64,
+        count: u64,
+        leaf_flags: u64,
+    ) -> Result<(), BootError> {
+        for i in 0..count {
+            let offset = i * PAGE_SIZE;
+            let page = virt
+                .checked_add(offset)
+                .ok_or(BootError::BadAddress(virt))?;
+            self.map_page(frames, page, phys + offset, leaf_flags)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the walker should check a translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The access writes.
+    pub write: bool,
+    /// The access comes from CPL3 and needs USER on every level.
+    pub user: bool,
+}
+
+/// Why a guest-virtual address does not translate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WalkError {
+    /// The address is not canonical.
+    #[error("address {0:#x} is not canonical")]
+    NotCanonical(u64),
+    /// Some level has no present entry, or forbids the access.
+    #[error("address {0:#x} is not mapped for this access")]
+    NotMapped(u64),
+    /// A table or the final frame lies outside guest memory.
+    #[error("address {0:#x} maps outside guest memory")]
+    OutsideMemory(u64),
+}
+
+/// Translates a guest-virtual address to a guest-physical one through the tables at `cr3`.
+pub fn translate<M: GuestMemoryBackend>(
+    memory: &M,
+    cr3: u64,
+    virt: u64,
+    access: Access,
+) -> Result<u64, WalkError> {
+    if !is_canonical(virt) {
+        return Err(WalkError::NotCanonical(virt));
+    }
+    let mut table = cr3 & ADDRESS_MASK;
+    for level in [4u32, 3, 2, 1] {
+        let slot = GuestAddress(table + table_index(virt, level) * 8);
+        let entry: u64 = memory
+            .read_obj(slot)
+            .map_err(|_| WalkError::OutsideMemory(virt))?;
+        let allowed = entry & flags::PRESENT != 0
+            && (!access.write || entry & flags::WRITABLE != 0)
+            && (!access.user || entry & flags::USER != 0);
+        if !allowed {
+            return Err(WalkError::NotMapped(virt));
+        }
+        // A PDPT or PD entry may map a 1 GiB or 2 MiB page directly.
+        if level != 1 && level != 4 && entry & flags::HUGE != 0 {
+            let page_size = 1u64 << (12 + 9 * (level - 1));
+            let base = entry & ADDRESS_MASK & !(page_size - 1);
+            return Ok(base + (virt & (page_size - 1)));
+        }
+        table = entry & ADDRESS_MASK;
+    }
+    let physical = table + (virt & (PAGE_SIZE - 1));
+    if !memory.address_in_range(GuestAddress(physical)) {
+        return Err(WalkError::OutsideMemory(virt));
+    }
+    Ok(physical)
+}

@@ -1,0 +1,480 @@
+//! Loader tests on hand-built ELF files, checked by walking the page tables the loader wrote.
+
+use super::*;
+use crate::paging::{Access, WalkError, translate};
+use vm_memory::GuestMemoryMmap;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Builds a small static-PIE kernel ELF the way rust-lld lays one out:
+/// a read-execute segment at 0x1000 (code, config, relocations), a read-write segment at
+/// 0x2000 (a relocated pointer, `.dynamic`, then `.bss` up to 0x5000).
+struct TestElf {
+    e_type: u16,
+    machine: u16,
+    config: Vec<u8>,
+    relocation_type: u32,
+    relro: bool,
+    tls: bool,
+    /// Moves the data segment onto the code segment's page.
+    overlap: bool,
+    with_config_section: bool,
+}
+
+const CODE: [u8; 4] = [0x0F, 0x0B, 0xF4, 0xCC]; // ud2; hlt; int3
+const CODE_VADDR: u64 = 0x1000;
+const DATA_VADDR: u64 = 0x2000;
+const DATA_MEM_SIZE: u64 = 0x3000;
+/// The relocated pointer in the data segment points at this link-time address.
+const POINTER_TARGET: u64 = 0x1002;
+
+impl TestElf {
+    fn new() -> Self {
+        Self {
+            e_type: object::elf::ET_DYN,
+            machine: object::elf::EM_X86_64,
+            config: bootloader_api::BootloaderConfig::new_default()
+                .serialize()
+                .to_vec(),
+            relocation_type: object::elf::R_X86_64_RELATIVE,
+            relro: true,
+            tls: false,
+            overlap: false,
+            with_config_section: true,
+        }
+    }
+
+    fn with_config(mut self, edit: impl FnOnce(&mut bootloader_api::BootloaderConfig)) -> Self {
+        let mut config = bootloader_api::BootloaderConfig::new_default();
+        edit(&mut config);
+        self.config = config.serialize().to_vec();
+        self
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut f = vec![0u8; 0x3200];
+        let put16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        let put32 = |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 = |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        // ELF header.
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // 64-bit
+        f[5] = 1; // little-endian
+        f[6] = 1; // version
+        put16(&mut f, 16, self.e_type);
+        put16(&mut f, 18, self.machine);
+        put32(&mut f, 20, 1);
+        put64(&mut f, 24, CODE_VADDR); // entry
+        put64(&mut f, 32, 0x40); // phoff
+        put64(&mut f, 40, 0x3000); // shoff
+        put16(&mut f, 52, 64); // ehsize
+        put16(&mut f, 54, 56); // phentsize
+        put16(&mut f, 58, 64); // shentsize
+        put16(&mut f, 60, 3); // shnum
+        put16(&mut f, 62, 1); // shstrndx
+
+        // Program headers: type, flags, offset, vaddr, paddr, filesz, memsz, align.
+        let data_vaddr = if self.overlap { 0x1800 } else { DATA_VADDR };
+        let mut headers = vec![
+            (object::elf::PT_LOAD, 5, 0x1000, CODE_VADDR, 0x100, 0x100, 0x1000),
+            (object::elf::PT_LOAD, 6, 0x2000, data_vaddr, 0x100, DATA_MEM_SIZE, 0x1000),
+            (object::elf::PT_DYNAMIC, 6, 0x2040, data_vaddr + 0x40, 0x40, 0x40, 8),
+        ];
+        if self.relro {
+            headers.push((object::elf::PT_GNU_RELRO, 4, 0x2000, data_vaddr, 0x80, 0x80, 1));
+        }
+        if self.tls {
+            headers.push((object::elf::PT_TLS, 4, 0x2080, data_vaddr + 0x80, 0x10, 0x40, 8));
+        }
+        put16(&mut f, 56, headers.len() as u16);
+        for (i, &(kind, flags, offset, vaddr, filesz, memsz, align)) in headers.iter().enumerate() {
+            let at = 0x40 + i * 56;
+            put32(&mut f, at, kind);
+            put32(&mut f, at + 4, flags);
+            put64(&mut f, at + 8, offset);
+            put64(&mut f, at + 16, vaddr);
+            put64(&mut f, at + 24, vaddr);
+            put64(&mut f, at + 32, filesz);
+            put64(&mut f, at + 40, memsz);
+            put64(&mut f, at + 48, align);
+        }
+
+        // Code segment: code, the config, the relocation table.
+        f[0x1000..0x1004].copy_from_slice(&CODE);
+        f[0x1010..0x1010 + self.config.len()].copy_from_slice(&self.config);
+        let rela = 0x10A0;
+        put64(&mut f, rela, data_vaddr); // r_offset: the pointer
+        put64(&mut f, rela + 8, u64::from(self.relocation_type)); // r_info: symbol 0
+        put64(&mut f, rela + 16, POINTER_TARGET); // r_addend
+
+        // Data segment: the pointer (link-time value 0), then .dynamic.
+        let dynamic = [
+            (u64::from(object::elf::DT_RELA), CODE_VADDR + 0xA0),
+            (u64::from(object::elf::DT_RELASZ), 24),
+            (u64::from(object::elf::DT_RELAENT), 24),
+            (u64::from(object::elf::DT_NULL), 0),
+        ];
+        for (i, (tag, value)) in dynamic.iter().enumerate() {
+            put64(&mut f, 0x2040 + i * 16, *tag);
+            put64(&mut f, 0x2048 + i * 16, *value);
+        }
+        f[0x2080..0x2090].copy_from_slice(b"tls-initial-data");
+
+        // Sections: null, .shstrtab, .bootloader-config.
+        let names = b"\0.shstrtab\0.bootloader-config\0";
+        f[0x3100..0x3100 + names.len()].copy_from_slice(names);
+        let config_name = if self.with_config_section { 11 } else { 1 };
+        let sections = [
+            (0u32, 0u32, 0u64, 0u64, 0u64),
+            (1, object::elf::SHT_STRTAB, 0, 0x3100, names.len() as u64),
+            (config_name, object::elf::SHT_PROGBITS, CODE_VADDR + 0x10, 0x1010, self.config.len() as u64),
+        ];
+        for (i, &(name, kind, addr, offset, size)) in sections.iter().enumerate() {
+            let at = 0x3000 + i * 64;
+            put32(&mut f, at, name);
+            put32(&mut f, at + 4, kind);
+            put64(&mut f, at + 16, addr);
+            put64(&mut f, at + 24, offset);
+            put64(&mut f, at + 32, size);
+        }
+        f
+    }
+}
+
+fn memory(size: u64) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+}
+
+fn load(elf: &TestElf) -> (PreparedImage, GuestMemoryMmap, LoadedGuest) {
+    let image = PreparedImage::new(elf.build()).unwrap();
+    let memory = memory(16 * MIB);
+    let loaded = image.load(&memory).unwrap();
+    (image, memory, loaded)
+}
+
+const KERNEL_READ: Access = Access {
+    write: false,
+    user: false,
+};
+const KERNEL_WRITE: Access = Access {
+    write: true,
+    user: false,
+};
+
+/// The leaf entry that maps `virt` (4 KiB pages only, as mote builds them).
+fn leaf_entry(memory: &GuestMemoryMmap, cr3: u64, virt: u64) -> u64 {
+    let mut table = cr3;
+    let mut entry = 0;
+    for level in [4u32, 3, 2, 1] {
+        let index = (virt >> (12 + 9 * (level - 1))) & 0x1FF;
+        entry = memory
+            .read_obj::<u64>(GuestAddress(table + index * 8))
+            .unwrap();
+        assert!(entry & flags::PRESENT != 0, "{virt:#x} unmapped at level {level}");
+        table = entry & 0x000F_FFFF_FFFF_F000;
+    }
+    entry
+}
+
+fn read_u64(memory: &GuestMemoryMmap, cr3: u64, virt: u64) -> u64 {
+    let physical = translate(memory, cr3, virt, KERNEL_READ).unwrap();
+    memory.read_obj(GuestAddress(physical)).unwrap()
+}
+
+#[test]
+fn a_pie_kernel_is_relocated_to_a_nonzero_base() {
+    let (image, memory, loaded) = load(&TestElf::new());
+    let offset = image.kernel_offset();
+    assert_eq!(
+        offset + CODE_VADDR,
+        0x80_0000_0000,
+        "the image starts at the lowest free slot after slot 0"
+    );
+    assert_eq!(loaded.vcpu.rip, offset + CODE_VADDR);
+    let code = translate(&memory, loaded.vcpu.cr3, loaded.vcpu.rip, KERNEL_READ).unwrap();
+    let mut bytes = [0u8; 4];
+    memory.read_slice(&mut bytes, GuestAddress(code)).unwrap();
+    assert_eq!(bytes, CODE);
+    // The R_X86_64_RELATIVE target now holds base + addend.
+    assert_eq!(
+        read_u64(&memory, loaded.vcpu.cr3, offset + DATA_VADDR),
+        offset + POINTER_TARGET
+    );
+}
+
+#[test]
+fn segments_are_mapped_with_their_rights_and_relro_is_read_only() {
+    let (image, memory, loaded) = load(&TestElf::new());
+    let (cr3, offset) = (loaded.vcpu.cr3, image.kernel_offset());
+    let code = leaf_entry(&memory, cr3, offset + CODE_VADDR);
+    assert_eq!(code & flags::WRITABLE, 0, "code is not writable");
+    assert_eq!(code & flags::NO_EXECUTE, 0, "code is executable");
+    let relro = leaf_entry(&memory, cr3, offset + DATA_VADDR);
+    assert_eq!(relro & flags::WRITABLE, 0, "the RELRO page is read-only");
+    assert_ne!(relro & flags::NO_EXECUTE, 0);
+    let bss = leaf_entry(&memory, cr3, offset + DATA_VADDR + 0x1000);
+    assert_ne!(bss & flags::WRITABLE, 0, "bss is writable");
+    assert_ne!(bss & flags::NO_EXECUTE, 0, "bss is not executable");
+    assert!(translate(&memory, cr3, offset + DATA_VADDR + DATA_MEM_SIZE, KERNEL_READ).is_err());
+}
+
+#[test]
+fn without_relro_the_data_segment_stays_writable() {
+    let elf = TestElf {
+        relro: false,
+        ..TestElf::new()
+    };
+    let (image, memory, loaded) = load(&elf);
+    let data = leaf_entry(&memory, loaded.vcpu.cr3, image.kernel_offset() + DATA_VADDR);
+    assert_ne!(data & flags::WRITABLE, 0);
+}
+
+#[test]
+fn bss_is_zero_even_in_a_memory_that_was_dirty() {
+    let (image, memory, loaded) = load(&TestElf::new());
+    let cr3 = loaded.vcpu.cr3;
+    let start = image.kernel_offset() + DATA_VADDR + 0x100;
+    let end = image.kernel_offset() + DATA_VADDR + DATA_MEM_SIZE;
+    for virt in (start..end).step_by(8) {
+        assert_eq!(read_u64(&memory, cr3, virt), 0, "bss byte at {virt:#x}");
+    }
+}
+
+#[test]
+fn the_stack_sits_above_an_unmapped_guard_page() {
+    let elf = TestElf::new().with_config(|c| c.kernel_stack_size = 0x3000);
+    let (_, memory, loaded) = load(&elf);
+    let (cr3, rsp) = (loaded.vcpu.cr3, loaded.vcpu.rsp);
+    assert_eq!((rsp + 8) % 16, 0, "SysV alignment at function entry");
+    assert_eq!(read_u64(&memory, cr3, rsp), 0, "a zero return address");
+    let stack_bottom = (rsp + 8) - 0x3000;
+    assert!(translate(&memory, cr3, stack_bottom, KERNEL_WRITE).is_ok());
+    assert!(translate(&memory, cr3, rsp, KERNEL_WRITE).is_ok());
+    assert_eq!(
+        translate(&memory, cr3, stack_bottom - 1, KERNEL_READ),
+        Err(WalkError::NotMapped(stack_bottom - 1)),
+        "the guard page is unmapped"
+    );
+    assert!(translate(&memory, cr3, rsp + 8, KERNEL_READ).is_err());
+}
+
+/// Reads the BootInfo the loader wrote, through the guest's page tables.
+fn boot_info_bytes(memory: &GuestMemoryMmap, loaded: &LoadedGuest) -> Vec<u8> {
+    let physical = translate(memory, loaded.vcpu.cr3, loaded.vcpu.rdi, KERNEL_READ).unwrap();
+    let mut bytes = vec![0u8; 232 + 3 * 24];
+    memory.read_slice(&mut bytes, GuestAddress(physical)).unwrap();
+    bytes
+}
+
+#[test]
+fn boot_info_describes_the_boot() {
+    let elf = TestElf {
+        tls: true,
+        ..TestElf::new()
+    }
+    .with_config(|c| c.kernel_stack_size = 0x4000);
+    let file = elf.build();
+    let (image, memory, loaded) = load(&elf);
+    let bytes = boot_info_bytes(&memory, &loaded);
+    // SAFETY: the buffer holds a whole BootInfo written by the loader with valid tags; the
+    // pointers inside are guest addresses and are never dereferenced.
+    let info: bootloader_api::BootInfo = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    // The version comes from the kernel's own config (bytes 16..22).
+    let config = &elf.config;
+    let version = |at: usize| u16::from_le_bytes([config[at], config[at + 1]]);
+    assert_eq!(info.api_version.version_major(), version(16));
+    assert_eq!(info.api_version.version_minor(), version(18));
+    assert_eq!(info.api_version.version_patch(), version(20));
+    assert_eq!((version(18), version(20)), (11, 17));
+    assert_eq!(info.kernel_len, file.len() as u64);
+    assert_eq!(info.kernel_image_offset, image.kernel_offset());
+    assert_eq!(info.kernel_stack_len, 0x4000);
+    assert_eq!(info.kernel_stack_bottom, loaded.vcpu.rsp + 8 - 0x4000);
+    let bootloader_api::info::Optional::Some(tls) = info.tls_template else {
+        panic!("no TLS template");
+    };
+    assert_eq!(tls.start_addr, image.kernel_offset() + DATA_VADDR + 0x80);
+    assert_eq!((tls.file_size, tls.mem_size), (0x10, 0x40));
+    // The ELF file itself is in guest memory at kernel_addr.
+    let mut copy = vec![0u8; file.len()];
+    memory.read_slice(&mut copy, GuestAddress(info.kernel_addr)).unwrap();
+    assert_eq!(copy, file);
+    // The regions pointer follows BootInfo.
+    assert_eq!(
+        u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+        loaded.vcpu.rdi + 232
+    );
+}
+
+#[test]
+fn the_memory_map_covers_ram_and_marks_every_frame_mote_used() {
+    let (_, memory, loaded) = load(&TestElf::new());
+    let regions = &loaded.regions;
+    assert_eq!(regions[0].start, 0);
+    assert_eq!(regions.last().unwrap().end, 16 * MIB);
+    for pair in regions.windows(2) {
+        assert_eq!(pair[0].end, pair[1].start, "sorted, contiguous, no overlap");
+    }
+    // The regions in guest memory say the same.
+    let bytes = boot_info_bytes(&memory, &loaded);
+    assert_eq!(
+        u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+        regions.len() as u64
+    );
+    for (i, region) in regions.iter().enumerate() {
+        let at = 232 + i * 24;
+        let word = |o: usize| u64::from_le_bytes(bytes[at + o..at + o + 8].try_into().unwrap());
+        assert_eq!(word(0), region.start);
+        assert_eq!(word(8), region.end);
+        assert_eq!(word(16) as u32, region.kind as u32);
+    }
+    let kind_of = |physical: u64| {
+        regions
+            .iter()
+            .find(|r| (r.start..r.end).contains(&physical))
+            .map(|r| r.kind)
+    };
+    let cr3 = loaded.vcpu.cr3;
+    let used = [
+        cr3,
+        translate(&memory, cr3, loaded.vcpu.rip, KERNEL_READ).unwrap(),
+        translate(&memory, cr3, loaded.vcpu.rsp, KERNEL_READ).unwrap(),
+        translate(&memory, cr3, loaded.vcpu.rdi, KERNEL_READ).unwrap(),
+        loaded.vcpu.gdt.base,
+    ];
+    for physical in used {
+        assert_eq!(kind_of(physical), Some(RegionKind::Bootloader), "{physical:#x}");
+    }
+    assert_eq!(kind_of(16 * MIB - 1), Some(RegionKind::Usable));
+}
+
+#[test]
+fn the_first_vcpu_state_is_long_mode_at_cpl0() {
+    let (_, memory, loaded) = load(&TestElf::new());
+    let vcpu = loaded.vcpu;
+    assert_eq!(vcpu.cr0, 0x8001_0033);
+    assert_eq!(vcpu.cr4 & 0x20, 0x20, "PAE");
+    assert_eq!(vcpu.efer, 0xD00, "LME, LMA, NXE");
+    assert_eq!(vcpu.rflags & 0x200, 0, "interrupts off");
+    assert!(vcpu.code.l && vcpu.code.dpl == 0 && vcpu.code.selector == 8);
+    assert_eq!(vcpu.data.selector, 0x10);
+    // The GDT is identity-mapped and holds the descriptors the selectors name.
+    let gdt = translate(&memory, vcpu.cr3, vcpu.gdt.base, KERNEL_READ).unwrap();
+    assert_eq!(gdt, vcpu.gdt.base);
+    let code: u64 = memory.read_obj(GuestAddress(gdt + 8)).unwrap();
+    assert_eq!(code, 0x00AF_9B00_0000_FFFF);
+}
+
+#[test]
+fn an_exec_kernel_loads_at_its_own_addresses() {
+    let elf = TestElf {
+        e_type: object::elf::ET_EXEC,
+        ..TestElf::new()
+    };
+    let (image, _, loaded) = load(&elf);
+    assert_eq!(image.kernel_offset(), 0);
+    assert_eq!(loaded.vcpu.rip, CODE_VADDR);
+}
+
+#[test]
+fn a_fixed_kernel_base_is_used_as_the_offset() {
+    let elf = TestElf::new().with_config(|c| {
+        c.mappings.kernel_base = bootloader_api::config::Mapping::FixedAddress(0x4000_0000)
+    });
+    let (image, memory, loaded) = load(&elf);
+    assert_eq!(image.kernel_offset(), 0x4000_0000);
+    assert_eq!(
+        read_u64(&memory, loaded.vcpu.cr3, 0x4000_0000 + DATA_VADDR),
+        0x4000_0000 + POINTER_TARGET
+    );
+}
+
+#[test]
+fn a_fixed_stack_address_is_honoured() {
+    let elf = TestElf::new().with_config(|c| {
+        c.mappings.kernel_stack = bootloader_api::config::Mapping::FixedAddress(0x7000_0000)
+    });
+    let (_, memory, loaded) = load(&elf);
+    assert!(translate(&memory, loaded.vcpu.cr3, 0x7000_0000, KERNEL_READ).is_err());
+    assert!(translate(&memory, loaded.vcpu.cr3, 0x7000_1000, KERNEL_WRITE).is_ok());
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let not_elf = PreparedImage::new(b"#!/bin/sh\necho hi\n".to_vec());
+    assert!(matches!(not_elf, Err(BootError::NotElf)), "{not_elf:?}");
+    assert!(matches!(PreparedImage::new(Vec::new()), Err(BootError::NotElf)));
+    let arm = TestElf {
+        machine: object::elf::EM_AARCH64,
+        ..TestElf::new()
+    };
+    assert!(matches!(
+        PreparedImage::new(arm.build()),
+        Err(BootError::WrongMachine(183))
+    ));
+    let no_config = TestElf {
+        with_config_section: false,
+        ..TestElf::new()
+    };
+    assert!(matches!(
+        PreparedImage::new(no_config.build()),
+        Err(BootError::NoConfigSection)
+    ));
+    let absolute = TestElf {
+        relocation_type: object::elf::R_X86_64_64,
+        ..TestElf::new()
+    };
+    assert!(matches!(
+        PreparedImage::new(absolute.build()),
+        Err(BootError::BadElf(_))
+    ));
+    let overlap = TestElf {
+        overlap: true,
+        ..TestElf::new()
+    };
+    assert!(matches!(
+        PreparedImage::new(overlap.build()),
+        Err(BootError::BadElf(_))
+    ));
+    let mut truncated = TestElf::new().build();
+    truncated.truncate(0x2080);
+    assert!(PreparedImage::new(truncated).is_err());
+    let physical = TestElf::new()
+        .with_config(|c| c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic));
+    assert!(matches!(
+        PreparedImage::new(physical.build()),
+        Err(BootError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn every_truncation_of_a_good_file_is_an_error_not_a_panic() {
+    let file = TestElf::new().build();
+    for len in (0..file.len()).step_by(7) {
+        let _ = PreparedImage::new(file[..len].to_vec());
+    }
+}
+
+#[test]
+fn too_little_memory_is_an_error() {
+    let image = PreparedImage::new(TestElf::new().build()).unwrap();
+    assert!(matches!(
+        image.load(&memory(MIB)),
+        Err(BootError::OutOfMemory { .. })
+    ));
+    let huge_stack = TestElf::new().with_config(|c| c.kernel_stack_size = 64 * MIB);
+    let image = PreparedImage::new(huge_stack.build()).unwrap();
+    assert!(matches!(
+        image.load(&memory(4 * MIB)),
+        Err(BootError::OutOfMemory { .. })
+    ));
+}
+
+#[test]
+fn one_image_loads_many_times_identically() {
+    let image = PreparedImage::new(TestElf::new().build()).unwrap();
+    let first = image.load(&memory(4 * MIB)).unwrap();
+    let second = image.load(&memory(4 * MIB)).unwrap();
+    assert_eq!(first.vcpu, second.vcpu);
+    assert_eq!(first.regions, second.regions);
+}

@@ -1,0 +1,59 @@
+//! mote-guest: the `no_std` runtime a mote guest links.
+//!
+//! A guest is a `bootloader_api` kernel. This crate gives it what a program expects: an entry
+//! point ([`entry!`]), [`print!`] and [`println!`], a heap (so `alloc` works), a panic handler that
+//! reports the message and location and exits non-zero, and [`exit`].
+//!
+//! Under mote, console text and the exit code travel over mote's hypercalls (see `docs/abi.md`).
+//! Elsewhere (QEMU, real hardware through the `bootloader` crate) the runtime finds no mote
+//! CPUID signature and falls back to COM1 and the isa-debug-exit port, so one binary runs in both.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//!
+//! mote_guest::entry!(main);
+//!
+//! fn main() {
+//!     mote_guest::println!("Hello from a mote guest!");
+//! }
+//! ```
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod console;
+mod heap;
+pub mod hypercall;
+mod platform;
+#[doc(hidden)]
+pub mod rt;
+
+#[doc(hidden)]
+pub use bootloader_api;
+pub use rt::{Termination, exit};
+
+/// The boot configuration every mote guest is built with.
+#[doc(hidden)]
+pub const BOOT_CONFIG: bootloader_api::BootloaderConfig = {
+    let mut config = bootloader_api::BootloaderConfig::new_default();
+    config.kernel_stack_size = 64 * 1024;
+    config
+};
+
+/// Declares the guest's `main`.
+///
+/// `main` takes no argument and returns `()`, a `u32` exit code or a `Result<(), E>` with
+/// `E: Debug`; see [`Termination`]. The runtime sets up the console and the heap, calls `main`,
+/// flushes the console and exits with `main`'s code.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        $crate::bootloader_api::entry_point!(__mote_guest_start, config = &$crate::BOOT_CONFIG);
+
+        fn __mote_guest_start(boot_info: &'static mut $crate::bootloader_api::BootInfo) -> ! {
+            $crate::rt::start(boot_info, || $crate::Termination::exit_code($main()))
+        }
+    };
+}

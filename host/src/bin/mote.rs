@@ -1,0 +1,133 @@
+//! `mote`: boot a guest kernel under KVM and exit with its exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mote_host::{GuestImage, Hypervisor, RunConfig, exit_status};
+
+const EXIT_CODES: &str = "\
+Exit codes of `mote run`:
+  0-111  the guest's own exit code (the `exit` hypercall, or isa-debug-exit at port 0xF4:
+         0x10 means 0, 0x11 means 1, any other value v means v << 1 | 1).
+         Guest codes above 111 are reported as 111.
+  112    bad command line
+  113    the guest file cannot be read
+  114    the guest file is not a kernel mote can boot
+  115    KVM is missing or /dev/kvm is not accessible
+  116    a host-side failure (a KVM call, guest memory)
+  117    the guest triple-faulted (an exception it could not handle)
+  118    the guest halted with nothing to wake it
+  119    KVM internal error: KVM could not run or emulate a guest instruction
+  120    the guest accessed an I/O port or address that nothing serves
+  121    the CPU refused to enter the guest
+  122    the guest stopped for an unexpected reason";
+
+/// mote: a minimal VMM that boots `bootloader_api` kernels directly under KVM.
+#[derive(Parser)]
+#[command(version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest kernel ELF, show its console, exit with its exit code.
+    ///
+    /// The guest is any kernel built with `bootloader_api::entry_point!` for
+    /// x86_64-unknown-none. Its console (mote's console hypercall and COM1) goes to standard
+    /// output; why the run ended goes to standard error when that is not a clean exit 0.
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        /// The guest kernel ELF file.
+        guest: PathBuf,
+        /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M.
+        #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+        mem: u64,
+    },
+}
+
+/// Parses `4096`, `64K`, `16M`, `1G` (binary units, optional trailing `iB` or `B`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let number = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 10),
+        Some('M') => (&number[..number.len() - 1], 20),
+        Some('G') => (&number[..number.len() - 1], 30),
+        _ => (number, 0),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. 64M, 1G or 4194304"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit_status::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Run { guest, mem } => run(&guest, mem),
+    }
+}
+
+fn run(guest: &std::path::Path, memory: u64) -> ExitCode {
+    let result = (|| {
+        let config = RunConfig::default()
+            .memory_size(memory)?
+            .console_to(Box::new(std::io::stdout()));
+        let image = GuestImage::from_file(guest)?;
+        let hypervisor = Hypervisor::open()?;
+        hypervisor.run(&image, config)
+    })();
+    match result {
+        Ok(outcome) => {
+            let code = outcome.exit.process_exit_code();
+            if code != 0 {
+                eprintln!("mote: {}", outcome.exit);
+            }
+            ExitCode::from(code)
+        }
+        Err(error) => {
+            eprintln!("mote: error: {error}");
+            ExitCode::from(error.process_exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

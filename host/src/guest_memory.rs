@@ -1,0 +1,143 @@
+//! Reading guest memory on a guest's behalf, through the guest's own page tables.
+//!
+//! Every address here comes from the guest. Nothing is trusted: ranges are checked for overflow
+//! first, then translated page by page, and each physical chunk is read through `vm-memory`,
+//! which refuses anything outside guest RAM.
+
+use mote_abi::HypercallError;
+use mote_boot::paging::{Access, PAGE_SIZE, translate};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest RAM: one anonymous, lazily backed mapping starting at guest-physical 0.
+pub(crate) type GuestRam = GuestMemoryMmap;
+
+/// The guest's address space as a hypercall sees it: its page tables and its privilege.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AddressSpace {
+    /// The guest's CR3.
+    pub cr3: u64,
+    /// The caller runs at CPL3: every level must allow USER access.
+    pub user: bool,
+}
+
+/// Appends `len` bytes at guest-virtual `address` to `out`. All or nothing: on error `out` is
+/// left as it was.
+pub(crate) fn read_virtual(
+    ram: &GuestRam,
+    space: AddressSpace,
+    address: u64,
+    len: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), HypercallError> {
+    let end = address
+        .checked_add(len)
+        .ok_or(HypercallError::BadAddress)?;
+    let access = Access {
+        write: false,
+        user: space.user,
+    };
+    let start_len = out.len();
+    let mut virt = address;
+    while virt < end {
+        let chunk = (PAGE_SIZE - virt % PAGE_SIZE).min(end - virt) as usize;
+        let read = translate(ram, space.cr3, virt, access)
+            .map_err(|_| HypercallError::BadAddress)
+            .and_then(|physical| {
+                let at = out.len();
+                out.resize(at + chunk, 0);
+                ram.read_slice(&mut out[at..], GuestAddress(physical))
+                    .map_err(|_| HypercallError::BadAddress)
+            });
+        if let Err(error) = read {
+            out.truncate(start_len);
+            return Err(error);
+        }
+        virt += chunk as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mote_boot::paging::{FrameAllocator, PageTableBuilder, flags};
+
+    /// 1 MiB of RAM with one page mapped at 0x40_0000 -> 0x8_0000 holding "0123...".
+    fn setup() -> (GuestRam, AddressSpace) {
+        let ram = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut frames = FrameAllocator::new(0x1_0000, 0x2_0000);
+        let mut tables = PageTableBuilder::new(&ram, &mut frames).unwrap();
+        tables
+            .map_page(&mut frames, 0x40_0000, 0x8_0000, flags::NO_EXECUTE)
+            .unwrap();
+        tables
+            .map_page(&mut frames, 0x40_1000, 0x9_0000, flags::USER)
+            .unwrap();
+        let text: Vec<u8> = (0..PAGE_SIZE).map(|i| b'0' + (i % 10) as u8).collect();
+        ram.write_slice(&text, GuestAddress(0x8_0000)).unwrap();
+        ram.write_slice(b"next page", GuestAddress(0x9_0000)).unwrap();
+        let space = AddressSpace {
+            cr3: tables.root(),
+            user: false,
+        };
+        (ram, space)
+    }
+
+    #[test]
+    fn reads_across_pages() {
+        let (ram, space) = setup();
+        let mut out = b"before:".to_vec();
+        read_virtual(&ram, space, 0x40_0FFE, 6, &mut out).unwrap();
+        assert_eq!(out, b"before:45next");
+    }
+
+    #[test]
+    fn unmapped_overflowing_and_noncanonical_ranges_fail_and_leave_output_alone() {
+        let (ram, space) = setup();
+        let mut out = b"kept".to_vec();
+        for (address, len) in [
+            (0x40_2000, 1),                   // unmapped
+            (0x40_1FFF, 2),                   // runs into an unmapped page
+            (0x40_0000, u64::MAX),            // overflows
+            (u64::MAX - 1, 4),                // overflows
+            (0x8000_0000_0000_0000, 1),       // not canonical
+        ] {
+            assert_eq!(
+                read_virtual(&ram, space, address, len, &mut out),
+                Err(HypercallError::BadAddress),
+                "{address:#x}+{len}"
+            );
+            assert_eq!(out, b"kept");
+        }
+        read_virtual(&ram, space, 0x40_0000, 0, &mut out).unwrap();
+        assert_eq!(out, b"kept");
+    }
+
+    #[test]
+    fn user_callers_need_user_pages() {
+        let (ram, space) = setup();
+        let user = AddressSpace { user: true, ..space };
+        let mut out = Vec::new();
+        assert_eq!(
+            read_virtual(&ram, user, 0x40_0000, 1, &mut out),
+            Err(HypercallError::BadAddress)
+        );
+        read_virtual(&ram, user, 0x40_1000, 4, &mut out).unwrap();
+        assert_eq!(out, b"next");
+    }
+
+    #[test]
+    fn page_tables_pointing_outside_ram_are_refused() {
+        let (ram, space) = setup();
+        // Point the mapped leaf at a frame far beyond RAM, as a hostile guest could.
+        let mut out = Vec::new();
+        let bad = AddressSpace {
+            cr3: 0x7FFF_0000_0000,
+            ..space
+        };
+        assert_eq!(
+            read_virtual(&ram, bad, 0x40_0000, 1, &mut out),
+            Err(HypercallError::BadAddress)
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! mote-host: the mote VMM as a library.
+//!
+//! Open KVM once per process ([`Hypervisor::open`]), prepare a guest once
+//! ([`GuestImage::from_file`]), then run it as often as needed ([`Hypervisor::run`]); each run is
+//! a fresh VM that ends in a typed [`Outcome`].
+//!
+//! ```no_run
+//! use mote_host::{GuestImage, Hypervisor, RunConfig};
+//!
+//! let hypervisor = Hypervisor::open()?;
+//! let image = GuestImage::from_file("guest/target/x86_64-unknown-none/release/hello")?;
+//! let outcome = hypervisor.run(&image, RunConfig::default())?;
+//! println!("{}", String::from_utf8_lossy(&outcome.console));
+//! assert_eq!(outcome.exit.guest_code(), Some(0));
+//! # Ok::<(), mote_host::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod decode;
+mod guest_memory;
+mod outcome;
+mod serial;
+mod vm;
+
+use std::io::Write;
+use std::path::Path;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::Kvm;
+
+pub use outcome::{Exit, ExitCounts, Outcome, Phases, Stats, exit_status};
+
+/// The guest memory size used when none is given: 8 MiB.
+pub const DEFAULT_MEMORY_SIZE: u64 = 8 << 20;
+
+/// The largest guest memory mote accepts: 3 GiB, below the range KVM reserves near 4 GiB.
+pub const MAX_MEMORY_SIZE: u64 = 3 << 30;
+
+/// Everything that can stop mote from running a guest to an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` is missing or not accessible.
+    #[error("{0}")]
+    KvmUnavailable(String),
+    /// A KVM call failed.
+    #[error("KVM call {call} failed: {source}")]
+    Kvm {
+        /// The ioctl that failed.
+        call: &'static str,
+        /// The error it returned.
+        source: kvm_ioctls::Error,
+    },
+    /// The guest file could not be read.
+    #[error("cannot read guest {path}: {source}")]
+    ReadGuest {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest file is not a kernel mote can boot.
+    #[error("{path}: {source}")]
+    BadImage {
+        /// The file (or name) of the image.
+        path: String,
+        /// What is wrong with it.
+        source: mote_boot::BootError,
+    },
+    /// The image does not fit the configured guest memory.
+    #[error("cannot lay the guest out in its memory: {0}; give it more memory")]
+    Load(mote_boot::BootError),
+    /// Guest memory could not be reserved.
+    #[error("cannot reserve guest memory: {0}")]
+    Memory(String),
+    /// A run configuration value is out of range.
+    #[error("invalid run configuration: {0}")]
+    Config(String),
+    /// A bug in mote.
+    #[error("internal error in mote: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    fn kvm(call: &'static str, source: kvm_ioctls::Error) -> Self {
+        Error::Kvm { call, source }
+    }
+
+    /// The exit code `mote run` ends with for this error (see [`exit_status`]).
+    pub fn process_exit_code(&self) -> u8 {
+        match self {
+            Error::KvmUnavailable(_) => exit_status::KVM_UNAVAILABLE,
+            Error::ReadGuest { .. } => exit_status::CANNOT_READ_GUEST,
+            Error::BadImage { .. } => exit_status::BAD_GUEST_IMAGE,
+            Error::Config(_) => exit_status::USAGE,
+            Error::Kvm { .. } | Error::Load(_) | Error::Memory(_) | Error::Internal(_) => {
+                exit_status::HOST_ERROR
+            }
+        }
+    }
+}
+
+/// A guest kernel, parsed, checked and relocated once; shareable across threads and runs.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    prepared: mote_boot::PreparedImage,
+}
+
+impl GuestImage {
+    /// Reads and prepares a guest kernel ELF file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::ReadGuest {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&path.display().to_string(), bytes)
+    }
+
+    /// Prepares a guest kernel from its ELF bytes; `name` appears in errors.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, Error> {
+        let prepared =
+            mote_boot::PreparedImage::new(bytes).map_err(|source| Error::BadImage {
+                path: name.to_owned(),
+                source,
+            })?;
+        Ok(Self { prepared })
+    }
+
+    /// The kernel's relocated entry point.
+    pub fn entry(&self) -> u64 {
+        self.prepared.entry()
+    }
+}
+
+/// How to run one guest.
+pub struct RunConfig {
+    memory_size: u64,
+    console: Option<Box<dyn Write + Send>>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            memory_size: DEFAULT_MEMORY_SIZE,
+            console: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Sets the guest memory size in bytes: a multiple of 4 KiB, from 2 MiB to
+    /// [`MAX_MEMORY_SIZE`].
+    pub fn memory_size(mut self, bytes: u64) -> Result<Self, Error> {
+        if bytes % 4096 != 0 || !(mote_boot::MIN_MEMORY..=MAX_MEMORY_SIZE).contains(&bytes) {
+            return Err(Error::Config(format!(
+                "memory size {bytes} is not a multiple of 4 KiB between 2 MiB and 3 GiB"
+            )));
+        }
+        self.memory_size = bytes;
+        Ok(self)
+    }
+
+    /// Streams console text to `out` as the guest writes it, instead of collecting it in
+    /// [`Outcome::console`].
+    pub fn console_to(mut self, out: Box<dyn Write + Send>) -> Self {
+        self.console = Some(out);
+        self
+    }
+}
+
+/// A process-wide handle on KVM: open it once, run many guests through it, from many threads.
+pub struct Hypervisor {
+    kvm: Kvm,
+    cpuid: CpuId,
+}
+
+impl Hypervisor {
+    /// Opens `/dev/kvm` and reads what it supports.
+    pub fn open() -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(|e| {
+            Error::KvmUnavailable(match e.errno() {
+                libc::ENOENT => "/dev/kvm does not exist: KVM is not available on this machine. \
+                     Load the kvm_intel or kvm_amd module, or enable (nested) virtualization"
+                    .to_owned(),
+                libc::EACCES | libc::EPERM => "no permission to open /dev/kvm: add your user \
+                     to the group that owns it (often `kvm`: `sudo usermod -aG kvm $USER`, \
+                     then log in again) or run mote as root"
+                    .to_owned(),
+                _ => format!("cannot open /dev/kvm: {e}"),
+            })
+        })?;
+        let cpuid = vm::guest_cpuid(&kvm)?;
+        Ok(Self { kvm, cpuid })
+    }
+
+    /// Boots `image` in a fresh VM and runs it until it ends.
+    pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
+        vm::run(&self.kvm, &self.cpuid, image, &mut config)
+    }
+}

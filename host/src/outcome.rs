@@ -1,0 +1,241 @@
+//! What a run ended with, and what it cost.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest called the `exit` hypercall.
+    Guest {
+        /// Its exit code.
+        code: u32,
+    },
+    /// The guest wrote to the isa-debug-exit port.
+    DebugExit {
+        /// The value written; [`mote_abi::debug_exit_code`] gives the exit code.
+        value: u32,
+    },
+    /// The guest triple-faulted (or otherwise shut the CPU down).
+    Shutdown,
+    /// The guest ran `hlt`. Nothing can wake it: mote has no interrupt sources by default.
+    Halted {
+        /// Address after the `hlt`.
+        rip: u64,
+        /// Whether interrupts were enabled.
+        interrupts_enabled: bool,
+    },
+    /// KVM could not run or emulate a guest instruction.
+    InternalError {
+        /// KVM's sub-error (`KVM_INTERNAL_ERROR_*`).
+        suberror: u32,
+        /// The guest's instruction pointer.
+        rip: u64,
+    },
+    /// The hardware refused to enter the guest.
+    FailedEntry {
+        /// The hardware's reason code.
+        reason: u64,
+    },
+    /// The guest accessed an I/O port that nothing serves.
+    UnservedPort {
+        /// The port.
+        port: u16,
+        /// A write (`out`) rather than a read (`in`).
+        write: bool,
+        /// Access width in bytes.
+        size: usize,
+    },
+    /// The guest accessed a physical address with no memory and no device behind it.
+    UnservedMmio {
+        /// The guest-physical address.
+        address: u64,
+        /// A write rather than a read.
+        write: bool,
+        /// Access width in bytes.
+        size: usize,
+    },
+    /// KVM stopped the vCPU for a reason mote does not expect.
+    Unexpected {
+        /// KVM's name for it.
+        reason: String,
+    },
+}
+
+/// The process exit codes of `mote run`. Codes 0 to [`GUEST_MAX`](exit_status::GUEST_MAX) are
+/// the guest's own; mote's own outcomes use the reserved range above it.
+pub mod exit_status {
+    /// The highest guest exit code passed through unchanged; higher guest codes become this.
+    pub const GUEST_MAX: u8 = 111;
+    /// The command line was wrong.
+    pub const USAGE: u8 = 112;
+    /// The guest file could not be read.
+    pub const CANNOT_READ_GUEST: u8 = 113;
+    /// The guest file is not a kernel mote can boot.
+    pub const BAD_GUEST_IMAGE: u8 = 114;
+    /// KVM is missing or not accessible.
+    pub const KVM_UNAVAILABLE: u8 = 115;
+    /// A host-side failure (a KVM call, memory) stopped the run.
+    pub const HOST_ERROR: u8 = 116;
+    /// The guest triple-faulted.
+    pub const GUEST_SHUTDOWN: u8 = 117;
+    /// The guest halted for good.
+    pub const GUEST_HALTED: u8 = 118;
+    /// KVM could not emulate the guest.
+    pub const KVM_INTERNAL_ERROR: u8 = 119;
+    /// The guest touched a port or address that nothing serves.
+    pub const UNSERVED_ACCESS: u8 = 120;
+    /// The hardware refused to enter the guest.
+    pub const FAILED_ENTRY: u8 = 121;
+    /// KVM stopped the guest for an unexpected reason.
+    pub const UNEXPECTED_EXIT: u8 = 122;
+}
+
+impl Exit {
+    /// The guest's own exit code, if the guest chose to end the run.
+    pub fn guest_code(&self) -> Option<u32> {
+        match *self {
+            Exit::Guest { code } => Some(code),
+            Exit::DebugExit { value } => Some(mote_abi::debug_exit_code(value)),
+            _ => None,
+        }
+    }
+
+    /// The exit code `mote run` ends with for this outcome (see [`exit_status`]).
+    pub fn process_exit_code(&self) -> u8 {
+        use exit_status::*;
+        if let Some(code) = self.guest_code() {
+            return u8::try_from(code).map_or(GUEST_MAX, |c| c.min(GUEST_MAX));
+        }
+        match self {
+            Exit::Shutdown => GUEST_SHUTDOWN,
+            Exit::Halted { .. } => GUEST_HALTED,
+            Exit::InternalError { .. } => KVM_INTERNAL_ERROR,
+            Exit::FailedEntry { .. } => FAILED_ENTRY,
+            Exit::UnservedPort { .. } | Exit::UnservedMmio { .. } => UNSERVED_ACCESS,
+            Exit::Unexpected { .. } | Exit::Guest { .. } | Exit::DebugExit { .. } => {
+                UNEXPECTED_EXIT
+            }
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Guest { code } => write!(f, "guest exited with code {code}"),
+            Exit::DebugExit { value } => write!(
+                f,
+                "guest wrote {value:#x} to the debug-exit port (exit code {})",
+                mote_abi::debug_exit_code(*value)
+            ),
+            Exit::Shutdown => write!(
+                f,
+                "guest shut down (triple fault: an exception it could not handle)"
+            ),
+            Exit::Halted {
+                rip,
+                interrupts_enabled,
+            } => write!(
+                f,
+                "guest halted at {rip:#x} with interrupts {} and nothing to wake it",
+                if *interrupts_enabled { "on" } else { "off" }
+            ),
+            Exit::InternalError { suberror, rip } => write!(
+                f,
+                "KVM internal error {suberror} at guest address {rip:#x}: \
+                 KVM could not run or emulate the instruction there"
+            ),
+            Exit::FailedEntry { reason } => {
+                write!(f, "the CPU refused to enter the guest (reason {reason:#x})")
+            }
+            Exit::UnservedPort { port, write, size } => write!(
+                f,
+                "guest {} {size}-byte I/O port {port:#x}, which nothing serves",
+                if *write { "wrote" } else { "read" }
+            ),
+            Exit::UnservedMmio {
+                address,
+                write,
+                size,
+            } => write!(
+                f,
+                "guest {} {size} bytes at physical address {address:#x}, \
+                 where there is no memory or device",
+                if *write { "wrote" } else { "read" }
+            ),
+            Exit::Unexpected { reason } => write!(f, "unexpected vCPU exit: {reason}"),
+        }
+    }
+}
+
+/// Time spent in each phase of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Reserving guest memory and laying the image into it.
+    pub memory: Duration,
+    /// Creating the VM and registering its memory.
+    pub vm: Duration,
+    /// Creating and setting up the vCPU.
+    pub vcpu: Duration,
+    /// From the first guest instruction to the end of the run.
+    pub run: Duration,
+}
+
+/// vCPU exits, by what they were.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Hypercalls (answered or refused).
+    pub hypercalls: u64,
+    /// Accesses to COM1.
+    pub serial: u64,
+    /// Every exit, the final one included.
+    pub total: u64,
+}
+
+/// What a run cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Time per phase.
+    pub phases: Phases,
+    /// Exits by kind.
+    pub exits: ExitCounts,
+}
+
+/// Everything a run produced.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Why it ended.
+    pub exit: Exit,
+    /// Console text (hypercall console and COM1, in order), unless it was streamed elsewhere.
+    pub console: Vec<u8>,
+    /// What it cost.
+    pub stats: Stats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exit_status::*;
+
+    #[test]
+    fn guest_codes_pass_through_and_mote_codes_are_reserved() {
+        assert_eq!(Exit::Guest { code: 0 }.process_exit_code(), 0);
+        assert_eq!(Exit::Guest { code: 42 }.process_exit_code(), 42);
+        assert_eq!(Exit::Guest { code: 200 }.process_exit_code(), GUEST_MAX);
+        assert_eq!(Exit::Guest { code: 1 << 20 }.process_exit_code(), GUEST_MAX);
+        assert_eq!(Exit::DebugExit { value: 0x10 }.process_exit_code(), 0);
+        assert_eq!(Exit::DebugExit { value: 0x11 }.process_exit_code(), 1);
+        assert_eq!(Exit::Shutdown.process_exit_code(), GUEST_SHUTDOWN);
+        let port = Exit::UnservedPort {
+            port: 0x1234,
+            write: true,
+            size: 1,
+        };
+        assert_eq!(port.process_exit_code(), UNSERVED_ACCESS);
+        assert!(port.to_string().contains("0x1234"));
+        for code in [USAGE, GUEST_SHUTDOWN, UNEXPECTED_EXIT] {
+            assert!(code > GUEST_MAX);
+        }
+    }
+}

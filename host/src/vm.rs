@@ -1,0 +1,370 @@
+//! One VM: create it, set up its vCPU, run it to an outcome.
+
+use std::io::Write;
+use std::time::Instant;
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use mote_abi::{CONSOLE_WRITE_MAX, HypercallError};
+use mote_boot::{Segment, VcpuState};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::decode::{self, PortAccess, PortEvent, Request};
+use crate::guest_memory::{AddressSpace, GuestRam, read_virtual};
+use crate::serial::Serial;
+use crate::{Error, Exit, GuestImage, Outcome, RunConfig, Stats};
+
+/// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
+/// just below 4 GiB, above any guest RAM mote allows.
+const KVM_TSS_ADDRESS: usize = 0xFFFB_D000;
+
+/// The guest's RFLAGS.IF bit.
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// The CPUID table every vCPU gets: what KVM supports, with mote's hypervisor leaves in place
+/// of KVM's own.
+pub(crate) fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mut entries: Vec<_> = supported
+        .as_slice()
+        .iter()
+        .filter(|e| !(0x4000_0000..0x5000_0000).contains(&e.function))
+        .copied()
+        .collect();
+    let [ebx, ecx, edx] = mote_abi::signature_registers();
+    let template = entries[0];
+    entries.push(kvm_bindings::kvm_cpuid_entry2 {
+        function: mote_abi::CPUID_LEAF_SIGNATURE,
+        index: 0,
+        flags: 0,
+        eax: mote_abi::CPUID_LEAF_VERSION,
+        ebx,
+        ecx,
+        edx,
+        ..template
+    });
+    entries.push(kvm_bindings::kvm_cpuid_entry2 {
+        function: mote_abi::CPUID_LEAF_VERSION,
+        index: 0,
+        flags: 0,
+        eax: mote_abi::ABI_VERSION,
+        ebx: 0,
+        ecx: 0,
+        edx: 0,
+        ..template
+    });
+    CpuId::from_entries(&entries).map_err(|_| Error::Internal("too many CPUID entries".into()))
+}
+
+/// Where console bytes go during a run.
+enum ConsoleSink<'a> {
+    Capture(Vec<u8>),
+    Stream(&'a mut (dyn Write + Send)),
+}
+
+impl ConsoleSink<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        match self {
+            ConsoleSink::Capture(buffer) => buffer.extend_from_slice(bytes),
+            // A console nobody reads (a closed pipe) must not stop the guest.
+            ConsoleSink::Stream(out) => {
+                let _ = out.write_all(bytes).and_then(|()| out.flush());
+            }
+        }
+    }
+
+    fn into_captured(self) -> Vec<u8> {
+        match self {
+            ConsoleSink::Capture(buffer) => buffer,
+            ConsoleSink::Stream(_) => Vec::new(),
+        }
+    }
+}
+
+/// A VM being run: its KVM handles, its memory and its devices.
+struct Machine<'a> {
+    // Field order is drop order: the vCPU goes before the VM, the VM before its memory.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    ram: GuestRam,
+    serial: Serial,
+    console: ConsoleSink<'a>,
+    stats: Stats,
+}
+
+pub(crate) fn run(
+    kvm: &Kvm,
+    cpuid: &CpuId,
+    image: &GuestImage,
+    config: &mut RunConfig,
+) -> Result<Outcome, Error> {
+    let mut stats = Stats::default();
+
+    let start = Instant::now();
+    let ram = GuestRam::from_ranges(&[(GuestAddress(0), config.memory_size as usize)])
+        .map_err(|e| Error::Memory(e.to_string()))?;
+    let loaded = image.prepared.load(&ram).map_err(Error::Load)?;
+    stats.phases.memory = start.elapsed();
+
+    let start = Instant::now();
+    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    register_memory(&vm, &ram)?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
+    stats.phases.vm = start.elapsed();
+
+    let start = Instant::now();
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+    vcpu.set_cpuid2(cpuid)
+        .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;
+    set_initial_state(&vcpu, &loaded.vcpu)?;
+    // Exits carry the registers along, so a hypercall costs no extra ioctl to read its
+    // arguments or write its result.
+    vcpu.set_sync_valid_reg(SyncReg::Register);
+    vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+    stats.phases.vcpu = start.elapsed();
+
+    let console = match config.console.as_deref_mut() {
+        Some(out) => ConsoleSink::Stream(out),
+        None => ConsoleSink::Capture(Vec::new()),
+    };
+    let mut machine = Machine {
+        vcpu,
+        _vm: vm,
+        ram,
+        serial: Serial::default(),
+        console,
+        stats,
+    };
+    let start = Instant::now();
+    let exit = machine.run_to_exit()?;
+    machine.stats.phases.run = start.elapsed();
+    Ok(Outcome {
+        exit,
+        stats: machine.stats,
+        console: machine.console.into_captured(),
+    })
+}
+
+fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {
+    for (slot, region) in ram.iter().enumerate() {
+        let host_address = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let region_info = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_address as u64,
+        };
+        // SAFETY: the range is a live mapping owned by `ram`, which the caller keeps alive for
+        // as long as the VM: `Machine` drops the VM (and its vCPU) before the memory.
+        unsafe { vm.set_user_memory_region(region_info) }
+            .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
+}
+
+fn kvm_segment_from(segment: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: segment.base,
+        limit: segment.limit,
+        selector: segment.selector,
+        type_: segment.type_,
+        present: u8::from(segment.present),
+        dpl: segment.dpl,
+        db: u8::from(segment.db),
+        s: u8::from(segment.s),
+        l: u8::from(segment.l),
+        g: u8::from(segment.g),
+        avl: 0,
+        unusable: u8::from(!segment.present),
+        padding: 0,
+    }
+}
+
+fn set_initial_state(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), Error> {
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| Error::kvm("KVM_GET_SREGS", e))?;
+    sregs.cr0 = state.cr0;
+    sregs.cr3 = state.cr3;
+    sregs.cr4 = state.cr4;
+    sregs.efer = state.efer;
+    sregs.cs = kvm_segment_from(&state.code);
+    let data = kvm_segment_from(&state.data);
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.tr = kvm_segment_from(&state.task);
+    sregs.gdt.base = state.gdt.base;
+    sregs.gdt.limit = state.gdt.limit;
+    sregs.idt.base = state.idt.base;
+    sregs.idt.limit = state.idt.limit;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
+    let regs = kvm_regs {
+        rip: state.rip,
+        rsp: state.rsp,
+        rdi: state.rdi,
+        rflags: state.rflags,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| Error::kvm("KVM_SET_REGS", e))
+}
+
+/// What an exit leaves to do after the `VcpuExit` borrow of the vCPU ends.
+enum Step {
+    Continue,
+    Port { access: PortAccess, value: u32 },
+    Stop(Exit),
+}
+
+impl Machine<'_> {
+    fn run_to_exit(&mut self) -> Result<Exit, Error> {
+        loop {
+            let step = self.run_once()?;
+            self.stats.exits.total += 1;
+            match step {
+                Step::Continue => {}
+                Step::Stop(exit) => return Ok(exit),
+                Step::Port { access, value } => {
+                    let regs = self.vcpu.sync_regs().regs;
+                    let event = decode::decode_out(access, value, [regs.rdi, regs.rsi]);
+                    if let Some(exit) = self.serve_out(access, event)? {
+                        return Ok(exit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the vCPU to its next exit and handles what needs the exit's borrowed data.
+    fn run_once(&mut self) -> Result<Step, Error> {
+        let exit = match self.vcpu.run() {
+            Ok(exit) => exit,
+            // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(Step::Continue);
+            }
+            Err(e) => return Err(Error::kvm("KVM_RUN", e)),
+        };
+        let step = match exit {
+            VcpuExit::IoOut(port, data) => Step::Port {
+                access: PortAccess {
+                    port,
+                    size: data.len(),
+                },
+                value: decode::out_value(data),
+            },
+            VcpuExit::IoIn(port, data) => {
+                let access = PortAccess {
+                    port,
+                    size: data.len(),
+                };
+                match decode::decode_in(access) {
+                    PortEvent::SerialRead { offset } => {
+                        self.stats.exits.serial += 1;
+                        data.fill(0);
+                        if let Some(first) = data.first_mut() {
+                            *first = self.serial.read(offset);
+                        }
+                        Step::Continue
+                    }
+                    _ => Step::Stop(Exit::UnservedPort {
+                        port,
+                        write: false,
+                        size: access.size,
+                    }),
+                }
+            }
+            VcpuExit::MmioRead(address, data) => Step::Stop(Exit::UnservedMmio {
+                address,
+                write: false,
+                size: data.len(),
+            }),
+            VcpuExit::MmioWrite(address, data) => Step::Stop(Exit::UnservedMmio {
+                address,
+                write: true,
+                size: data.len(),
+            }),
+            VcpuExit::Hlt => {
+                let regs = self.vcpu.sync_regs().regs;
+                Step::Stop(Exit::Halted {
+                    rip: regs.rip,
+                    interrupts_enabled: regs.rflags & RFLAGS_IF != 0,
+                })
+            }
+            VcpuExit::Shutdown => Step::Stop(Exit::Shutdown),
+            VcpuExit::InternalError => {
+                let rip = self.vcpu.sync_regs().regs.rip;
+                let run = self.vcpu.get_kvm_run();
+                // SAFETY: KVM filled the `internal` member of the union: the exit reason is
+                // KVM_EXIT_INTERNAL_ERROR, which is the member this reads.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Step::Stop(Exit::InternalError { suberror, rip })
+            }
+            VcpuExit::FailEntry(reason, _cpu) => Step::Stop(Exit::FailedEntry { reason }),
+            VcpuExit::Intr => Step::Continue,
+            other => Step::Stop(Exit::Unexpected {
+                reason: format!("{other:?}"),
+            }),
+        };
+        Ok(step)
+    }
+
+    /// Serves an `out`; returns the outcome if it ends the run.
+    fn serve_out(&mut self, access: PortAccess, event: PortEvent) -> Result<Option<Exit>, Error> {
+        match event {
+            PortEvent::Hypercall(request) => {
+                self.stats.exits.hypercalls += 1;
+                let result = match request {
+                    Ok(Request::Exit { code }) => return Ok(Some(Exit::Guest { code })),
+                    Ok(Request::ConsoleWrite { address, len }) => {
+                        self.console_write(address, len)
+                    }
+                    Err(error) => Err(error),
+                };
+                let rax = result.unwrap_or_else(HypercallError::to_result);
+                self.vcpu.sync_regs_mut().regs.rax = rax;
+                self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+                Ok(None)
+            }
+            PortEvent::SerialWrite { offset, value } => {
+                self.stats.exits.serial += 1;
+                if let Some(byte) = self.serial.write(offset, value) {
+                    self.console.write(&[byte]);
+                }
+                Ok(None)
+            }
+            PortEvent::DebugExit { value } => Ok(Some(Exit::DebugExit { value })),
+            PortEvent::SerialRead { .. } | PortEvent::Unserved => Ok(Some(Exit::UnservedPort {
+                port: access.port,
+                write: true,
+                size: access.size,
+            })),
+        }
+    }
+
+    fn console_write(&mut self, address: u64, len: u64) -> Result<u64, HypercallError> {
+        // Refuse ranges that wrap before capping, so a wrapping length is an error, not a
+        // silently shortened write.
+        address
+            .checked_add(len)
+            .ok_or(HypercallError::BadAddress)?;
+        let len = len.min(CONSOLE_WRITE_MAX);
+        let sregs = self.vcpu.sync_regs().sregs;
+        let space = AddressSpace {
+            cr3: sregs.cr3,
+            user: sregs.cs.dpl == 3,
+        };
+        let mut bytes = Vec::with_capacity(len as usize);
+        read_virtual(&self.ram, space, address, len, &mut bytes)?;
+        self.console.write(&bytes);
+        Ok(len)
+    }
+}

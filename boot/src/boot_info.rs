@@ -178,7 +178,10 @@ mod tests {
         let Optional::Some(tls) = info.tls_template else {
             panic!("no TLS template")
         };
-        assert_eq!((tls.start_addr, tls.file_size, tls.mem_size), (0x8000, 0x10, 0x20));
+        assert_eq!(
+            (tls.start_addr, tls.file_size, tls.mem_size),
+            (0x8000, 0x10, 0x20)
+        );
         assert!(matches!(info.ramdisk_addr, Optional::None));
         assert_eq!(info.kernel_addr, 0x10_0000);
         assert_eq!(info.kernel_len, 1234);
@@ -192,7 +195,10 @@ mod tests {
         assert_eq!(second.start, 0x10_0000);
         assert_eq!(second.end, 0x20_0000);
         assert_eq!(second.kind, MemoryRegionKind::Bootloader);
-        assert_eq!(u64::from_le_bytes(bytes[8..16].try_into().unwrap()), 0x1000 + 232);
+        assert_eq!(
+            u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            0x1000 + 232
+        );
         assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 2);
     }
 }

@@ -169,8 +169,9 @@ impl BootConfig {
         let boot_info = r.mapping("boot_info")?;
         let framebuffer = r.mapping("framebuffer")?;
         let physical_memory = r.option("physical_memory", 9, |r| r.mapping("physical_memory"))?;
-        let page_table_recursive =
-            r.option("page_table_recursive", 9, |r| r.mapping("page_table_recursive"))?;
+        let page_table_recursive = r.option("page_table_recursive", 9, |r| {
+            r.mapping("page_table_recursive")
+        })?;
         let aslr = r.bool("aslr")?;
         let dynamic_range_start = r.option("dynamic_range_start", 8, Reader::u64)?;
         let dynamic_range_end = r.option("dynamic_range_end", 8, Reader::u64)?;
@@ -229,8 +230,9 @@ mod tests {
         c.mappings.kernel_stack = bootloader_api::config::Mapping::FixedAddress(0x1000_0000);
         c.mappings.kernel_base = bootloader_api::config::Mapping::FixedAddress(0x2000_0000);
         c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic);
-        c.mappings.page_table_recursive =
-            Some(bootloader_api::config::Mapping::FixedAddress(0x8000_0000_0000 - (1 << 39)));
+        c.mappings.page_table_recursive = Some(bootloader_api::config::Mapping::FixedAddress(
+            0x8000_0000_0000 - (1 << 39),
+        ));
         c.mappings.aslr = true;
         c.mappings.dynamic_range_start = Some(0x1000);
         c.mappings.dynamic_range_end = Some(0xFFFF_FFFF);
@@ -256,7 +258,10 @@ mod tests {
         // 0.11.1-0.11.10: no kernel_base (bytes 40..49).
         let mid: Vec<u8> = new[..40].iter().chain(&new[49..]).copied().collect();
         assert_eq!(mid.len(), 124);
-        assert_eq!(BootConfig::parse(&mid).unwrap().kernel_stack_size, 80 * 1024);
+        assert_eq!(
+            BootConfig::parse(&mid).unwrap().kernel_stack_size,
+            80 * 1024
+        );
         // 0.11.0: no kernel_base and no ramdisk_memory (bytes 106..115).
         let old: Vec<u8> = new[..40]
             .iter()

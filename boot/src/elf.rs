@@ -92,7 +92,11 @@ impl ElfKernel {
         let position_independent = match header.e_type(endian) {
             elf::ET_DYN => true,
             elf::ET_EXEC => false,
-            other => return Err(bad(format!("ELF type {other} is neither ET_EXEC nor ET_DYN"))),
+            other => {
+                return Err(bad(format!(
+                    "ELF type {other} is neither ET_EXEC nor ET_DYN"
+                )));
+            }
         };
         let program_headers = header
             .program_headers(endian, data)
@@ -122,11 +126,8 @@ impl ElfKernel {
                     if kernel.tls.is_some() {
                         return Err(bad("more than one PT_TLS segment"));
                     }
-                    let (vaddr, file, mem) = (
-                        ph.p_vaddr(endian),
-                        ph.p_filesz(endian),
-                        ph.p_memsz(endian),
-                    );
+                    let (vaddr, file, mem) =
+                        (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_memsz(endian));
                     if file > mem || vaddr.checked_add(mem).is_none() {
                         return Err(bad("the PT_TLS segment is malformed"));
                     }
@@ -322,5 +323,5 @@ pub(crate) fn page_floor(address: u64) -> u64 {
 pub(crate) fn page_ceil(address: u64) -> u64 {
     address
         .checked_add(PAGE_SIZE - 1)
-        .map_or(u64::MAX & !(PAGE_SIZE - 1), page_floor)
+        .map_or(page_floor(u64::MAX), page_floor)
 }

@@ -214,7 +214,7 @@ impl PreparedImage {
                 ));
             }
             (true, Mapping::FixedAddress(base)) => {
-                if base % kernel.max_align != 0 {
+                if !base.is_multiple_of(kernel.max_align) {
                     return Err(BootError::BadAddress(base));
                 }
                 base
@@ -250,12 +250,12 @@ impl PreparedImage {
 
         let stack_guard = match config.kernel_stack {
             Mapping::Dynamic => slots.take("a free 512 GiB slot for the stack")?,
-            Mapping::FixedAddress(address) if address % PAGE_SIZE == 0 => address,
+            Mapping::FixedAddress(address) if address.is_multiple_of(PAGE_SIZE) => address,
             Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
         };
         let boot_info_address = match config.boot_info {
             Mapping::Dynamic => slots.take("a free 512 GiB slot for BootInfo")?,
-            Mapping::FixedAddress(address) if address % 8 == 0 => address,
+            Mapping::FixedAddress(address) if address.is_multiple_of(8) => address,
             Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
         };
 
@@ -343,9 +343,7 @@ impl PreparedImage {
     pub fn load<M: GuestMemoryBackend>(&self, memory: &M) -> Result<LoadedGuest, BootError> {
         let memory_size = memory.last_addr().0 + 1;
         if memory_size < MIN_MEMORY {
-            return Err(BootError::OutOfMemory {
-                needed: MIN_MEMORY,
-            });
+            return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
         }
         // Every write below lands in frames the allocator took from inside `memory`.
         let out_of_memory = |_| BootError::OutOfMemory {
@@ -363,10 +361,7 @@ impl PreparedImage {
         for segment in &self.segments {
             let frame = frames.allocate(segment.page_count)?;
             memory
-                .write_slice(
-                    &segment.bytes,
-                    GuestAddress(frame + segment.offset_in_page),
-                )
+                .write_slice(&segment.bytes, GuestAddress(frame + segment.offset_in_page))
                 .map_err(out_of_memory)?;
             for i in 0..segment.page_count {
                 let page = segment.page + i * PAGE_SIZE;
@@ -458,7 +453,13 @@ impl PreparedImage {
             .map_err(out_of_memory)?;
 
         Ok(LoadedGuest {
-            vcpu: VcpuState::kernel_entry(tables.root(), self.entry, rsp, self.boot_info_address, &gdt),
+            vcpu: VcpuState::kernel_entry(
+                tables.root(),
+                self.entry,
+                rsp,
+                self.boot_info_address,
+                &gdt,
+            ),
             regions,
             boot_info_address: self.boot_info_address,
         })

@@ -99,13 +99,17 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
     fn read_entry(&self, address: u64) -> Result<u64, BootError> {
         self.memory
             .read_obj(GuestAddress(address))
-            .map_err(|_| BootError::OutOfMemory { needed: address + 8 })
+            .map_err(|_| BootError::OutOfMemory {
+                needed: address + 8,
+            })
     }
 
     fn write_entry(&self, address: u64, entry: u64) -> Result<(), BootError> {
         self.memory
             .write_obj(entry, GuestAddress(address))
-            .map_err(|_| BootError::OutOfMemory { needed: address + 8 })
+            .map_err(|_| BootError::OutOfMemory {
+                needed: address + 8,
+            })
     }
 
     /// Maps the 4 KiB page at `virt` to the frame at `phys` with `leaf_flags` (PRESENT is
@@ -118,7 +122,7 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
         phys: u64,
         leaf_flags: u64,
     ) -> Result<(), BootError> {
-        debug_assert!(virt % PAGE_SIZE == 0 && phys % PAGE_SIZE == 0);
+        debug_assert!(virt.is_multiple_of(PAGE_SIZE) && phys.is_multiple_of(PAGE_SIZE));
         if !is_canonical(virt) {
             return Err(BootError::BadAddress(virt));
         }

@@ -53,9 +53,12 @@ impl TestElf {
 
     fn build(&self) -> Vec<u8> {
         let mut f = vec![0u8; 0x3200];
-        let put16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        let put32 = |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        let put64 = |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let put16 =
+            |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        let put32 =
+            |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 =
+            |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
         // ELF header.
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2; // 64-bit
@@ -76,15 +79,55 @@ impl TestElf {
         // Program headers: type, flags, offset, vaddr, paddr, filesz, memsz, align.
         let data_vaddr = if self.overlap { 0x1800 } else { DATA_VADDR };
         let mut headers = vec![
-            (object::elf::PT_LOAD, 5, 0x1000, CODE_VADDR, 0x100, 0x100, 0x1000),
-            (object::elf::PT_LOAD, 6, 0x2000, data_vaddr, 0x100, DATA_MEM_SIZE, 0x1000),
-            (object::elf::PT_DYNAMIC, 6, 0x2040, data_vaddr + 0x40, 0x40, 0x40, 8),
+            (
+                object::elf::PT_LOAD,
+                5,
+                0x1000,
+                CODE_VADDR,
+                0x100,
+                0x100,
+                0x1000,
+            ),
+            (
+                object::elf::PT_LOAD,
+                6,
+                0x2000,
+                data_vaddr,
+                0x100,
+                DATA_MEM_SIZE,
+                0x1000,
+            ),
+            (
+                object::elf::PT_DYNAMIC,
+                6,
+                0x2040,
+                data_vaddr + 0x40,
+                0x40,
+                0x40,
+                8,
+            ),
         ];
         if self.relro {
-            headers.push((object::elf::PT_GNU_RELRO, 4, 0x2000, data_vaddr, 0x80, 0x80, 1));
+            headers.push((
+                object::elf::PT_GNU_RELRO,
+                4,
+                0x2000,
+                data_vaddr,
+                0x80,
+                0x80,
+                1,
+            ));
         }
         if self.tls {
-            headers.push((object::elf::PT_TLS, 4, 0x2080, data_vaddr + 0x80, 0x10, 0x40, 8));
+            headers.push((
+                object::elf::PT_TLS,
+                4,
+                0x2080,
+                data_vaddr + 0x80,
+                0x10,
+                0x40,
+                8,
+            ));
         }
         put16(&mut f, 56, headers.len() as u16);
         for (i, &(kind, flags, offset, vaddr, filesz, memsz, align)) in headers.iter().enumerate() {
@@ -127,7 +170,13 @@ impl TestElf {
         let sections = [
             (0u32, 0u32, 0u64, 0u64, 0u64),
             (1, object::elf::SHT_STRTAB, 0, 0x3100, names.len() as u64),
-            (config_name, object::elf::SHT_PROGBITS, CODE_VADDR + 0x10, 0x1010, self.config.len() as u64),
+            (
+                config_name,
+                object::elf::SHT_PROGBITS,
+                CODE_VADDR + 0x10,
+                0x1010,
+                self.config.len() as u64,
+            ),
         ];
         for (i, &(name, kind, addr, offset, size)) in sections.iter().enumerate() {
             let at = 0x3000 + i * 64;
@@ -170,7 +219,10 @@ fn leaf_entry(memory: &GuestMemoryMmap, cr3: u64, virt: u64) -> u64 {
         entry = memory
             .read_obj::<u64>(GuestAddress(table + index * 8))
             .unwrap();
-        assert!(entry & flags::PRESENT != 0, "{virt:#x} unmapped at level {level}");
+        assert!(
+            entry & flags::PRESENT != 0,
+            "{virt:#x} unmapped at level {level}"
+        );
         table = entry & 0x000F_FFFF_FFFF_F000;
     }
     entry
@@ -215,7 +267,15 @@ fn segments_are_mapped_with_their_rights_and_relro_is_read_only() {
     let bss = leaf_entry(&memory, cr3, offset + DATA_VADDR + 0x1000);
     assert_ne!(bss & flags::WRITABLE, 0, "bss is writable");
     assert_ne!(bss & flags::NO_EXECUTE, 0, "bss is not executable");
-    assert!(translate(&memory, cr3, offset + DATA_VADDR + DATA_MEM_SIZE, KERNEL_READ).is_err());
+    assert!(
+        translate(
+            &memory,
+            cr3,
+            offset + DATA_VADDR + DATA_MEM_SIZE,
+            KERNEL_READ
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -262,7 +322,9 @@ fn the_stack_sits_above_an_unmapped_guard_page() {
 fn boot_info_bytes(memory: &GuestMemoryMmap, loaded: &LoadedGuest) -> Vec<u8> {
     let physical = translate(memory, loaded.vcpu.cr3, loaded.vcpu.rdi, KERNEL_READ).unwrap();
     let mut bytes = vec![0u8; 232 + 3 * 24];
-    memory.read_slice(&mut bytes, GuestAddress(physical)).unwrap();
+    memory
+        .read_slice(&mut bytes, GuestAddress(physical))
+        .unwrap();
     bytes
 }
 
@@ -297,7 +359,9 @@ fn boot_info_describes_the_boot() {
     assert_eq!((tls.file_size, tls.mem_size), (0x10, 0x40));
     // The ELF file itself is in guest memory at kernel_addr.
     let mut copy = vec![0u8; file.len()];
-    memory.read_slice(&mut copy, GuestAddress(info.kernel_addr)).unwrap();
+    memory
+        .read_slice(&mut copy, GuestAddress(info.kernel_addr))
+        .unwrap();
     assert_eq!(copy, file);
     // The regions pointer follows BootInfo.
     assert_eq!(
@@ -343,7 +407,11 @@ fn the_memory_map_covers_ram_and_marks_every_frame_mote_used() {
         loaded.vcpu.gdt.base,
     ];
     for physical in used {
-        assert_eq!(kind_of(physical), Some(RegionKind::Bootloader), "{physical:#x}");
+        assert_eq!(
+            kind_of(physical),
+            Some(RegionKind::Bootloader),
+            "{physical:#x}"
+        );
     }
     assert_eq!(kind_of(16 * MIB - 1), Some(RegionKind::Usable));
 }
@@ -403,7 +471,10 @@ fn a_fixed_stack_address_is_honoured() {
 fn bad_files_are_clear_errors() {
     let not_elf = PreparedImage::new(b"#!/bin/sh\necho hi\n".to_vec());
     assert!(matches!(not_elf, Err(BootError::NotElf)), "{not_elf:?}");
-    assert!(matches!(PreparedImage::new(Vec::new()), Err(BootError::NotElf)));
+    assert!(matches!(
+        PreparedImage::new(Vec::new()),
+        Err(BootError::NotElf)
+    ));
     let arm = TestElf {
         machine: object::elf::EM_AARCH64,
         ..TestElf::new()
@@ -439,8 +510,9 @@ fn bad_files_are_clear_errors() {
     let mut truncated = TestElf::new().build();
     truncated.truncate(0x2080);
     assert!(PreparedImage::new(truncated).is_err());
-    let physical = TestElf::new()
-        .with_config(|c| c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic));
+    let physical = TestElf::new().with_config(|c| {
+        c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic)
+    });
     assert!(matches!(
         PreparedImage::new(physical.build()),
         Err(BootError::Unsupported(_))

@@ -102,7 +102,12 @@ mod tests {
             PortEvent::Hypercall(Ok(Request::Exit { code: 7 }))
         );
         assert_eq!(
-            out(HYPERCALL_PORT, 4, Hypercall::ConsoleWrite as u32, [0x1000, 5]),
+            out(
+                HYPERCALL_PORT,
+                4,
+                Hypercall::ConsoleWrite as u32,
+                [0x1000, 5]
+            ),
             PortEvent::Hypercall(Ok(Request::ConsoleWrite {
                 address: 0x1000,
                 len: 5
@@ -142,7 +147,10 @@ mod tests {
             }),
             PortEvent::SerialRead { offset: 5 }
         );
-        assert_eq!(out(0xF4, 4, 0x10, [0, 0]), PortEvent::DebugExit { value: 0x10 });
+        assert_eq!(
+            out(0xF4, 4, 0x10, [0, 0]),
+            PortEvent::DebugExit { value: 0x10 }
+        );
         assert_eq!(out(0x1234, 1, 0, [0, 0]), PortEvent::Unserved);
         assert_eq!(out(0x3F7, 1, 0, [0, 0]), PortEvent::Unserved);
         assert_eq!(out(0x400, 1, 0, [0, 0]), PortEvent::Unserved);

@@ -29,9 +29,7 @@ pub(crate) fn read_virtual(
     len: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), HypercallError> {
-    let end = address
-        .checked_add(len)
-        .ok_or(HypercallError::BadAddress)?;
+    let end = address.checked_add(len).ok_or(HypercallError::BadAddress)?;
     let access = Access {
         write: false,
         user: space.user,
@@ -75,7 +73,8 @@ mod tests {
             .unwrap();
         let text: Vec<u8> = (0..PAGE_SIZE).map(|i| b'0' + (i % 10) as u8).collect();
         ram.write_slice(&text, GuestAddress(0x8_0000)).unwrap();
-        ram.write_slice(b"next page", GuestAddress(0x9_0000)).unwrap();
+        ram.write_slice(b"next page", GuestAddress(0x9_0000))
+            .unwrap();
         let space = AddressSpace {
             cr3: tables.root(),
             user: false,
@@ -96,11 +95,11 @@ mod tests {
         let (ram, space) = setup();
         let mut out = b"kept".to_vec();
         for (address, len) in [
-            (0x40_2000, 1),                   // unmapped
-            (0x40_1FFF, 2),                   // runs into an unmapped page
-            (0x40_0000, u64::MAX),            // overflows
-            (u64::MAX - 1, 4),                // overflows
-            (0x8000_0000_0000_0000, 1),       // not canonical
+            (0x40_2000, 1),             // unmapped
+            (0x40_1FFF, 2),             // runs into an unmapped page
+            (0x40_0000, u64::MAX),      // overflows
+            (u64::MAX - 1, 4),          // overflows
+            (0x8000_0000_0000_0000, 1), // not canonical
         ] {
             assert_eq!(
                 read_virtual(&ram, space, address, len, &mut out),
@@ -116,7 +115,10 @@ mod tests {
     #[test]
     fn user_callers_need_user_pages() {
         let (ram, space) = setup();
-        let user = AddressSpace { user: true, ..space };
+        let user = AddressSpace {
+            user: true,
+            ..space
+        };
         let mut out = Vec::new();
         assert_eq!(
             read_virtual(&ram, user, 0x40_0000, 1, &mut out),

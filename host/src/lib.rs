@@ -118,11 +118,10 @@ impl GuestImage {
 
     /// Prepares a guest kernel from its ELF bytes; `name` appears in errors.
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, Error> {
-        let prepared =
-            mote_boot::PreparedImage::new(bytes).map_err(|source| Error::BadImage {
-                path: name.to_owned(),
-                source,
-            })?;
+        let prepared = mote_boot::PreparedImage::new(bytes).map_err(|source| Error::BadImage {
+            path: name.to_owned(),
+            source,
+        })?;
         Ok(Self { prepared })
     }
 
@@ -151,7 +150,9 @@ impl RunConfig {
     /// Sets the guest memory size in bytes: a multiple of 4 KiB, from 2 MiB to
     /// [`MAX_MEMORY_SIZE`].
     pub fn memory_size(mut self, bytes: u64) -> Result<Self, Error> {
-        if bytes % 4096 != 0 || !(mote_boot::MIN_MEMORY..=MAX_MEMORY_SIZE).contains(&bytes) {
+        if !bytes.is_multiple_of(4096)
+            || !(mote_boot::MIN_MEMORY..=MAX_MEMORY_SIZE).contains(&bytes)
+        {
             return Err(Error::Config(format!(
                 "memory size {bytes} is not a multiple of 4 KiB between 2 MiB and 3 GiB"
             )));

@@ -180,6 +180,8 @@ pub struct Phases {
     pub vcpu: Duration,
     /// From the first guest instruction to the end of the run.
     pub run: Duration,
+    /// Destroying the vCPU and the VM and releasing guest memory.
+    pub teardown: Duration,
 }
 
 /// vCPU exits, by what they were.

@@ -45,15 +45,19 @@ impl Serial {
         self.lcr & LCR_DLAB != 0
     }
 
+    /// In loopback mode a transmitted byte comes back to the receiver, not out of the port;
+    /// it is dropped when the receive FIFO is full, as on the chip.
+    fn loop_back(&mut self, value: u8) {
+        if self.received.len() < FIFO_SIZE {
+            self.received.push_back(value);
+        }
+    }
+
     /// A write to register `offset`; returns the byte to transmit, if the write sends one.
     pub(crate) fn write(&mut self, offset: u8, value: u8) -> Option<u8> {
         match offset {
             offset::DATA if self.dlab() => self.divisor_low = value,
-            offset::DATA if self.mcr & MCR_LOOPBACK != 0 => {
-                if self.received.len() < FIFO_SIZE {
-                    self.received.push_back(value);
-                }
-            }
+            offset::DATA if self.mcr & MCR_LOOPBACK != 0 => self.loop_back(value),
             offset::DATA => return Some(value),
             offset::IER if self.dlab() => self.divisor_high = value,
             offset::IER => self.ier = value & 0x0F,
@@ -143,7 +147,10 @@ mod tests {
         let mut serial = Serial::default();
         assert_eq!(serial.read(offset::IIR_FCR), IIR_NO_INTERRUPT);
         serial.write(offset::IIR_FCR, 0x07);
-        assert_eq!(serial.read(offset::IIR_FCR) & IIR_FIFO_ENABLED, IIR_FIFO_ENABLED);
+        assert_eq!(
+            serial.read(offset::IIR_FCR) & IIR_FIFO_ENABLED,
+            IIR_FIFO_ENABLED
+        );
         let lsr = serial.read(offset::LSR);
         assert_eq!(
             lsr & (LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY),

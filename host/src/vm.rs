@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::time::Instant;
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use mote_abi::{CONSOLE_WRITE_MAX, HypercallError};
 use mote_boot::{Segment, VcpuState};
@@ -109,7 +111,9 @@ pub(crate) fn run(
     stats.phases.memory = start.elapsed();
 
     let start = Instant::now();
-    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
     register_memory(&vm, &ram)?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
@@ -143,10 +147,21 @@ pub(crate) fn run(
     let start = Instant::now();
     let exit = machine.run_to_exit()?;
     machine.stats.phases.run = start.elapsed();
+    let Machine {
+        vcpu,
+        _vm: vm,
+        ram,
+        console,
+        mut stats,
+        ..
+    } = machine;
+    let start = Instant::now();
+    drop((vcpu, vm, ram));
+    stats.phases.teardown = start.elapsed();
     Ok(Outcome {
         exit,
-        stats: machine.stats,
-        console: machine.console.into_captured(),
+        stats,
+        console: console.into_captured(),
     })
 }
 
@@ -324,9 +339,7 @@ impl Machine<'_> {
                 self.stats.exits.hypercalls += 1;
                 let result = match request {
                     Ok(Request::Exit { code }) => return Ok(Some(Exit::Guest { code })),
-                    Ok(Request::ConsoleWrite { address, len }) => {
-                        self.console_write(address, len)
-                    }
+                    Ok(Request::ConsoleWrite { address, len }) => self.console_write(address, len),
                     Err(error) => Err(error),
                 };
                 let rax = result.unwrap_or_else(HypercallError::to_result);
@@ -353,9 +366,7 @@ impl Machine<'_> {
     fn console_write(&mut self, address: u64, len: u64) -> Result<u64, HypercallError> {
         // Refuse ranges that wrap before capping, so a wrapping length is an error, not a
         // silently shortened write.
-        address
-            .checked_add(len)
-            .ok_or(HypercallError::BadAddress)?;
+        address.checked_add(len).ok_or(HypercallError::BadAddress)?;
         let len = len.min(CONSOLE_WRITE_MAX);
         let sregs = self.vcpu.sync_regs().sregs;
         let space = AddressSpace {

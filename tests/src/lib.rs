@@ -1,1 +1,74 @@
+//! Helpers for mote's end-to-end tests: where the guests and the `mote` binary are, and how to
+//! run them. The guests must have been built (`cargo xtask build` or `cargo xtask test`).
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig};
+
+/// Where `cargo xtask build` puts the guest ELF files.
+pub fn guest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/target/x86_64-unknown-none/release")
+}
+
+/// The path of a built guest; panics with what to do if it is missing.
+pub fn guest_path(name: &str) -> PathBuf {
+    let path = guest_dir().join(name);
+    assert!(
+        path.is_file(),
+        "guest `{name}` is not built ({}): run `cargo xtask build` or `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The `mote` binary of the same build as this test.
+pub fn mote_bin() -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let mote = profile_dir.join("mote");
+    assert!(
+        mote.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (cargo xtask test does)",
+        mote.display()
+    );
+    mote
+}
+
+/// One KVM handle for every test in the process, as an embedder would have.
+pub fn hypervisor() -> &'static Hypervisor {
+    static HYPERVISOR: OnceLock<Hypervisor> = OnceLock::new();
+    HYPERVISOR.get_or_init(|| Hypervisor::open().expect("KVM must be usable for these tests"))
+}
+
+/// Boots a built guest through the library and returns its outcome.
+pub fn run_guest(name: &str) -> Outcome {
+    let image = GuestImage::from_file(guest_path(name)).expect("the guest image is valid");
+    hypervisor()
+        .run(&image, RunConfig::default())
+        .expect("the run reaches an outcome")
+}
+
+/// Runs the `mote` binary with `args`.
+pub fn mote(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(mote_bin())
+        .args(args)
+        .output()
+        .expect("mote starts")
+}
+
+/// Runs `mote run GUEST` on a built guest.
+pub fn mote_run(name: &str) -> Output {
+    let path = guest_path(name);
+    mote(&["run".as_ref(), path.as_os_str()])
+}
+
+/// Text of an output stream, for assertions.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

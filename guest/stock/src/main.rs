@@ -33,7 +33,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         .filter(|r| r.kind == bootloader_api::info::MemoryRegionKind::Usable)
         .map(|r| r.end - r.start)
         .sum();
-    let _ = writeln!(serial, "{regions} memory regions, {} KiB usable", usable / 1024);
+    let _ = writeln!(
+        serial,
+        "{regions} memory regions, {} KiB usable",
+        usable / 1024
+    );
     exit_qemu(regions > 0 && usable > 0)
 }
 

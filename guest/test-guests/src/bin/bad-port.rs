@@ -7,5 +7,7 @@ mote_guest::entry!(main);
 fn main() {
     mote_guest::println!("writing to port 0x1234");
     // SAFETY: an `out` to an unserved port; under mote it ends the run.
-    unsafe { core::arch::asm!("out dx, al", in("dx") 0x1234u16, in("al") 0xABu8, options(nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") 0x1234u16, in("al") 0xABu8, options(nomem, nostack))
+    };
 }

@@ -20,7 +20,11 @@ fn main() -> u32 {
     let mut all_ok = true;
     // SAFETY (all raw calls below): the host must reject these, never touch the addresses.
     unsafe {
-        all_ok &= expect("unknown call", check(raw(0xDEAD, 0, 0)), Err(HypercallError::UnknownCall));
+        all_ok &= expect(
+            "unknown call",
+            check(raw(0xDEAD, 0, 0)),
+            Err(HypercallError::UnknownCall),
+        );
         all_ok &= expect(
             "unmapped address",
             check(raw(write, 0x10, 4)),

@@ -1,0 +1,207 @@
+//! The `mote` binary: exit codes, messages and bad input.
+
+use std::ffi::OsStr;
+use std::io::Write;
+
+use mote_host::exit_status;
+use mote_tests::{guest_path, mote, mote_bin, mote_run, text};
+
+#[test]
+fn run_shows_the_console_and_exits_with_the_guests_code() {
+    let out = mote_run("hello");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Hello from a mote guest!"));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+
+    let out = mote_run("panic");
+    assert_eq!(out.status.code(), Some(101));
+    assert!(text(&out.stdout).contains("deliberate panic, answer = 42"));
+    assert!(text(&out.stderr).contains("exited with code 101"));
+}
+
+#[test]
+fn mote_outcomes_have_reserved_codes_and_one_line_reasons() {
+    let out = mote_run("triple-fault");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::GUEST_SHUTDOWN))
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("triple fault"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let out = mote_run("bad-port");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::UNSERVED_ACCESS))
+    );
+    assert!(text(&out.stderr).contains("port 0x1234"));
+}
+
+#[test]
+fn a_stock_kernel_passes_through_debug_exit() {
+    let out = mote_run("stock");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Hello from a stock bootloader_api kernel"));
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    for args in [&["--help"][..], &["run", "--help"][..]] {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let out = mote(&args);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        assert!(help.contains("Exit codes"), "{help}");
+        assert!(help.contains("117"), "{help}");
+        assert!(help.contains("0x10 means 0"), "{help}");
+    }
+}
+
+#[test]
+fn bad_command_lines_are_usage_errors() {
+    let out = mote(&[OsStr::new("run")]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    let hello = guest_path("hello");
+    for mem in ["lots", "1M", "5000000"] {
+        let out = mote(&[
+            "run".as_ref(),
+            hello.as_os_str(),
+            "--mem".as_ref(),
+            mem.as_ref(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(exit_status::USAGE)),
+            "--mem {mem}"
+        );
+        assert!(!text(&out.stderr).is_empty());
+    }
+}
+
+/// A temporary file holding `bytes`, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("mote-test-{}-{name}", std::process::id()));
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(bytes))
+            .expect("temp file");
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `mote run FILE` and checks the exit code and that stderr is one line naming the file
+/// and the problem.
+fn assert_rejected(file: &std::path::Path, code: u8, problem: &str) {
+    let out = mote(&["run".as_ref(), file.as_os_str()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(code)), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(stderr.contains(problem), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_guest_files_get_one_line_errors_and_distinct_codes() {
+    let missing = std::env::temp_dir().join("mote-test-no-such-guest");
+    assert_rejected(&missing, exit_status::CANNOT_READ_GUEST, "No such file");
+
+    let script = TempFile::new("script", b"#!/bin/sh\necho not a kernel\n");
+    assert_rejected(&script.0, exit_status::BAD_GUEST_IMAGE, "not an ELF file");
+
+    let hello = std::fs::read(guest_path("hello")).unwrap();
+    let mut arm = hello.clone();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes()); // e_machine = EM_AARCH64
+    let arm = TempFile::new("arm", &arm);
+    assert_rejected(&arm.0, exit_status::BAD_GUEST_IMAGE, "not x86_64");
+
+    // Rename the config section: the kernel no longer says how to boot it.
+    let mut unconfigured = hello.clone();
+    let name = b".bootloader-config";
+    let at = unconfigured
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the section name is in the file");
+    unconfigured[at..at + name.len()].copy_from_slice(b".bootloader-xxxxxx");
+    let unconfigured = TempFile::new("unconfigured", &unconfigured);
+    assert_rejected(
+        &unconfigured.0,
+        exit_status::BAD_GUEST_IMAGE,
+        ".bootloader-config",
+    );
+
+    let truncated = TempFile::new("truncated", &hello[..200]);
+    assert_rejected(&truncated.0, exit_status::BAD_GUEST_IMAGE, "ELF");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn without_dev_kvm_the_error_says_so() {
+    if !is_root() {
+        eprintln!("skipped: hiding /dev/kvm needs root (a private mount namespace)");
+        return;
+    }
+    // A private mount namespace with an empty /dev: /dev/kvm does not exist there.
+    let script = format!(
+        "mount -t tmpfs none /dev && exec '{}' run '{}'",
+        mote_bin().display(),
+        guest_path("hello").display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::KVM_UNAVAILABLE)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/dev/kvm does not exist"), "{stderr}");
+}
+
+#[test]
+fn without_permission_on_dev_kvm_the_error_says_what_to_do() {
+    if !is_root() {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    // The guest must be readable by `nobody`, and /dev/kvm (0600 root, or 0660 kvm) is not.
+    let guest = TempFile::new("perm-guest", &std::fs::read(guest_path("hello")).unwrap());
+    let mote = TempFile::new("perm-mote", &std::fs::read(mote_bin()).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&guest.0, &mote.0] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&mote.0)
+        .arg("run")
+        .arg(&guest.0)
+        .output()
+        .expect("setpriv runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::KVM_UNAVAILABLE)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no permission to open /dev/kvm"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kvm"), "{stderr}");
+}

@@ -1,25 +1,34 @@
 //! The mote hypercall contract, shared by the host and every guest.
 //!
 //! This crate is the single source of the numbers and layouts that both sides of a mote VM must
-//! agree on: the I/O ports, the hypercall numbers, their argument registers, their error codes
-//! and the CPUID leaves a guest uses to discover mote. `docs/abi.md` explains the contract in
-//! prose; this crate is its machine-readable half.
+//! agree on: the I/O ports, the hypercall numbers, their argument registers, their error codes,
+//! the CPUID leaves a guest uses to discover mote, and the runtime note a guest carries to be run
+//! in user mode. `docs/abi.md` explains the contract in prose; this crate is its machine-readable
+//! half.
 //!
-//! # Calling convention (ABI version 0)
+//! # Calling convention
 //!
 //! A guest makes a hypercall with one 32-bit `out` to [`HYPERCALL_PORT`]: the value written
-//! (`eax`) is the call number ([`Hypercall`]). Arguments travel in `rdi`, `rsi` and `rdx`; the
-//! result comes back in `rax`. A result at or above [`ERROR_BASE`] is an error
-//! ([`HypercallError`]); anything below is the call's success value.
+//! (`eax`) is the call number ([`Hypercall`]). Arguments travel in the registers of
+//! [`ARGUMENT_REGISTERS`], in that order; the result comes back in `rax`. A result at or above
+//! [`ERROR_BASE`] is an error ([`HypercallError`]); anything below is the call's success value.
+//! `rdx` holds the port and `rcx`/`r11` are left out so that the same registers work when the
+//! `out` is made by a `syscall` stub (which clobbers them).
 //!
 //! Guest addresses passed to a hypercall are guest-virtual: the host translates them through the
-//! guest's page tables, page by page.
+//! guest's page tables, page by page, and a guest running in user mode may only name pages that
+//! user mode may access.
 #![no_std]
 #![warn(missing_docs)]
 
+pub mod note;
+
 /// The ABI version this crate describes. A guest reads the host's from CPUID
-/// ([`CPUID_LEAF_VERSION`]) and refuses to run if the major part differs.
-pub const ABI_VERSION: u32 = 0;
+/// ([`CPUID_LEAF_INFO`]) and refuses to run if it differs.
+pub const ABI_VERSION: u32 = 1;
+
+/// The registers that carry hypercall arguments, in order.
+pub const ARGUMENT_REGISTERS: [&str; 6] = ["rdi", "rsi", "r8", "r9", "r10", "r12"];
 
 /// The I/O port of every hypercall. A 32-bit `out` to it makes a hypercall.
 pub const HYPERCALL_PORT: u16 = 0x0500;
@@ -47,28 +56,74 @@ pub const fn debug_exit_code(value: u32) -> u32 {
     }
 }
 
-/// The most bytes one `console_write` takes. A longer write is cut here: the call returns how
-/// many bytes it took and the guest writes the rest in another call.
-pub const CONSOLE_WRITE_MAX: u64 = 64 * 1024;
+/// The most bytes one `console_write`, `output_write` or `random` call takes. A longer request
+/// is cut here: the call returns how many bytes it took and the guest makes another call for the
+/// rest.
+pub const TRANSFER_MAX: u64 = 1024 * 1024;
 
-/// The hypercalls of this ABI version, by number (the value written to [`HYPERCALL_PORT`]).
+/// The most bytes of message and of file name an `abort` carries; longer ones are cut.
+pub const ABORT_TEXT_MAX: u64 = 4096;
+
+/// The longest host-function name.
+pub const HOST_FUNCTION_NAME_MAX: u64 = 256;
+
+/// The hypercalls, by number (the value written to [`HYPERCALL_PORT`]).
+///
+/// Arguments are listed in [`ARGUMENT_REGISTERS`] order: `rdi`, `rsi`, `r8`, `r9`, `r10`, `r12`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Hypercall {
-    /// Ends the run. `rdi`: the exit code (`u32`). Does not return.
+    /// Ends the run. Args: exit code (`u32`). Does not return.
     Exit = 0,
-    /// Writes console text. `rdi`: guest-virtual address, `rsi`: length in bytes. Returns the
-    /// number of bytes taken (at most [`CONSOLE_WRITE_MAX`]).
+    /// Writes console text. Args: address, length. Returns the bytes taken (at most
+    /// [`TRANSFER_MAX`]).
     ConsoleWrite = 1,
+    /// Ends the run reporting a panic. Args: message address, message length, file address,
+    /// file length, line. Does not return. Texts are cut at [`ABORT_TEXT_MAX`] bytes.
+    Abort = 2,
+    /// Appends to the run's output (the function's result). Args: address, length. Returns the
+    /// bytes taken (at most [`TRANSFER_MAX`]).
+    OutputWrite = 3,
+    /// Returns the host's wall-clock time in nanoseconds since the Unix epoch. No args.
+    WallClock = 4,
+    /// Fills a buffer with random bytes from the host's `getrandom`. Args: address, length.
+    /// Returns the bytes written (at most [`TRANSFER_MAX`]).
+    Random = 5,
+    /// Calls a function the embedder registered. Args: name address, name length, request
+    /// address, request length, response buffer address, response buffer capacity. Writes
+    /// `min(response length, capacity)` bytes and returns the full response length: a result
+    /// larger than the capacity means the response was cut.
+    HostCall = 6,
+    /// Marks the end of the guest's initialisation. No args. Returns 0.
+    Ready = 7,
+    /// Does nothing and returns 0: the cost of a hypercall round trip, for benchmarks.
+    Nop = 8,
+    /// Ends the run reporting a CPU exception (used by the runtime's exception handlers).
+    /// Args: vector, error code, faulting instruction address, CR2. Does not return.
+    Exception = 9,
 }
 
 impl Hypercall {
+    /// Every call, in number order.
+    pub const ALL: [Hypercall; 10] = [
+        Hypercall::Exit,
+        Hypercall::ConsoleWrite,
+        Hypercall::Abort,
+        Hypercall::OutputWrite,
+        Hypercall::WallClock,
+        Hypercall::Random,
+        Hypercall::HostCall,
+        Hypercall::Ready,
+        Hypercall::Nop,
+        Hypercall::Exception,
+    ];
+
     /// The call with this number, if there is one.
     pub const fn from_number(number: u32) -> Option<Self> {
-        match number {
-            0 => Some(Self::Exit),
-            1 => Some(Self::ConsoleWrite),
-            _ => None,
+        if (number as usize) < Self::ALL.len() {
+            Some(Self::ALL[number as usize])
+        } else {
+            None
         }
     }
 }
@@ -82,15 +137,32 @@ pub const ERROR_BASE: u64 = u64::MAX - 0xFFF;
 pub enum HypercallError {
     /// No hypercall has this number.
     UnknownCall = 1,
-    /// A guest address is not mapped, or a range leaves guest memory.
+    /// A guest address is not mapped for the caller, a buffer to be written is read-only, or a
+    /// range wraps around the address space.
     BadAddress = 2,
     /// An argument is out of its range.
     InvalidArgument = 3,
     /// The call was made with an `out` of the wrong width (it must be 32 bits).
     BadAccessWidth = 4,
+    /// No host function has this name.
+    UnknownFunction = 5,
+    /// The host function failed.
+    HostFunctionFailed = 6,
+    /// The run's limit on this resource (output or console bytes) is used up.
+    LimitExceeded = 7,
 }
 
 impl HypercallError {
+    const ALL: [HypercallError; 7] = [
+        HypercallError::UnknownCall,
+        HypercallError::BadAddress,
+        HypercallError::InvalidArgument,
+        HypercallError::BadAccessWidth,
+        HypercallError::UnknownFunction,
+        HypercallError::HostFunctionFailed,
+        HypercallError::LimitExceeded,
+    ];
+
     /// The value the guest receives in `rax`.
     pub const fn to_result(self) -> u64 {
         ERROR_BASE + self as u64
@@ -98,15 +170,14 @@ impl HypercallError {
 
     /// The error a result value carries, if it is one.
     pub const fn from_result(result: u64) -> Option<Self> {
-        if result < ERROR_BASE {
+        if result <= ERROR_BASE {
             return None;
         }
-        match result - ERROR_BASE {
-            1 => Some(Self::UnknownCall),
-            2 => Some(Self::BadAddress),
-            3 => Some(Self::InvalidArgument),
-            4 => Some(Self::BadAccessWidth),
-            _ => None,
+        let code = (result - ERROR_BASE) as usize;
+        if code <= Self::ALL.len() {
+            Some(Self::ALL[code - 1])
+        } else {
+            None
         }
     }
 }
@@ -115,8 +186,9 @@ impl HypercallError {
 /// hypervisor leaf mote serves.
 pub const CPUID_LEAF_SIGNATURE: u32 = 0x4000_0000;
 
-/// CPUID leaf whose `eax` holds [`ABI_VERSION`].
-pub const CPUID_LEAF_VERSION: u32 = 0x4000_0001;
+/// CPUID leaf with mote's information: `eax` = [`ABI_VERSION`], `ebx` = feature bits (none yet),
+/// `ecx` = TSC frequency in kHz (0 if unknown).
+pub const CPUID_LEAF_INFO: u32 = 0x4000_0001;
 
 /// The 12 bytes a guest finds in `ebx`, `ecx`, `edx` (in that order) of
 /// [`CPUID_LEAF_SIGNATURE`] when it runs under mote.
@@ -138,17 +210,13 @@ mod tests {
 
     #[test]
     fn errors_round_trip_and_successes_are_not_errors() {
-        for error in [
-            HypercallError::UnknownCall,
-            HypercallError::BadAddress,
-            HypercallError::InvalidArgument,
-            HypercallError::BadAccessWidth,
-        ] {
+        for error in HypercallError::ALL {
             assert_eq!(HypercallError::from_result(error.to_result()), Some(error));
         }
         assert_eq!(HypercallError::from_result(0), None);
-        assert_eq!(HypercallError::from_result(CONSOLE_WRITE_MAX), None);
+        assert_eq!(HypercallError::from_result(TRANSFER_MAX), None);
         assert_eq!(HypercallError::from_result(ERROR_BASE), None);
+        assert_eq!(HypercallError::from_result(u64::MAX), None);
     }
 
     #[test]
@@ -161,10 +229,12 @@ mod tests {
 
     #[test]
     fn call_numbers_round_trip() {
-        for call in [Hypercall::Exit, Hypercall::ConsoleWrite] {
-            assert_eq!(Hypercall::from_number(call as u32), Some(call));
+        for (number, call) in Hypercall::ALL.iter().enumerate() {
+            assert_eq!(*call as usize, number);
+            assert_eq!(Hypercall::from_number(number as u32), Some(*call));
         }
-        assert_eq!(Hypercall::from_number(99), None);
+        assert_eq!(Hypercall::from_number(Hypercall::ALL.len() as u32), None);
+        assert_eq!(Hypercall::from_number(u32::MAX), None);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct BootInfoFields {
     pub regions: Vec<MemoryRegion>,
     /// `tls_template`: address, file size, memory size.
     pub tls_template: Option<(u64, u64, u64)>,
+    /// `ramdisk_addr` and `ramdisk_len`.
+    pub ramdisk: Option<(u64, u64)>,
     /// `kernel_addr`: physical address of the ELF file.
     pub kernel_addr: u64,
     /// `kernel_len`: size of the ELF file.
@@ -94,8 +96,14 @@ impl BootInfoFields {
             }
             None => put_u32(&mut b, 128, NONE),
         }
-        put_u32(&mut b, 160, NONE); // ramdisk_addr
-        put_u64(&mut b, 176, 0); // ramdisk_len
+        match self.ramdisk {
+            Some((address, len)) => {
+                put_u32(&mut b, 160, SOME);
+                put_u64(&mut b, 168, address);
+                put_u64(&mut b, 176, len);
+            }
+            None => put_u32(&mut b, 160, NONE),
+        }
         put_u64(&mut b, 184, self.kernel_addr);
         put_u64(&mut b, 192, self.kernel_len);
         put_u64(&mut b, 200, self.kernel_image_offset);
@@ -157,6 +165,7 @@ mod tests {
                 },
             ],
             tls_template: Some((0x8000, 0x10, 0x20)),
+            ramdisk: Some((0x180_0000_0000, 77)),
             kernel_addr: 0x10_0000,
             kernel_len: 1234,
             kernel_image_offset: 0x80_0000_0000,
@@ -182,7 +191,8 @@ mod tests {
             (tls.start_addr, tls.file_size, tls.mem_size),
             (0x8000, 0x10, 0x20)
         );
-        assert!(matches!(info.ramdisk_addr, Optional::None));
+        assert!(matches!(info.ramdisk_addr, Optional::Some(0x180_0000_0000)));
+        assert_eq!(info.ramdisk_len, 77);
         assert_eq!(info.kernel_addr, 0x10_0000);
         assert_eq!(info.kernel_len, 1234);
         assert_eq!(info.kernel_image_offset, 0x80_0000_0000);

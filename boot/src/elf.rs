@@ -66,6 +66,8 @@ pub struct ElfKernel {
     pub tls: Option<(u64, u64, u64)>,
     /// The bytes of the `.bootloader-config` section.
     pub config: Vec<u8>,
+    /// Link-time address of mote's runtime note, if the kernel carries one.
+    pub runtime_note: Option<u64>,
     /// The largest segment alignment.
     pub max_align: u64,
 }
@@ -116,6 +118,7 @@ impl ElfKernel {
             relro: None,
             tls: None,
             config: Self::config_section(header, endian, data)?,
+            runtime_note: Self::runtime_note(header, endian, data)?,
             max_align: PAGE_SIZE,
         };
         let mut dynamic = None;
@@ -167,6 +170,30 @@ impl ElfKernel {
             kernel.relocations = kernel.read_relocations(&ph, endian, data)?;
         }
         Ok(kernel)
+    }
+
+    /// Where the runtime note is, if there is one; its contents are read after relocation.
+    fn runtime_note(
+        header: &FileHeader64<LE>,
+        endian: LE,
+        data: &[u8],
+    ) -> Result<Option<u64>, BootError> {
+        let sections = header
+            .sections(endian, data)
+            .map_err(|e| bad(format!("unreadable section headers ({e})")))?;
+        let Some((_, section)) =
+            sections.section_by_name(endian, mote_abi::note::SECTION.as_bytes())
+        else {
+            return Ok(None);
+        };
+        if section.sh_size(endian) < mote_abi::note::SIZE as u64 {
+            return Err(bad(format!(
+                "the {} section is {} bytes, smaller than a runtime note",
+                mote_abi::note::SECTION,
+                section.sh_size(endian)
+            )));
+        }
+        Ok(Some(section.sh_addr(endian)))
     }
 
     fn config_section(

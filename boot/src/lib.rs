@@ -19,10 +19,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 pub use boot_info::{MemoryRegion, RegionKind};
 pub use config::{BootConfig, Mapping};
-pub use vcpu::{DescriptorTable, Segment, VcpuState};
+pub use vcpu::{DescriptorTable, Segment, SyscallMsrs, VcpuState, msr};
 
 use boot_info::{BOOT_INFO_SIZE, BootInfoFields, MEMORY_REGION_SIZE};
 use elf::{ElfKernel, page_ceil, page_floor};
+use mote_abi::note;
 use paging::{FrameAllocator, PAGE_SIZE, PageTableBuilder, flags};
 
 /// Physical memory below this is left Usable; mote's own frames start here.
@@ -86,7 +87,22 @@ pub struct PreparedImage {
     /// Address of the stack's guard page; the stack starts one page above.
     stack_guard: u64,
     stack_pages: u64,
+    ramdisk_address: u64,
     boot_info_address: u64,
+    /// Present if the kernel carries mote's runtime note: it is then run in user mode.
+    runtime: Option<Runtime>,
+}
+
+/// What a runtime note asks for, relocated and checked.
+#[derive(Clone, Debug)]
+struct Runtime {
+    kernel_stack_pages: u64,
+    syscall_entry: Option<u64>,
+    exception_handlers: [Option<u64>; note::EXCEPTION_VECTORS],
+    /// Where mote's kernel stacks go: a slot of their own.
+    system_address: u64,
+    /// The note's relocated address, where mote writes what the guest should know of it.
+    note_address: u64,
 }
 
 /// One loadable segment, relocated.
@@ -111,6 +127,36 @@ pub struct LoadedGuest {
     pub regions: Vec<MemoryRegion>,
     /// Guest-virtual address of `BootInfo`.
     pub boot_info_address: u64,
+    /// Whether the guest starts in user mode (it carries mote's runtime note).
+    pub user_mode: bool,
+    /// Unmapped guard pages below each stack: a fault there is a stack overflow.
+    pub guard_pages: Vec<GuardPage>,
+}
+
+/// An unmapped page below a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardPage {
+    /// Its guest-virtual address.
+    pub address: u64,
+    /// Which stack it guards.
+    pub stack: &'static str,
+}
+
+impl GuardPage {
+    /// Whether `address` falls in this guard page.
+    pub fn contains(&self, address: u64) -> bool {
+        (self.address..self.address + PAGE_SIZE).contains(&address)
+    }
+}
+
+/// What varies from one load of an image to the next.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions<'a> {
+    /// Bytes to hand the kernel as its `bootloader_api` ramdisk (mote's input).
+    pub ramdisk: Option<&'a [u8]>,
+    /// The guest's TSC frequency in kHz (0 if unknown), told to a user-mode guest through its
+    /// runtime note.
+    pub tsc_khz: u64,
 }
 
 /// The 512 GiB slots of the top-level page table, for placing dynamic mappings.
@@ -253,13 +299,29 @@ impl PreparedImage {
             Mapping::FixedAddress(address) if address.is_multiple_of(PAGE_SIZE) => address,
             Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
         };
+        // The real loader's order: stack, (framebuffer), ramdisk, then BootInfo.
+        let ramdisk_address = match config.ramdisk_memory {
+            Mapping::Dynamic => slots.take("a free 512 GiB slot for the ramdisk")?,
+            Mapping::FixedAddress(address) if address.is_multiple_of(PAGE_SIZE) => address,
+            Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
+        };
         let boot_info_address = match config.boot_info {
             Mapping::Dynamic => slots.take("a free 512 GiB slot for BootInfo")?,
             Mapping::FixedAddress(address) if address.is_multiple_of(8) => address,
             Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
         };
+        let runtime = match kernel.runtime_note {
+            Some(address) => Some(Runtime::read(
+                &segments,
+                relocated(address)?,
+                slots.take("a free 512 GiB slot for mote's kernel stacks")?,
+            )?),
+            None => None,
+        };
 
         Ok(Self {
+            ramdisk_address,
+            runtime,
             entry: relocated(kernel.entry)?,
             file,
             config,
@@ -336,41 +398,71 @@ impl PreparedImage {
         self.kernel_offset
     }
 
+    /// Whether the kernel carries mote's runtime note and so runs in user mode.
+    pub fn user_mode(&self) -> bool {
+        self.runtime.is_some()
+    }
+
     /// Lays the kernel out in `memory` and returns the state to start the vCPU in.
     ///
     /// `memory` must be one region starting at guest-physical 0 and must be zero-filled (as
     /// fresh anonymous memory is): only the bytes that are not zero are written.
-    pub fn load<M: GuestMemoryBackend>(&self, memory: &M) -> Result<LoadedGuest, BootError> {
+    pub fn load<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+        options: &LoadOptions,
+    ) -> Result<LoadedGuest, BootError> {
         let memory_size = memory.last_addr().0 + 1;
         if memory_size < MIN_MEMORY {
-            return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
+            return Err(BootError::OutOfMemory {
+                needed: MIN_MEMORY,
+            });
         }
-        // Every write below lands in frames the allocator took from inside `memory`.
-        let out_of_memory = |_| BootError::OutOfMemory {
-            needed: memory_size + 1,
-        };
         let mut frames = FrameAllocator::new(LOADER_FRAMES_START, memory_size & !(PAGE_SIZE - 1));
+        let tables = PageTableBuilder::new(memory, &mut frames)?;
+        let mut layout = Layout {
+            memory,
+            frames,
+            tables,
+        };
+        // Pages a user-mode guest may touch are USER; mote's own structures never are.
+        let user = if self.runtime.is_some() {
+            flags::USER
+        } else {
+            0
+        };
 
         // The ELF file itself, for `kernel_addr`.
-        let kernel_addr = frames.allocate(page_ceil(self.file.len() as u64) / PAGE_SIZE)?;
-        memory
-            .write_slice(&self.file, GuestAddress(kernel_addr))
-            .map_err(out_of_memory)?;
+        let kernel_addr = layout.copy(&self.file)?;
 
-        let mut tables = PageTableBuilder::new(memory, &mut frames)?;
         for segment in &self.segments {
-            let frame = frames.allocate(segment.page_count)?;
-            memory
-                .write_slice(&segment.bytes, GuestAddress(frame + segment.offset_in_page))
-                .map_err(out_of_memory)?;
+            let frame = layout.frames.allocate(segment.page_count)?;
+            layout.write(&segment.bytes, frame + segment.offset_in_page)?;
             for i in 0..segment.page_count {
                 let page = segment.page + i * PAGE_SIZE;
-                let mut leaf_flags = segment.leaf_flags;
+                let mut leaf_flags = segment.leaf_flags | user;
                 if self.relro_pages.as_ref().is_some_and(|r| r.contains(&page)) {
                     leaf_flags &= !flags::WRITABLE;
                 }
-                tables.map_page(&mut frames, page, frame + i * PAGE_SIZE, leaf_flags)?;
+                layout.map(page, frame + i * PAGE_SIZE, 1, leaf_flags)?;
             }
+        }
+
+        // Tell a user-mode guest about its host, in its own note (see `mote_abi::note`).
+        if let Some(runtime) = &self.runtime {
+            let mut info = [0u8; 16];
+            info[..4].copy_from_slice(&mote_abi::ABI_VERSION.to_le_bytes());
+            info[8..].copy_from_slice(&options.tsc_khz.to_le_bytes());
+            let at = runtime.note_address + note::offsets::HOST_ABI_VERSION as u64;
+            let kernel = paging::Access {
+                write: false,
+                user: false,
+            };
+            let physical = paging::translate(memory, layout.tables.root(), at, kernel)
+                .map_err(|_| BootError::BadAddress(at))?;
+            // A segment's pages sit in contiguous frames, and the whole note lies in one
+            // segment (checked when it was read), so the 16 bytes are contiguous here too.
+            layout.write(&info, physical)?;
         }
 
         // The stack, above its unmapped guard page.
@@ -378,45 +470,106 @@ impl PreparedImage {
             .stack_guard
             .checked_add(PAGE_SIZE)
             .ok_or(BootError::BadAddress(self.stack_guard))?;
-        let stack_frames = frames.allocate(self.stack_pages)?;
-        tables.map_range(
-            &mut frames,
+        layout.allocate_and_map(
             stack_bottom,
-            stack_frames,
             self.stack_pages,
-            flags::WRITABLE | flags::NO_EXECUTE,
+            flags::WRITABLE | flags::NO_EXECUTE | user,
         )?;
         let stack_top = stack_bottom + self.config.kernel_stack_size;
         // SysV function entry: RSP + 8 is 16-aligned, with a zero return address at [RSP].
         let rsp = (stack_top & !0xF) - 8;
+        let mut guard_pages = vec![GuardPage {
+            address: self.stack_guard,
+            stack: "stack",
+        }];
 
-        // The GDT (and a TSS for TR), identity-mapped read-only like the real loader's.
-        let gdt_frame = frames.allocate(1)?;
-        let gdt = vcpu::Gdt::at(gdt_frame);
-        memory
-            .write_slice(&gdt.bytes(), GuestAddress(gdt_frame))
-            .map_err(out_of_memory)?;
-        tables.map_page(&mut frames, gdt_frame, gdt_frame, flags::NO_EXECUTE)?;
+        // The ramdisk (mote's input): writable for a plain kernel, as the real loader maps it;
+        // read-only for a user-mode guest, whose input is not its to change.
+        let ramdisk = match options.ramdisk {
+            Some(bytes) => {
+                let frame = layout.copy(bytes)?;
+                let pages = page_ceil(bytes.len() as u64) / PAGE_SIZE;
+                let writable = if user == 0 { flags::WRITABLE } else { 0 };
+                layout.map(
+                    self.ramdisk_address,
+                    frame,
+                    pages,
+                    flags::NO_EXECUTE | writable | user,
+                )?;
+                Some((self.ramdisk_address, bytes.len() as u64))
+            }
+            None => None,
+        };
+
+        // Kernel stacks for a user-mode guest's exception handlers: supervisor-only, each above
+        // a guard page.
+        let kernel_stacks = match &self.runtime {
+            Some(runtime) => {
+                let rsp0_bottom = runtime.system_address + PAGE_SIZE;
+                layout.allocate_and_map(
+                    rsp0_bottom,
+                    runtime.kernel_stack_pages,
+                    flags::WRITABLE | flags::NO_EXECUTE,
+                )?;
+                let rsp0 = rsp0_bottom + runtime.kernel_stack_pages * PAGE_SIZE;
+                let ist1_bottom = rsp0 + PAGE_SIZE;
+                layout.allocate_and_map(
+                    ist1_bottom,
+                    DOUBLE_FAULT_STACK_PAGES,
+                    flags::WRITABLE | flags::NO_EXECUTE,
+                )?;
+                guard_pages.push(GuardPage {
+                    address: runtime.system_address,
+                    stack: "kernel stack",
+                });
+                guard_pages.push(GuardPage {
+                    address: rsp0,
+                    stack: "double-fault stack",
+                });
+                Some(vcpu::KernelStacks {
+                    rsp0,
+                    ist1: ist1_bottom + DOUBLE_FAULT_STACK_PAGES * PAGE_SIZE,
+                })
+            }
+            None => None,
+        };
+
+        // The GDT and TSS (and the IDT of a user-mode guest), identity-mapped read-only like
+        // the real loader's GDT.
+        let gdt_pages = page_ceil(vcpu::system_tables_size(kernel_stacks.is_some())) / PAGE_SIZE;
+        let gdt_frame = layout.frames.allocate(gdt_pages)?;
+        let gdt = vcpu::Gdt::at(gdt_frame, kernel_stacks);
+        layout.write(&gdt.bytes(), gdt_frame)?;
+        layout.map(gdt_frame, gdt_frame, gdt_pages, flags::NO_EXECUTE)?;
+        let idt = match &self.runtime {
+            Some(runtime) => {
+                let idt_frame = layout.frames.allocate(1)?;
+                let bytes = vcpu::idt_bytes(&runtime.exception_handlers);
+                layout.write(&bytes, idt_frame)?;
+                layout.map(idt_frame, idt_frame, 1, flags::NO_EXECUTE)?;
+                Some(DescriptorTable {
+                    base: idt_frame,
+                    limit: (bytes.len() - 1) as u16,
+                })
+            }
+            None => None,
+        };
 
         // BootInfo and the memory map.
-        let boot_info_size = BOOT_INFO_MAX_SIZE;
         let boot_info_page = page_floor(self.boot_info_address);
         let boot_info_end = self
             .boot_info_address
-            .checked_add(boot_info_size)
+            .checked_add(BOOT_INFO_MAX_SIZE)
             .ok_or(BootError::BadAddress(self.boot_info_address))?;
         let boot_info_pages = (page_ceil(boot_info_end) - boot_info_page) / PAGE_SIZE;
-        let boot_info_frame = frames.allocate(boot_info_pages)?;
-        tables.map_range(
-            &mut frames,
+        let boot_info_frame = layout.allocate_and_map(
             boot_info_page,
-            boot_info_frame,
             boot_info_pages,
-            flags::WRITABLE | flags::NO_EXECUTE,
+            flags::WRITABLE | flags::NO_EXECUTE | user,
         )?;
 
         // Every frame mote used is below `used_end`.
-        let used_end = frames.next_free();
+        let used_end = layout.frames.next_free();
         let mut regions = vec![
             MemoryRegion {
                 start: 0,
@@ -441,28 +594,137 @@ impl PreparedImage {
             address: self.boot_info_address,
             regions: regions.clone(),
             tls_template: self.tls_template,
+            ramdisk,
             kernel_addr,
             kernel_len: self.file.len() as u64,
             kernel_image_offset: self.kernel_offset,
             kernel_stack_bottom: stack_bottom,
             kernel_stack_len: self.config.kernel_stack_size,
         };
-        let info_physical = boot_info_frame + (self.boot_info_address - boot_info_page);
-        memory
-            .write_slice(&info.to_bytes(), GuestAddress(info_physical))
-            .map_err(out_of_memory)?;
+        layout.write(
+            &info.to_bytes(),
+            boot_info_frame + (self.boot_info_address - boot_info_page),
+        )?;
 
+        let cr3 = layout.tables.root();
+        let kernel = VcpuState::kernel_entry(cr3, self.entry, rsp, self.boot_info_address, &gdt);
+        let vcpu = match (&self.runtime, idt) {
+            (Some(runtime), Some(idt)) => VcpuState::user_entry(kernel, idt, runtime.syscall_entry),
+            _ => kernel,
+        };
         Ok(LoadedGuest {
-            vcpu: VcpuState::kernel_entry(
-                tables.root(),
-                self.entry,
-                rsp,
-                self.boot_info_address,
-                &gdt,
-            ),
+            vcpu,
             regions,
             boot_info_address: self.boot_info_address,
+            user_mode: self.runtime.is_some(),
+            guard_pages,
         })
+    }
+}
+
+/// Pages for the double-fault handler's stack.
+const DOUBLE_FAULT_STACK_PAGES: u64 = 2;
+
+impl Runtime {
+    /// Reads and checks the runtime note at `address` (relocated) in the relocated segments.
+    fn read(
+        segments: &[PreparedSegment],
+        address: u64,
+        system_address: u64,
+    ) -> Result<Self, BootError> {
+        let bad = |why: &str| BootError::BadElf(format!("runtime note: {why}"));
+        let bytes = segments
+            .iter()
+            .find_map(|s| {
+                let start = s.page + s.offset_in_page;
+                let at = address.checked_sub(start)? as usize;
+                s.bytes.get(at..at.checked_add(note::SIZE)?)
+            })
+            .ok_or_else(|| bad("not inside a loaded segment's file bytes"))?;
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        if bytes[..8] != note::MAGIC {
+            return Err(bad("wrong magic"));
+        }
+        let version = u32_at(note::offsets::VERSION);
+        if version != note::VERSION {
+            return Err(bad(&format!(
+                "version {version}; this mote reads version {}",
+                note::VERSION
+            )));
+        }
+        if u32_at(note::offsets::FLAGS) != 0 {
+            return Err(bad("unknown flags"));
+        }
+        let stack_size = u64_at(note::offsets::KERNEL_STACK_SIZE);
+        if stack_size == 0 || stack_size > note::KERNEL_STACK_MAX {
+            return Err(bad(&format!(
+                "kernel stack size {stack_size} is not between 1 and {}",
+                note::KERNEL_STACK_MAX
+            )));
+        }
+        // Every entry point must be executable code of the kernel itself.
+        let executable = |address: u64| {
+            segments.iter().any(|s| {
+                s.leaf_flags & flags::NO_EXECUTE == 0
+                    && (s.page..s.page + s.page_count * PAGE_SIZE).contains(&address)
+            })
+        };
+        let entry = |at: usize| match u64_at(at) {
+            0 => Ok(None),
+            address if executable(address) => Ok(Some(address)),
+            address => Err(bad(&format!("entry {address:#x} is not in executable code"))),
+        };
+        let mut exception_handlers = [None; note::EXCEPTION_VECTORS];
+        for (vector, handler) in exception_handlers.iter_mut().enumerate() {
+            *handler = entry(note::offsets::EXCEPTION_HANDLERS + 8 * vector)?;
+        }
+        Ok(Self {
+            kernel_stack_pages: page_ceil(stack_size) / PAGE_SIZE,
+            syscall_entry: entry(note::offsets::SYSCALL_ENTRY)?,
+            exception_handlers,
+            system_address,
+            note_address: address,
+        })
+    }
+}
+
+/// Physical frames and page tables while one load is under way.
+struct Layout<'m, M: GuestMemoryBackend> {
+    memory: &'m M,
+    frames: FrameAllocator,
+    tables: PageTableBuilder<'m, M>,
+}
+
+impl<M: GuestMemoryBackend> Layout<'_, M> {
+    /// Writes `bytes` at guest-physical `address`, which lies in frames taken from `memory`.
+    fn write(&self, bytes: &[u8], address: u64) -> Result<(), BootError> {
+        self.memory
+            .write_slice(bytes, GuestAddress(address))
+            .map_err(|_| BootError::OutOfMemory {
+                needed: address.saturating_add(bytes.len() as u64),
+            })
+    }
+
+    /// Copies `bytes` into fresh frames; returns the first frame's address.
+    fn copy(&mut self, bytes: &[u8]) -> Result<u64, BootError> {
+        let frame = self
+            .frames
+            .allocate(page_ceil(bytes.len() as u64) / PAGE_SIZE)?;
+        self.write(bytes, frame)?;
+        Ok(frame)
+    }
+
+    fn map(&mut self, virt: u64, phys: u64, pages: u64, leaf_flags: u64) -> Result<(), BootError> {
+        self.tables
+            .map_range(&mut self.frames, virt, phys, pages, leaf_flags)
+    }
+
+    /// Maps `pages` fresh (zero) frames at `virt`; returns the first frame's address.
+    fn allocate_and_map(&mut self, virt: u64, pages: u64, leaf_flags: u64) -> Result<u64, BootError> {
+        let frame = self.frames.allocate(pages)?;
+        self.map(virt, frame, pages, leaf_flags)?;
+        Ok(frame)
     }
 }
 

@@ -19,7 +19,17 @@ struct TestElf {
     /// Moves the data segment onto the code segment's page.
     overlap: bool,
     with_config_section: bool,
+    /// Carry a runtime note (run in user mode).
+    runtime_note: bool,
+    /// Make the note's double-fault handler point at data instead of code.
+    note_handler_in_data: bool,
 }
+
+/// The runtime note's place in the data segment, and the code addresses it names.
+const NOTE_VADDR: u64 = DATA_VADDR + 0x100;
+const SYSCALL_ENTRY: u64 = CODE_VADDR + 1;
+const PAGE_FAULT_HANDLER: u64 = CODE_VADDR + 2;
+const DOUBLE_FAULT_HANDLER: u64 = CODE_VADDR + 3;
 
 const CODE: [u8; 4] = [0x0F, 0x0B, 0xF4, 0xCC]; // ud2; hlt; int3
 const CODE_VADDR: u64 = 0x1000;
@@ -41,6 +51,8 @@ impl TestElf {
             tls: false,
             overlap: false,
             with_config_section: true,
+            runtime_note: false,
+            note_handler_in_data: false,
         }
     }
 
@@ -73,7 +85,6 @@ impl TestElf {
         put16(&mut f, 52, 64); // ehsize
         put16(&mut f, 54, 56); // phentsize
         put16(&mut f, 58, 64); // shentsize
-        put16(&mut f, 60, 3); // shnum
         put16(&mut f, 62, 1); // shstrndx
 
         // Program headers: type, flags, offset, vaddr, paddr, filesz, memsz, align.
@@ -93,7 +104,7 @@ impl TestElf {
                 6,
                 0x2000,
                 data_vaddr,
-                0x100,
+                0x300,
                 DATA_MEM_SIZE,
                 0x1000,
             ),
@@ -145,15 +156,36 @@ impl TestElf {
         // Code segment: code, the config, the relocation table.
         f[0x1000..0x1004].copy_from_slice(&CODE);
         f[0x1010..0x1010 + self.config.len()].copy_from_slice(&self.config);
-        let rela = 0x10A0;
-        put64(&mut f, rela, data_vaddr); // r_offset: the pointer
-        put64(&mut f, rela + 8, u64::from(self.relocation_type)); // r_info: symbol 0
-        put64(&mut f, rela + 16, POINTER_TARGET); // r_addend
+        let mut relocations = vec![(data_vaddr, POINTER_TARGET)];
+        if self.runtime_note {
+            // The note's entry addresses are link-time addresses fixed up by relocations.
+            let handlers = mote_abi::note::offsets::EXCEPTION_HANDLERS as u64;
+            let double_fault = if self.note_handler_in_data {
+                DATA_VADDR + 8
+            } else {
+                DOUBLE_FAULT_HANDLER
+            };
+            relocations.extend([
+                (NOTE_VADDR + mote_abi::note::offsets::SYSCALL_ENTRY as u64, SYSCALL_ENTRY),
+                (NOTE_VADDR + handlers + 8 * 14, PAGE_FAULT_HANDLER),
+                (NOTE_VADDR + handlers + 8 * 8, double_fault),
+            ]);
+            let note = 0x2000 + (NOTE_VADDR - DATA_VADDR) as usize;
+            f[note..note + 8].copy_from_slice(&mote_abi::note::MAGIC);
+            put32(&mut f, note + 8, mote_abi::note::VERSION);
+            put64(&mut f, note + 16, 0x2000); // kernel stack size
+        }
+        for (i, (target, addend)) in relocations.iter().enumerate() {
+            let rela = 0x10A0 + i * 24;
+            put64(&mut f, rela, *target); // r_offset
+            put64(&mut f, rela + 8, u64::from(self.relocation_type)); // r_info: symbol 0
+            put64(&mut f, rela + 16, *addend); // r_addend
+        }
 
         // Data segment: the pointer (link-time value 0), then .dynamic.
         let dynamic = [
             (u64::from(object::elf::DT_RELA), CODE_VADDR + 0xA0),
-            (u64::from(object::elf::DT_RELASZ), 24),
+            (u64::from(object::elf::DT_RELASZ), 24 * relocations.len() as u64),
             (u64::from(object::elf::DT_RELAENT), 24),
             (u64::from(object::elf::DT_NULL), 0),
         ];
@@ -163,11 +195,11 @@ impl TestElf {
         }
         f[0x2080..0x2090].copy_from_slice(b"tls-initial-data");
 
-        // Sections: null, .shstrtab, .bootloader-config.
-        let names = b"\0.shstrtab\0.bootloader-config\0";
+        // Sections: null, .shstrtab, .bootloader-config, .mote_runtime.
+        let names = b"\0.shstrtab\0.bootloader-config\0.mote_runtime\0";
         f[0x3100..0x3100 + names.len()].copy_from_slice(names);
         let config_name = if self.with_config_section { 11 } else { 1 };
-        let sections = [
+        let mut sections = vec![
             (0u32, 0u32, 0u64, 0u64, 0u64),
             (1, object::elf::SHT_STRTAB, 0, 0x3100, names.len() as u64),
             (
@@ -178,6 +210,11 @@ impl TestElf {
                 self.config.len() as u64,
             ),
         ];
+        if self.runtime_note {
+            let size = mote_abi::note::SIZE as u64;
+            sections.push((30, object::elf::SHT_PROGBITS, NOTE_VADDR, 0x2100, size));
+        }
+        put16(&mut f, 60, sections.len() as u16); // shnum
         for (i, &(name, kind, addr, offset, size)) in sections.iter().enumerate() {
             let at = 0x3000 + i * 64;
             put32(&mut f, at, name);
@@ -197,7 +234,7 @@ fn memory(size: u64) -> GuestMemoryMmap {
 fn load(elf: &TestElf) -> (PreparedImage, GuestMemoryMmap, LoadedGuest) {
     let image = PreparedImage::new(elf.build()).unwrap();
     let memory = memory(16 * MIB);
-    let loaded = image.load(&memory).unwrap();
+    let loaded = image.load(&memory, &LoadOptions::default()).unwrap();
     (image, memory, loaded)
 }
 
@@ -293,7 +330,7 @@ fn without_relro_the_data_segment_stays_writable() {
 fn bss_is_zero_even_in_a_memory_that_was_dirty() {
     let (image, memory, loaded) = load(&TestElf::new());
     let cr3 = loaded.vcpu.cr3;
-    let start = image.kernel_offset() + DATA_VADDR + 0x100;
+    let start = image.kernel_offset() + DATA_VADDR + 0x300;
     let end = image.kernel_offset() + DATA_VADDR + DATA_MEM_SIZE;
     for virt in (start..end).step_by(8) {
         assert_eq!(read_u64(&memory, cr3, virt), 0, "bss byte at {virt:#x}");
@@ -531,13 +568,13 @@ fn every_truncation_of_a_good_file_is_an_error_not_a_panic() {
 fn too_little_memory_is_an_error() {
     let image = PreparedImage::new(TestElf::new().build()).unwrap();
     assert!(matches!(
-        image.load(&memory(MIB)),
+        image.load(&memory(MIB), &LoadOptions::default()),
         Err(BootError::OutOfMemory { .. })
     ));
     let huge_stack = TestElf::new().with_config(|c| c.kernel_stack_size = 64 * MIB);
     let image = PreparedImage::new(huge_stack.build()).unwrap();
     assert!(matches!(
-        image.load(&memory(4 * MIB)),
+        image.load(&memory(4 * MIB), &LoadOptions::default()),
         Err(BootError::OutOfMemory { .. })
     ));
 }
@@ -545,8 +582,126 @@ fn too_little_memory_is_an_error() {
 #[test]
 fn one_image_loads_many_times_identically() {
     let image = PreparedImage::new(TestElf::new().build()).unwrap();
-    let first = image.load(&memory(4 * MIB)).unwrap();
-    let second = image.load(&memory(4 * MIB)).unwrap();
+    let first = image.load(&memory(4 * MIB), &LoadOptions::default()).unwrap();
+    let second = image.load(&memory(4 * MIB), &LoadOptions::default()).unwrap();
     assert_eq!(first.vcpu, second.vcpu);
     assert_eq!(first.regions, second.regions);
+}
+
+fn user_elf() -> TestElf {
+    TestElf {
+        runtime_note: true,
+        ..TestElf::new()
+    }
+}
+
+#[test]
+fn a_runtime_note_starts_the_guest_in_user_mode() {
+    let (image, memory, loaded) = load(&user_elf());
+    assert!(image.user_mode() && loaded.user_mode);
+    let (vcpu, offset) = (loaded.vcpu, image.kernel_offset());
+    assert_eq!(vcpu.code.selector, mote_abi::note::selectors::USER_CODE);
+    assert_eq!(vcpu.code.dpl, 3);
+    assert_eq!(vcpu.data.selector, mote_abi::note::selectors::USER_DATA);
+    assert_eq!(vcpu.rflags & 0x3000, 0x3000, "IOPL 3: hypercall outs work at CPL3");
+    assert_eq!(vcpu.rflags & 0x200, 0, "interrupts off");
+    assert_eq!(vcpu.efer & 1, 1, "syscall enabled");
+    let syscall = vcpu.syscall.expect("the note names a syscall entry");
+    assert_eq!(syscall.lstar, offset + SYSCALL_ENTRY);
+    assert_eq!(syscall.star >> 48, 0x10);
+    assert_eq!((syscall.star >> 32) & 0xFFFF, 0x08);
+    // The guest's pages are USER; mote's tables are not.
+    let cr3 = vcpu.cr3;
+    let user = Access {
+        write: false,
+        user: true,
+    };
+    assert!(translate(&memory, cr3, vcpu.rip, user).is_ok());
+    assert!(translate(&memory, cr3, vcpu.rsp, Access { write: true, user: true }).is_ok());
+    assert!(translate(&memory, cr3, vcpu.rdi, user).is_ok(), "BootInfo");
+    assert!(translate(&memory, cr3, vcpu.gdt.base, user).is_err());
+    assert!(translate(&memory, cr3, vcpu.idt.base, user).is_err());
+    assert!(translate(&memory, cr3, vcpu.idt.base, KERNEL_READ).is_ok());
+}
+
+#[test]
+fn the_idt_and_tss_point_at_the_notes_handlers_and_mote_stacks() {
+    let (image, memory, loaded) = load(&user_elf());
+    let (vcpu, offset) = (loaded.vcpu, image.kernel_offset());
+    assert_eq!(vcpu.idt.limit, 32 * 16 - 1);
+    let gate = |vector: u64| {
+        let low: u64 = memory.read_obj(GuestAddress(vcpu.idt.base + vector * 16)).unwrap();
+        let high: u64 = memory
+            .read_obj(GuestAddress(vcpu.idt.base + vector * 16 + 8))
+            .unwrap();
+        let target = (low & 0xFFFF) | ((low >> 48) << 16) | (high << 32);
+        let ist = (low >> 32) & 7;
+        let present = (low >> 47) & 1 == 1;
+        (target, ist, present)
+    };
+    assert_eq!(gate(14), (offset + PAGE_FAULT_HANDLER, 0, true));
+    assert_eq!(gate(8), (offset + DOUBLE_FAULT_HANDLER, 1, true));
+    assert!(!gate(0).2, "no handler given, no gate");
+    // TR points at a TSS whose RSP0 and IST1 are supervisor stacks above guard pages.
+    let tss = vcpu.task.base;
+    let rsp0: u64 = memory.read_obj(GuestAddress(tss + 4)).unwrap();
+    let ist1: u64 = memory.read_obj(GuestAddress(tss + 0x24)).unwrap();
+    for top in [rsp0, ist1] {
+        assert!(translate(&memory, vcpu.cr3, top - 8, KERNEL_WRITE).is_ok());
+        let user_write = Access {
+            write: true,
+            user: true,
+        };
+        assert!(translate(&memory, vcpu.cr3, top - 8, user_write).is_err());
+    }
+    assert_eq!(rsp0 - 0x2000 - 0x1000, loaded.guard_pages[1].address);
+    for guard in &loaded.guard_pages {
+        assert!(translate(&memory, vcpu.cr3, guard.address, KERNEL_READ).is_err());
+    }
+    assert!(loaded.guard_pages[0].contains(vcpu.rsp + 8 - 80 * 1024 - 1));
+}
+
+#[test]
+fn a_bad_runtime_note_is_refused() {
+    let in_data = TestElf {
+        note_handler_in_data: true,
+        ..user_elf()
+    };
+    let error = PreparedImage::new(in_data.build()).unwrap_err();
+    assert!(error.to_string().contains("not in executable code"), "{error}");
+    let mut bad_magic = user_elf().build();
+    bad_magic[0x2100] ^= 0xFF;
+    let error = PreparedImage::new(bad_magic).unwrap_err();
+    assert!(error.to_string().contains("magic"), "{error}");
+}
+
+#[test]
+fn the_ramdisk_is_mapped_where_boot_info_says() {
+    let input = b"the function's input";
+    for elf in [TestElf::new(), user_elf()] {
+        let image = PreparedImage::new(elf.build()).unwrap();
+        let memory = memory(16 * MIB);
+        let options = LoadOptions {
+            ramdisk: Some(input),
+        };
+        let loaded = image.load(&memory, &options).unwrap();
+        let bytes = boot_info_bytes(&memory, &loaded);
+        // SAFETY: a BootInfo the loader wrote, with valid tags; never dereferenced.
+        let info: bootloader_api::BootInfo =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let bootloader_api::info::Optional::Some(address) = info.ramdisk_addr else {
+            panic!("no ramdisk");
+        };
+        assert_eq!(info.ramdisk_len, input.len() as u64);
+        let physical = translate(&memory, loaded.vcpu.cr3, address, KERNEL_READ).unwrap();
+        let mut read = vec![0u8; input.len()];
+        memory.read_slice(&mut read, GuestAddress(physical)).unwrap();
+        assert_eq!(read, input);
+        let user_write = Access {
+            write: true,
+            user: image.user_mode(),
+        };
+        let writable = translate(&memory, loaded.vcpu.cr3, address, user_write).is_ok();
+        assert_eq!(writable, !image.user_mode(), "input is read-only in user mode");
+    }
 }

@@ -1,51 +1,137 @@
 //! Decoding a vCPU exit into a typed event: a pure function of the exit data and the guest's
-//! argument registers, so it is tested (and can be fuzzed) without KVM.
+//! argument registers, so it is tested (and fuzzed) without KVM.
+//!
+//! Decoding checks everything that can be checked without guest memory: call numbers, access
+//! widths, ranges that wrap around the address space, numbers out of range. What is left (are the
+//! pages mapped?) is checked when the request is served.
 
-use mote_abi::{COM1_PORT, DEBUG_EXIT_PORT, HYPERCALL_PORT, Hypercall, HypercallError};
+use mote_abi::{
+    COM1_PORT, DEBUG_EXIT_PORT, HOST_FUNCTION_NAME_MAX, HYPERCALL_PORT, Hypercall, HypercallError,
+    note,
+};
 
 /// A port access, as KVM reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PortAccess {
+pub struct PortAccess {
     /// The port.
     pub port: u16,
     /// Access width in bytes (1, 2 or 4).
     pub size: usize,
 }
 
-/// A hypercall request, with its arguments still unchecked against guest memory.
+/// A guest-virtual byte range named in a hypercall; it does not wrap around the address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Request {
+pub struct GuestBuffer {
+    /// Guest-virtual address of the first byte.
+    pub address: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl GuestBuffer {
+    fn new(address: u64, len: u64) -> Result<Self, HypercallError> {
+        address
+            .checked_add(len)
+            .ok_or(HypercallError::BadAddress)?;
+        Ok(Self { address, len })
+    }
+
+    /// The first `max` bytes of the buffer.
+    pub fn truncated(self, max: u64) -> Self {
+        Self {
+            len: self.len.min(max),
+            ..self
+        }
+    }
+}
+
+/// A hypercall request, with its arguments checked as far as they can be without guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
     /// End the run.
-    Exit { code: u32 },
-    /// Write console text from a guest-virtual range.
-    ConsoleWrite { address: u64, len: u64 },
+    Exit {
+        /// The exit code.
+        code: u32,
+    },
+    /// Write console text.
+    ConsoleWrite(GuestBuffer),
+    /// End the run reporting a panic.
+    Abort {
+        /// The panic message.
+        message: GuestBuffer,
+        /// The source file.
+        file: GuestBuffer,
+        /// The source line.
+        line: u32,
+    },
+    /// Append to the run's output.
+    OutputWrite(GuestBuffer),
+    /// Read the wall clock.
+    WallClock,
+    /// Fill a buffer with random bytes.
+    Random(GuestBuffer),
+    /// Call a host function.
+    HostCall {
+        /// Its name.
+        name: GuestBuffer,
+        /// The request bytes.
+        request: GuestBuffer,
+        /// Where the response goes.
+        response: GuestBuffer,
+    },
+    /// The guest finished initialising.
+    Ready,
+    /// Nothing.
+    Nop,
+    /// End the run reporting a CPU exception.
+    Exception {
+        /// The exception vector.
+        vector: u8,
+        /// The error code the CPU pushed (0 if none).
+        error_code: u64,
+        /// The faulting instruction.
+        rip: u64,
+        /// CR2: the faulting address of a page fault.
+        cr2: u64,
+    },
 }
 
 /// What one port-I/O exit asks of the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PortEvent {
+pub enum PortEvent {
     /// A hypercall, or the error to answer it with.
     Hypercall(Result<Request, HypercallError>),
     /// A write to a COM1 register.
-    SerialWrite { offset: u8, value: u8 },
+    SerialWrite {
+        /// Register offset from the base port.
+        offset: u8,
+        /// The byte written.
+        value: u8,
+    },
     /// A read of a COM1 register.
-    SerialRead { offset: u8 },
+    SerialRead {
+        /// Register offset from the base port.
+        offset: u8,
+    },
     /// A write to isa-debug-exit.
-    DebugExit { value: u32 },
+    DebugExit {
+        /// The value written.
+        value: u32,
+    },
     /// An access nobody serves.
     Unserved,
 }
 
 /// The value of an `out`, from KVM's little-endian data bytes.
-pub(crate) fn out_value(data: &[u8]) -> u32 {
+pub fn out_value(data: &[u8]) -> u32 {
     let mut bytes = [0u8; 4];
     let n = data.len().min(4);
     bytes[..n].copy_from_slice(&data[..n]);
     u32::from_le_bytes(bytes)
 }
 
-/// Decodes an `out`. `args` are the guest's `rdi` and `rsi`.
-pub(crate) fn decode_out(access: PortAccess, value: u32, args: [u64; 2]) -> PortEvent {
+/// Decodes an `out`. `args` are the guest's argument registers (`mote_abi::ARGUMENT_REGISTERS`).
+pub fn decode_out(access: PortAccess, value: u32, args: [u64; 6]) -> PortEvent {
     match access.port {
         HYPERCALL_PORT => PortEvent::Hypercall(decode_hypercall(access.size, value, args)),
         port if is_com1(port) => PortEvent::SerialWrite {
@@ -58,7 +144,7 @@ pub(crate) fn decode_out(access: PortAccess, value: u32, args: [u64; 2]) -> Port
 }
 
 /// Decodes an `in`.
-pub(crate) fn decode_in(access: PortAccess) -> PortEvent {
+pub fn decode_in(access: PortAccess) -> PortEvent {
     match access.port {
         port if is_com1(port) => PortEvent::SerialRead {
             offset: (port - COM1_PORT) as u8,
@@ -71,70 +157,167 @@ fn is_com1(port: u16) -> bool {
     (COM1_PORT..COM1_PORT + 8).contains(&port)
 }
 
-fn decode_hypercall(size: usize, number: u32, args: [u64; 2]) -> Result<Request, HypercallError> {
+fn small<T: TryFrom<u64>>(value: u64) -> Result<T, HypercallError> {
+    T::try_from(value).map_err(|_| HypercallError::InvalidArgument)
+}
+
+fn decode_hypercall(size: usize, number: u32, a: [u64; 6]) -> Result<Request, HypercallError> {
     if size != 4 {
         return Err(HypercallError::BadAccessWidth);
     }
-    match Hypercall::from_number(number).ok_or(HypercallError::UnknownCall)? {
-        Hypercall::Exit => {
-            let code = u32::try_from(args[0]).map_err(|_| HypercallError::InvalidArgument)?;
-            Ok(Request::Exit { code })
+    let call = Hypercall::from_number(number).ok_or(HypercallError::UnknownCall)?;
+    Ok(match call {
+        Hypercall::Exit => Request::Exit { code: small(a[0])? },
+        Hypercall::ConsoleWrite => Request::ConsoleWrite(GuestBuffer::new(a[0], a[1])?),
+        Hypercall::Abort => Request::Abort {
+            message: GuestBuffer::new(a[0], a[1])?,
+            file: GuestBuffer::new(a[2], a[3])?,
+            line: small(a[4])?,
+        },
+        Hypercall::OutputWrite => Request::OutputWrite(GuestBuffer::new(a[0], a[1])?),
+        Hypercall::WallClock => Request::WallClock,
+        Hypercall::Random => Request::Random(GuestBuffer::new(a[0], a[1])?),
+        Hypercall::HostCall => {
+            if a[1] > HOST_FUNCTION_NAME_MAX {
+                return Err(HypercallError::InvalidArgument);
+            }
+            Request::HostCall {
+                name: GuestBuffer::new(a[0], a[1])?,
+                request: GuestBuffer::new(a[2], a[3])?,
+                response: GuestBuffer::new(a[4], a[5])?,
+            }
         }
-        Hypercall::ConsoleWrite => Ok(Request::ConsoleWrite {
-            address: args[0],
-            len: args[1],
-        }),
-    }
+        Hypercall::Ready => Request::Ready,
+        Hypercall::Nop => Request::Nop,
+        Hypercall::Exception => {
+            let vector: u8 = small(a[0])?;
+            if usize::from(vector) >= note::EXCEPTION_VECTORS {
+                return Err(HypercallError::InvalidArgument);
+            }
+            Request::Exception {
+                vector,
+                error_code: a[1],
+                rip: a[2],
+                cr2: a[3],
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn out(port: u16, size: usize, value: u32, args: [u64; 2]) -> PortEvent {
+    fn out(port: u16, size: usize, value: u32, args: [u64; 6]) -> PortEvent {
         decode_out(PortAccess { port, size }, value, args)
     }
 
+    fn call(call: Hypercall, args: [u64; 6]) -> Result<Request, HypercallError> {
+        match out(HYPERCALL_PORT, 4, call as u32, args) {
+            PortEvent::Hypercall(result) => result,
+            other => panic!("not a hypercall: {other:?}"),
+        }
+    }
+
+    fn buffer(address: u64, len: u64) -> GuestBuffer {
+        GuestBuffer { address, len }
+    }
+
     #[test]
-    fn hypercalls_decode_with_their_arguments() {
+    fn every_call_decodes_with_its_arguments() {
+        let a = [0x1000, 5, 0x2000, 6, 7, 8];
+        assert_eq!(call(Hypercall::Exit, a), Ok(Request::Exit { code: 0x1000 }));
         assert_eq!(
-            out(HYPERCALL_PORT, 4, Hypercall::Exit as u32, [7, 0]),
-            PortEvent::Hypercall(Ok(Request::Exit { code: 7 }))
+            call(Hypercall::ConsoleWrite, a),
+            Ok(Request::ConsoleWrite(buffer(0x1000, 5)))
         );
         assert_eq!(
-            out(
-                HYPERCALL_PORT,
-                4,
-                Hypercall::ConsoleWrite as u32,
-                [0x1000, 5]
-            ),
-            PortEvent::Hypercall(Ok(Request::ConsoleWrite {
-                address: 0x1000,
-                len: 5
-            }))
+            call(Hypercall::Abort, a),
+            Ok(Request::Abort {
+                message: buffer(0x1000, 5),
+                file: buffer(0x2000, 6),
+                line: 7
+            })
+        );
+        assert_eq!(
+            call(Hypercall::OutputWrite, a),
+            Ok(Request::OutputWrite(buffer(0x1000, 5)))
+        );
+        assert_eq!(call(Hypercall::WallClock, a), Ok(Request::WallClock));
+        assert_eq!(
+            call(Hypercall::Random, a),
+            Ok(Request::Random(buffer(0x1000, 5)))
+        );
+        assert_eq!(
+            call(Hypercall::HostCall, a),
+            Ok(Request::HostCall {
+                name: buffer(0x1000, 5),
+                request: buffer(0x2000, 6),
+                response: buffer(7, 8)
+            })
+        );
+        assert_eq!(call(Hypercall::Ready, a), Ok(Request::Ready));
+        assert_eq!(call(Hypercall::Nop, a), Ok(Request::Nop));
+        assert_eq!(
+            call(Hypercall::Exception, [14, 2, 0x1234, 0xdead, 0, 0]),
+            Ok(Request::Exception {
+                vector: 14,
+                error_code: 2,
+                rip: 0x1234,
+                cr2: 0xdead
+            })
         );
     }
 
     #[test]
     fn bad_hypercalls_decode_to_their_errors() {
+        let zero = [0; 6];
         assert_eq!(
-            out(HYPERCALL_PORT, 4, 0xDEAD, [0, 0]),
+            out(HYPERCALL_PORT, 4, 0xDEAD, zero),
             PortEvent::Hypercall(Err(HypercallError::UnknownCall))
         );
+        for size in [1, 2] {
+            assert_eq!(
+                out(HYPERCALL_PORT, size, Hypercall::Nop as u32, zero),
+                PortEvent::Hypercall(Err(HypercallError::BadAccessWidth))
+            );
+        }
         assert_eq!(
-            out(HYPERCALL_PORT, 1, Hypercall::Exit as u32, [0, 0]),
-            PortEvent::Hypercall(Err(HypercallError::BadAccessWidth))
+            call(Hypercall::Exit, [1 << 32, 0, 0, 0, 0, 0]),
+            Err(HypercallError::InvalidArgument)
+        );
+        let wrapping = [u64::MAX - 1, 4, 0, 0, 0, 0];
+        for c in [
+            Hypercall::ConsoleWrite,
+            Hypercall::OutputWrite,
+            Hypercall::Random,
+            Hypercall::Abort,
+        ] {
+            assert_eq!(call(c, wrapping), Err(HypercallError::BadAddress), "{c:?}");
+        }
+        assert_eq!(
+            call(Hypercall::HostCall, [0, 4, 0, 0, u64::MAX, 2]),
+            Err(HypercallError::BadAddress)
         );
         assert_eq!(
-            out(HYPERCALL_PORT, 4, Hypercall::Exit as u32, [1 << 32, 0]),
-            PortEvent::Hypercall(Err(HypercallError::InvalidArgument))
+            call(Hypercall::HostCall, [0, 4096, 0, 0, 0, 0]),
+            Err(HypercallError::InvalidArgument)
+        );
+        assert_eq!(
+            call(Hypercall::Abort, [0, 0, 0, 0, 1 << 33, 0]),
+            Err(HypercallError::InvalidArgument)
+        );
+        assert_eq!(
+            call(Hypercall::Exception, [32, 0, 0, 0, 0, 0]),
+            Err(HypercallError::InvalidArgument)
         );
     }
 
     #[test]
     fn legacy_devices_and_unserved_ports() {
+        let zero = [0; 6];
         assert_eq!(
-            out(0x3F8, 1, u32::from(b'A'), [0, 0]),
+            out(0x3F8, 1, u32::from(b'A'), zero),
             PortEvent::SerialWrite {
                 offset: 0,
                 value: b'A'
@@ -147,13 +330,10 @@ mod tests {
             }),
             PortEvent::SerialRead { offset: 5 }
         );
-        assert_eq!(
-            out(0xF4, 4, 0x10, [0, 0]),
-            PortEvent::DebugExit { value: 0x10 }
-        );
-        assert_eq!(out(0x1234, 1, 0, [0, 0]), PortEvent::Unserved);
-        assert_eq!(out(0x3F7, 1, 0, [0, 0]), PortEvent::Unserved);
-        assert_eq!(out(0x400, 1, 0, [0, 0]), PortEvent::Unserved);
+        assert_eq!(out(0xF4, 4, 0x10, zero), PortEvent::DebugExit { value: 0x10 });
+        assert_eq!(out(0x1234, 1, 0, zero), PortEvent::Unserved);
+        assert_eq!(out(0x3F7, 1, 0, zero), PortEvent::Unserved);
+        assert_eq!(out(0x400, 1, 0, zero), PortEvent::Unserved);
         assert_eq!(
             decode_in(PortAccess {
                 port: HYPERCALL_PORT,
@@ -170,5 +350,11 @@ mod tests {
         assert_eq!(out_value(&[1, 2, 3, 4]), 0x0403_0201);
         assert_eq!(out_value(&[]), 0);
         assert_eq!(out_value(&[1, 2, 3, 4, 5, 6]), 0x0403_0201);
+    }
+
+    #[test]
+    fn truncation_never_grows_a_buffer() {
+        assert_eq!(buffer(8, 100).truncated(10), buffer(8, 10));
+        assert_eq!(buffer(8, 5).truncated(10), buffer(8, 5));
     }
 }

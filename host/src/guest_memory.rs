@@ -6,7 +6,7 @@
 
 use mote_abi::HypercallError;
 use mote_boot::paging::{Access, PAGE_SIZE, translate};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 /// Guest RAM: one anonymous, lazily backed mapping starting at guest-physical 0.
 pub(crate) type GuestRam = GuestMemoryMmap;
@@ -20,6 +20,34 @@ pub(crate) struct AddressSpace {
     pub user: bool,
 }
 
+/// Splits `address..address + len` into per-page chunks and gives each chunk's guest-physical
+/// address and its offset in the range to `each`. Stops at the first error.
+fn for_each_page(
+    ram: &GuestRam,
+    space: AddressSpace,
+    write: bool,
+    address: u64,
+    len: u64,
+    mut each: impl FnMut(u64, usize, usize) -> Result<(), HypercallError>,
+) -> Result<(), HypercallError> {
+    let end = address
+        .checked_add(len)
+        .ok_or(HypercallError::BadAddress)?;
+    let access = Access {
+        write,
+        user: space.user,
+    };
+    let mut virt = address;
+    while virt < end {
+        let chunk = (PAGE_SIZE - virt % PAGE_SIZE).min(end - virt) as usize;
+        let physical =
+            translate(ram, space.cr3, virt, access).map_err(|_| HypercallError::BadAddress)?;
+        each(physical, (virt - address) as usize, chunk)?;
+        virt += chunk as u64;
+    }
+    Ok(())
+}
+
 /// Appends `len` bytes at guest-virtual `address` to `out`. All or nothing: on error `out` is
 /// left as it was.
 pub(crate) fn read_virtual(
@@ -29,30 +57,40 @@ pub(crate) fn read_virtual(
     len: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), HypercallError> {
-    let end = address.checked_add(len).ok_or(HypercallError::BadAddress)?;
-    let access = Access {
-        write: false,
-        user: space.user,
-    };
     let start_len = out.len();
-    let mut virt = address;
-    while virt < end {
-        let chunk = (PAGE_SIZE - virt % PAGE_SIZE).min(end - virt) as usize;
-        let read = translate(ram, space.cr3, virt, access)
+    let result = for_each_page(ram, space, false, address, len, |physical, _, chunk| {
+        let at = out.len();
+        out.resize(at + chunk, 0);
+        ram.read_slice(&mut out[at..], GuestAddress(physical))
             .map_err(|_| HypercallError::BadAddress)
-            .and_then(|physical| {
-                let at = out.len();
-                out.resize(at + chunk, 0);
-                ram.read_slice(&mut out[at..], GuestAddress(physical))
-                    .map_err(|_| HypercallError::BadAddress)
-            });
-        if let Err(error) = read {
-            out.truncate(start_len);
-            return Err(error);
-        }
-        virt += chunk as u64;
+    });
+    if result.is_err() {
+        out.truncate(start_len);
     }
-    Ok(())
+    result
+}
+
+/// Writes `bytes` at guest-virtual `address`, which must be writable by the caller. The whole
+/// range is checked before the first byte is written.
+pub(crate) fn write_virtual(
+    ram: &GuestRam,
+    space: AddressSpace,
+    address: u64,
+    bytes: &[u8],
+) -> Result<(), HypercallError> {
+    let len = bytes.len() as u64;
+    for_each_page(ram, space, true, address, len, |physical, _, chunk| {
+        let in_ram = ram.check_range(GuestAddress(physical), chunk, vm_memory::Permissions::Write);
+        if in_ram {
+            Ok(())
+        } else {
+            Err(HypercallError::BadAddress)
+        }
+    })?;
+    for_each_page(ram, space, true, address, len, |physical, offset, chunk| {
+        ram.write_slice(&bytes[offset..offset + chunk], GuestAddress(physical))
+            .map_err(|_| HypercallError::BadAddress)
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +148,35 @@ mod tests {
         }
         read_virtual(&ram, space, 0x40_0000, 0, &mut out).unwrap();
         assert_eq!(out, b"kept");
+    }
+
+    #[test]
+    fn writes_need_writable_pages_and_are_all_or_nothing() {
+        let (ram, space) = setup();
+        // 0x40_0000 is read-only; 0x40_1000 is writable (USER implies nothing about W).
+        assert_eq!(
+            write_virtual(&ram, space, 0x40_0000, b"x"),
+            Err(HypercallError::BadAddress)
+        );
+        let ram_rw = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut frames = FrameAllocator::new(0x1_0000, 0x2_0000);
+        let mut tables = PageTableBuilder::new(&ram_rw, &mut frames).unwrap();
+        tables
+            .map_page(&mut frames, 0x40_0000, 0x8_0000, flags::WRITABLE)
+            .unwrap();
+        let space = AddressSpace {
+            cr3: tables.root(),
+            user: false,
+        };
+        write_virtual(&ram_rw, space, 0x40_0FFE, b"ab").unwrap();
+        // Runs into the unmapped next page: nothing may be written.
+        assert_eq!(
+            write_virtual(&ram_rw, space, 0x40_0FFC, b"wxyz12"),
+            Err(HypercallError::BadAddress)
+        );
+        let mut out = Vec::new();
+        read_virtual(&ram_rw, space, 0x40_0FFC, 4, &mut out).unwrap();
+        assert_eq!(out, b"\0\0ab");
     }
 
     #[test]

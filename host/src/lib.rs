@@ -16,14 +16,17 @@
 //! ```
 #![warn(missing_docs)]
 
-mod decode;
+#[doc(hidden)]
+pub mod decode;
 mod guest_memory;
 mod outcome;
 mod serial;
 mod vm;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
@@ -131,10 +134,19 @@ impl GuestImage {
     }
 }
 
+/// A function the embedder lets a guest call by name: request bytes in, response bytes out.
+/// An `Err` reaches the guest as `HostFunctionFailed`; its text is not passed on.
+pub type HostFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Host functions by name.
+pub(crate) type HostFunctions = HashMap<String, HostFunction>;
+
 /// How to run one guest.
 pub struct RunConfig {
     memory_size: u64,
     console: Option<Box<dyn Write + Send>>,
+    input: Option<Vec<u8>>,
+    host_functions: HostFunctions,
 }
 
 impl Default for RunConfig {
@@ -142,6 +154,8 @@ impl Default for RunConfig {
         Self {
             memory_size: DEFAULT_MEMORY_SIZE,
             console: None,
+            input: None,
+            host_functions: HashMap::new(),
         }
     }
 }
@@ -167,12 +181,34 @@ impl RunConfig {
         self.console = Some(out);
         self
     }
+
+    /// Hands `bytes` to the guest as its input: the `bootloader_api` ramdisk, mapped read-only
+    /// into a user-mode guest, so reading it costs no exit.
+    pub fn input(mut self, bytes: Vec<u8>) -> Self {
+        self.input = Some(bytes);
+        self
+    }
+
+    /// Lets the guest call `function` by `name` (the `host_call` hypercall).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let config = mote_host::RunConfig::default().host_function(
+    ///     "upper",
+    ///     Arc::new(|request: &[u8]| Ok(request.to_ascii_uppercase())),
+    /// );
+    /// ```
+    pub fn host_function(mut self, name: &str, function: HostFunction) -> Self {
+        self.host_functions.insert(name.to_owned(), function);
+        self
+    }
 }
 
 /// A process-wide handle on KVM: open it once, run many guests through it, from many threads.
 pub struct Hypervisor {
     kvm: Kvm,
     cpuid: CpuId,
+    tsc_khz: u32,
 }
 
 impl Hypervisor {
@@ -190,12 +226,17 @@ impl Hypervisor {
                 _ => format!("cannot open /dev/kvm: {e}"),
             })
         })?;
-        let cpuid = vm::guest_cpuid(&kvm)?;
-        Ok(Self { kvm, cpuid })
+        let tsc_khz = vm::tsc_khz(&kvm)?;
+        let cpuid = vm::guest_cpuid(&kvm, tsc_khz)?;
+        Ok(Self {
+            kvm,
+            cpuid,
+            tsc_khz,
+        })
     }
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
-        vm::run(&self.kvm, &self.cpuid, image, &mut config)
+        vm::run(&self.kvm, &self.cpuid, self.tsc_khz, image, &mut config)
     }
 }

@@ -55,6 +55,29 @@ pub enum Exit {
         /// Access width in bytes.
         size: usize,
     },
+    /// The guest panicked and reported it through the `abort` hypercall.
+    Aborted {
+        /// The panic message.
+        message: String,
+        /// The source file.
+        file: String,
+        /// The source line.
+        line: u32,
+    },
+    /// The guest took a CPU exception its runtime reported (it runs in user mode under mote's
+    /// IDT).
+    Exception {
+        /// The exception vector (14 is a page fault).
+        vector: u8,
+        /// The error code the CPU pushed (0 if none).
+        error_code: u64,
+        /// The faulting instruction.
+        rip: u64,
+        /// CR2: the address a page fault tried to access.
+        cr2: u64,
+        /// Which stack overflowed, if the fault hit a stack's guard page.
+        stack_overflow: Option<&'static str>,
+    },
     /// KVM stopped the vCPU for a reason mote does not expect.
     Unexpected {
         /// KVM's name for it.
@@ -89,6 +112,10 @@ pub mod exit_status {
     pub const FAILED_ENTRY: u8 = 121;
     /// KVM stopped the guest for an unexpected reason.
     pub const UNEXPECTED_EXIT: u8 = 122;
+    /// The guest panicked (its runtime reported it through `abort`).
+    pub const GUEST_PANICKED: u8 = 123;
+    /// The guest took a CPU exception (a fault, a stack overflow).
+    pub const GUEST_EXCEPTION: u8 = 124;
 }
 
 impl Exit {
@@ -113,6 +140,8 @@ impl Exit {
             Exit::InternalError { .. } => KVM_INTERNAL_ERROR,
             Exit::FailedEntry { .. } => FAILED_ENTRY,
             Exit::UnservedPort { .. } | Exit::UnservedMmio { .. } => UNSERVED_ACCESS,
+            Exit::Aborted { .. } => GUEST_PANICKED,
+            Exit::Exception { .. } => GUEST_EXCEPTION,
             Exit::Unexpected { .. } | Exit::Guest { .. } | Exit::DebugExit { .. } => {
                 UNEXPECTED_EXIT
             }
@@ -164,6 +193,35 @@ impl fmt::Display for Exit {
                  where there is no memory or device",
                 if *write { "wrote" } else { "read" }
             ),
+            Exit::Aborted {
+                message,
+                file,
+                line,
+            } => write!(f, "guest panicked at {file}:{line}: {message}"),
+            Exit::Exception {
+                vector,
+                error_code,
+                rip,
+                cr2,
+                stack_overflow,
+            } => {
+                let name = mote_abi::note::exception_name(*vector);
+                match stack_overflow {
+                    Some(stack) => write!(
+                        f,
+                        "guest overflowed its {stack}: {name} at {rip:#x} touching the guard \
+                         page at {cr2:#x}"
+                    ),
+                    None if *vector == 14 => write!(
+                        f,
+                        "guest {name} at {rip:#x} accessing {cr2:#x} (error code {error_code:#x})"
+                    ),
+                    None => write!(
+                        f,
+                        "guest {name} (vector {vector}) at {rip:#x} (error code {error_code:#x})"
+                    ),
+                }
+            }
             Exit::Unexpected { reason } => write!(f, "unexpected vCPU exit: {reason}"),
         }
     }
@@ -182,6 +240,8 @@ pub struct Phases {
     pub run: Duration,
     /// Destroying the vCPU and the VM and releasing guest memory.
     pub teardown: Duration,
+    /// From the first guest instruction to its `ready` hypercall, if it made one.
+    pub ready: Option<Duration>,
 }
 
 /// vCPU exits, by what they were.
@@ -211,6 +271,8 @@ pub struct Outcome {
     pub exit: Exit,
     /// Console text (hypercall console and COM1, in order), unless it was streamed elsewhere.
     pub console: Vec<u8>,
+    /// What the guest wrote with `output_write`: the function's result.
+    pub output: Vec<u8>,
     /// What it cost.
     pub stats: Stats,
 }

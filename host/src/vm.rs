@@ -1,20 +1,21 @@
 //! One VM: create it, set up its vCPU, run it to an outcome.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
-use mote_abi::{CONSOLE_WRITE_MAX, HypercallError};
-use mote_boot::{Segment, VcpuState};
+use mote_abi::{ABORT_TEXT_MAX, HypercallError, TRANSFER_MAX};
+use mote_boot::{GuardPage, LoadOptions, Segment, VcpuState, msr};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::decode::{self, PortAccess, PortEvent, Request};
-use crate::guest_memory::{AddressSpace, GuestRam, read_virtual};
+use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
+use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
 use crate::serial::Serial;
-use crate::{Error, Exit, GuestImage, Outcome, RunConfig, Stats};
+use crate::{Error, Exit, GuestImage, HostFunctions, Outcome, RunConfig, Stats};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
 /// just below 4 GiB, above any guest RAM mote allows.
@@ -24,8 +25,8 @@ const KVM_TSS_ADDRESS: usize = 0xFFFB_D000;
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// The CPUID table every vCPU gets: what KVM supports, with mote's hypervisor leaves in place
-/// of KVM's own.
-pub(crate) fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
+/// of KVM's own. `tsc_khz` goes into the info leaf so the guest can time itself without exits.
+pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32) -> Result<CpuId, Error> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -36,29 +37,34 @@ pub(crate) fn guest_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
         .copied()
         .collect();
     let [ebx, ecx, edx] = mote_abi::signature_registers();
-    let template = entries[0];
-    entries.push(kvm_bindings::kvm_cpuid_entry2 {
-        function: mote_abi::CPUID_LEAF_SIGNATURE,
-        index: 0,
-        flags: 0,
-        eax: mote_abi::CPUID_LEAF_VERSION,
+    let leaf = |function, eax, ebx, ecx, edx| kvm_bindings::kvm_cpuid_entry2 {
+        function,
+        eax,
         ebx,
         ecx,
         edx,
-        ..template
-    });
-    entries.push(kvm_bindings::kvm_cpuid_entry2 {
-        function: mote_abi::CPUID_LEAF_VERSION,
-        index: 0,
-        flags: 0,
-        eax: mote_abi::ABI_VERSION,
-        ebx: 0,
-        ecx: 0,
-        edx: 0,
-        ..template
-    });
+        ..Default::default()
+    };
+    entries.push(leaf(
+        mote_abi::CPUID_LEAF_SIGNATURE,
+        mote_abi::CPUID_LEAF_INFO,
+        ebx,
+        ecx,
+        edx,
+    ));
+    entries.push(leaf(
+        mote_abi::CPUID_LEAF_INFO,
+        mote_abi::ABI_VERSION,
+        0,
+        tsc_khz,
+        0,
+    ));
     CpuId::from_entries(&entries).map_err(|_| Error::Internal("too many CPUID entries".into()))
 }
+
+/// The most console or output bytes one run may produce before writes fail with
+/// `LimitExceeded`: a guest must not be able to make the host hold unbounded memory.
+const CAPTURE_LIMIT: usize = 64 << 20;
 
 /// Where console bytes go during a run.
 enum ConsoleSink<'a> {
@@ -93,12 +99,20 @@ struct Machine<'a> {
     ram: GuestRam,
     serial: Serial,
     console: ConsoleSink<'a>,
+    console_bytes: usize,
+    output: Vec<u8>,
+    host_functions: &'a HostFunctions,
+    /// The guest runs in user mode: every address it names must be USER.
+    user_mode: bool,
+    guard_pages: Vec<GuardPage>,
+    started: Instant,
     stats: Stats,
 }
 
 pub(crate) fn run(
     kvm: &Kvm,
     cpuid: &CpuId,
+    tsc_khz: u32,
     image: &GuestImage,
     config: &mut RunConfig,
 ) -> Result<Outcome, Error> {
@@ -107,13 +121,15 @@ pub(crate) fn run(
     let start = Instant::now();
     let ram = GuestRam::from_ranges(&[(GuestAddress(0), config.memory_size as usize)])
         .map_err(|e| Error::Memory(e.to_string()))?;
-    let loaded = image.prepared.load(&ram).map_err(Error::Load)?;
+    let options = LoadOptions {
+        ramdisk: config.input.as_deref(),
+        tsc_khz: u64::from(tsc_khz),
+    };
+    let loaded = image.prepared.load(&ram, &options).map_err(Error::Load)?;
     stats.phases.memory = start.elapsed();
 
     let start = Instant::now();
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
     register_memory(&vm, &ram)?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
@@ -142,16 +158,22 @@ pub(crate) fn run(
         ram,
         serial: Serial::default(),
         console,
+        console_bytes: 0,
+        output: Vec::new(),
+        host_functions: &config.host_functions,
+        user_mode: loaded.user_mode,
+        guard_pages: loaded.guard_pages,
+        started: Instant::now(),
         stats,
     };
-    let start = Instant::now();
     let exit = machine.run_to_exit()?;
-    machine.stats.phases.run = start.elapsed();
+    machine.stats.phases.run = machine.started.elapsed();
     let Machine {
         vcpu,
         _vm: vm,
         ram,
         console,
+        output,
         mut stats,
         ..
     } = machine;
@@ -162,7 +184,17 @@ pub(crate) fn run(
         exit,
         stats,
         console: console.into_captured(),
+        output,
     })
+}
+
+/// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).
+pub(crate) fn tsc_khz(kvm: &Kvm) -> Result<u32, Error> {
+    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+    Ok(vcpu.get_tsc_khz().unwrap_or(0))
 }
 
 fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {
@@ -221,6 +253,27 @@ fn set_initial_state(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), Error> {
     sregs.idt.limit = state.idt.limit;
     vcpu.set_sregs(&sregs)
         .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
+    if let Some(syscall) = state.syscall {
+        let entry = |index, data| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        };
+        let msrs = Msrs::from_entries(&[
+            entry(msr::STAR, syscall.star),
+            entry(msr::LSTAR, syscall.lstar),
+            entry(msr::FMASK, syscall.fmask),
+        ])
+        .map_err(|_| Error::Internal("too many MSRs".into()))?;
+        let written = vcpu
+            .set_msrs(&msrs)
+            .map_err(|e| Error::kvm("KVM_SET_MSRS", e))?;
+        if written != 3 {
+            return Err(Error::Internal(format!(
+                "KVM took {written} of the 3 syscall MSRs"
+            )));
+        }
+    }
     let regs = kvm_regs {
         rip: state.rip,
         rsp: state.rsp,
@@ -248,8 +301,9 @@ impl Machine<'_> {
                 Step::Continue => {}
                 Step::Stop(exit) => return Ok(exit),
                 Step::Port { access, value } => {
-                    let regs = self.vcpu.sync_regs().regs;
-                    let event = decode::decode_out(access, value, [regs.rdi, regs.rsi]);
+                    let r = self.vcpu.sync_regs().regs;
+                    let args = [r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r12];
+                    let event = decode::decode_out(access, value, args);
                     if let Some(exit) = self.serve_out(access, event)? {
                         return Ok(exit);
                     }
@@ -338,8 +392,10 @@ impl Machine<'_> {
             PortEvent::Hypercall(request) => {
                 self.stats.exits.hypercalls += 1;
                 let result = match request {
-                    Ok(Request::Exit { code }) => return Ok(Some(Exit::Guest { code })),
-                    Ok(Request::ConsoleWrite { address, len }) => self.console_write(address, len),
+                    Ok(request) => match self.serve(request) {
+                        Served::Result(result) => result,
+                        Served::Stop(exit) => return Ok(Some(exit)),
+                    },
                     Err(error) => Err(error),
                 };
                 let rax = result.unwrap_or_else(HypercallError::to_result);
@@ -363,19 +419,155 @@ impl Machine<'_> {
         }
     }
 
-    fn console_write(&mut self, address: u64, len: u64) -> Result<u64, HypercallError> {
-        // Refuse ranges that wrap before capping, so a wrapping length is an error, not a
-        // silently shortened write.
-        address.checked_add(len).ok_or(HypercallError::BadAddress)?;
-        let len = len.min(CONSOLE_WRITE_MAX);
-        let sregs = self.vcpu.sync_regs().sregs;
-        let space = AddressSpace {
-            cr3: sregs.cr3,
-            user: sregs.cs.dpl == 3,
-        };
-        let mut bytes = Vec::with_capacity(len as usize);
-        read_virtual(&self.ram, space, address, len, &mut bytes)?;
-        self.console.write(&bytes);
-        Ok(len)
+    /// The guest's address space as its hypercalls see it.
+    fn address_space(&self) -> AddressSpace {
+        AddressSpace {
+            cr3: self.vcpu.sync_regs().sregs.cr3,
+            user: self.user_mode,
+        }
     }
+
+    fn read(&self, buffer: GuestBuffer) -> Result<Vec<u8>, HypercallError> {
+        let mut bytes = Vec::with_capacity(buffer.len as usize);
+        read_virtual(
+            &self.ram,
+            self.address_space(),
+            buffer.address,
+            buffer.len,
+            &mut bytes,
+        )?;
+        Ok(bytes)
+    }
+
+    fn write(&self, address: u64, bytes: &[u8]) -> Result<(), HypercallError> {
+        write_virtual(&self.ram, self.address_space(), address, bytes)
+    }
+
+    /// Guest text for a report: cut to `ABORT_TEXT_MAX` bytes, lossy UTF-8, and a placeholder
+    /// if the guest named memory it cannot read.
+    fn text(&self, buffer: GuestBuffer) -> String {
+        match self.read(buffer.truncated(ABORT_TEXT_MAX)) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(_) => format!("<unreadable guest memory at {:#x}>", buffer.address),
+        }
+    }
+
+    fn serve(&mut self, request: Request) -> Served {
+        let result = match request {
+            Request::Exit { code } => return Served::Stop(Exit::Guest { code }),
+            Request::Abort {
+                message,
+                file,
+                line,
+            } => {
+                return Served::Stop(Exit::Aborted {
+                    message: self.text(message),
+                    file: self.text(file),
+                    line,
+                });
+            }
+            Request::Exception {
+                vector,
+                error_code,
+                rip,
+                cr2,
+            } => {
+                let overflowed = self
+                    .guard_pages
+                    .iter()
+                    .find(|guard| matches!(vector, 8 | 14) && guard.contains(cr2))
+                    .map(|guard| guard.stack);
+                return Served::Stop(Exit::Exception {
+                    vector,
+                    error_code,
+                    rip,
+                    cr2,
+                    stack_overflow: overflowed,
+                });
+            }
+            Request::ConsoleWrite(buffer) => self.console_write(buffer),
+            Request::OutputWrite(buffer) => self.output_write(buffer),
+            Request::WallClock => Ok(wall_clock_ns()),
+            Request::Random(buffer) => self.random(buffer),
+            Request::HostCall {
+                name,
+                request,
+                response,
+            } => self.host_call(name, request, response),
+            Request::Ready => {
+                self.stats.phases.ready.get_or_insert(self.started.elapsed());
+                Ok(0)
+            }
+            Request::Nop => Ok(0),
+        };
+        Served::Result(result)
+    }
+
+    fn console_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
+        let buffer = buffer.truncated(TRANSFER_MAX);
+        if self.console_bytes + buffer.len as usize > CAPTURE_LIMIT {
+            return Err(HypercallError::LimitExceeded);
+        }
+        let bytes = self.read(buffer)?;
+        self.console_bytes += bytes.len();
+        self.console.write(&bytes);
+        Ok(buffer.len)
+    }
+
+    fn output_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
+        let buffer = buffer.truncated(TRANSFER_MAX);
+        if self.output.len() + buffer.len as usize > CAPTURE_LIMIT {
+            return Err(HypercallError::LimitExceeded);
+        }
+        read_virtual(
+            &self.ram,
+            self.address_space(),
+            buffer.address,
+            buffer.len,
+            &mut self.output,
+        )?;
+        Ok(buffer.len)
+    }
+
+    fn random(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
+        let buffer = buffer.truncated(TRANSFER_MAX);
+        let mut bytes = vec![0u8; buffer.len as usize];
+        getrandom::fill(&mut bytes).map_err(|_| HypercallError::HostFunctionFailed)?;
+        self.write(buffer.address, &bytes)?;
+        Ok(buffer.len)
+    }
+
+    fn host_call(
+        &mut self,
+        name: GuestBuffer,
+        request: GuestBuffer,
+        response: GuestBuffer,
+    ) -> Result<u64, HypercallError> {
+        let name = self.read(name)?;
+        let function = std::str::from_utf8(&name)
+            .ok()
+            .and_then(|name| self.host_functions.get(name))
+            .ok_or(HypercallError::UnknownFunction)?
+            .clone();
+        let request = self.read(request.truncated(TRANSFER_MAX))?;
+        let answer = function(&request).map_err(|_| HypercallError::HostFunctionFailed)?;
+        let fits = answer.len().min(response.len as usize);
+        self.write(response.address, &answer[..fits])?;
+        Ok(answer.len() as u64)
+    }
+}
+
+/// What serving a request leads to.
+enum Served {
+    /// Answer the guest with this result.
+    Result(Result<u64, HypercallError>),
+    /// End the run.
+    Stop(Exit),
+}
+
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as u64
 }

@@ -48,10 +48,7 @@ pub fn hypervisor() -> &'static Hypervisor {
 
 /// Boots a built guest through the library and returns its outcome.
 pub fn run_guest(name: &str) -> Outcome {
-    let image = GuestImage::from_file(guest_path(name)).expect("the guest image is valid");
-    hypervisor()
-        .run(&image, RunConfig::default())
-        .expect("the run reaches an outcome")
+    run_guest_with(name, RunConfig::default())
 }
 
 /// Runs the `mote` binary with `args`.
@@ -60,6 +57,38 @@ pub fn mote(args: &[&std::ffi::OsStr]) -> Output {
         .args(args)
         .output()
         .expect("mote starts")
+}
+
+/// Boots a built guest with `config` through the library.
+pub fn run_guest_with(name: &str, config: RunConfig) -> Outcome {
+    let image = GuestImage::from_file(guest_path(name)).expect("the guest image is valid");
+    hypervisor()
+        .run(&image, config)
+        .expect("the run reaches an outcome")
+}
+
+/// Boots a built guest with `input` through the library.
+pub fn run_guest_with_input(name: &str, input: &[u8]) -> Outcome {
+    run_guest_with(name, RunConfig::default().input(input.to_vec()))
+}
+
+/// Runs `mote run GUEST --input FILE` with `input` in a temporary file.
+pub fn mote_run_with_input(name: &str, input: &[u8]) -> Output {
+    let path = std::env::temp_dir().join(format!(
+        "mote-test-input-{}-{name}-{}",
+        std::process::id(),
+        input.len()
+    ));
+    std::fs::write(&path, input).expect("writing the input file");
+    let guest = guest_path(name);
+    let out = mote(&[
+        "run".as_ref(),
+        guest.as_os_str(),
+        "--input".as_ref(),
+        path.as_os_str(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    out
 }
 
 /// Runs `mote run GUEST` on a built guest.

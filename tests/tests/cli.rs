@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::io::Write;
 
 use mote_host::exit_status;
-use mote_tests::{guest_path, mote, mote_bin, mote_run, text};
+use mote_tests::{guest_path, mote, mote_bin, mote_run, mote_run_with_input, text};
 
 #[test]
 fn run_shows_the_console_and_exits_with_the_guests_code() {
@@ -14,9 +14,12 @@ fn run_shows_the_console_and_exits_with_the_guests_code() {
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 
     let out = mote_run("panic");
-    assert_eq!(out.status.code(), Some(101));
-    assert!(text(&out.stdout).contains("deliberate panic, answer = 42"));
-    assert!(text(&out.stderr).contains("exited with code 101"));
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::GUEST_PANICKED)));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("panicked at examples/src/bin/panic.rs:9: deliberate panic, answer = 42"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -30,12 +33,47 @@ fn mote_outcomes_have_reserved_codes_and_one_line_reasons() {
     assert!(stderr.contains("triple fault"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
+    let out = mote_run_with_input("fault", b"stack-overflow");
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::GUEST_EXCEPTION)));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("overflowed its stack"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
     let out = mote_run("bad-port");
     assert_eq!(
         out.status.code(),
         Some(i32::from(exit_status::UNSERVED_ACCESS))
     );
     assert!(text(&out.stderr).contains("port 0x1234"));
+}
+
+#[test]
+fn input_comes_from_a_file_or_stdin_and_output_goes_to_stdout() {
+    let out = mote_run_with_input("echo", b"round trip \x00\xff bytes");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"round trip \x00\xff bytes");
+
+    let echo = guest_path("echo");
+    let mut child = std::process::Command::new(mote_bin())
+        .args(["run".as_ref(), echo.as_os_str(), "--input".as_ref(), "-".as_ref()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"from stdin");
+
+    let missing = std::env::temp_dir().join("mote-test-no-such-input");
+    let out = mote(&[
+        "run".as_ref(),
+        echo.as_os_str(),
+        "--input".as_ref(),
+        missing.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    assert!(text(&out.stderr).contains("cannot read input"));
 }
 
 #[test]

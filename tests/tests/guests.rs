@@ -20,13 +20,15 @@ fn hello_greets_and_exits_zero() {
 #[test]
 fn a_panic_reports_message_and_location_and_exits_non_zero() {
     let outcome = run_guest("panic");
-    assert_eq!(outcome.exit, Exit::Guest { code: 101 });
-    let console = text(&outcome.console);
-    assert!(
-        console.contains("deliberate panic, answer = 42"),
-        "{console}"
+    assert_eq!(
+        outcome.exit,
+        Exit::Aborted {
+            message: "deliberate panic, answer = 42".into(),
+            file: "examples/src/bin/panic.rs".into(),
+            line: 9
+        }
     );
-    assert!(console.contains("panic.rs:9:5"), "{console}");
+    assert_ne!(outcome.exit.process_exit_code(), 0);
 }
 
 #[test]
@@ -45,11 +47,11 @@ fn a_stock_bootloader_api_kernel_boots_over_com1_and_debug_exit() {
 
 #[test]
 fn a_triple_fault_is_a_shutdown_never_exit_zero() {
+    // A plain bootloader_api kernel at CPL0 with no IDT: its exception triple-faults.
     let outcome = run_guest("triple-fault");
     assert_eq!(outcome.exit, Exit::Shutdown);
     assert_eq!(outcome.exit.guest_code(), None);
     assert_ne!(outcome.exit.process_exit_code(), 0);
-    assert!(text(&outcome.console).contains("about to triple-fault"));
 }
 
 #[test]
@@ -96,5 +98,5 @@ fn guests_run_side_by_side_with_their_own_outcomes() {
         .iter()
         .map(|o| o.exit.process_exit_code())
         .collect();
-    assert_eq!(codes, [0, 101, 117, 120, 0, 0]);
+    assert_eq!(codes, [0, 123, 117, 120, 0, 0]);
 }

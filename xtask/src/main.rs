@@ -4,8 +4,9 @@
 //! in `guest/`, a workspace of their own; this tool drives both.
 
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -24,6 +25,11 @@ Usage:
                                  unit, integration, doc and end-to-end tests
   cargo xtask bench              measure start-up against the raw KVM floor; writes
                                  target/mote-bench.json
+  cargo xtask fuzz [--seconds N] [TARGET]
+                                 build the guests, seed fuzz/corpus/TARGET with them and
+                                 fuzz TARGET (default: elf_loader) for N seconds (default:
+                                 60) with cargo-fuzz, installing it if missing; crashing
+                                 inputs land in fuzz/artifacts/TARGET
   cargo xtask guests             list the guests `run` knows";
 
 fn main() -> ExitCode {
@@ -51,6 +57,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         "run" => return run(rest),
         "test" => test()?,
         "bench" => bench()?,
+        "fuzz" => fuzz(rest)?,
         "guests" => {
             build_guests()?;
             for name in guest_names()? {
@@ -242,4 +249,135 @@ fn bench() -> Result<()> {
             root().join("target").join("mote-bench.json"),
         );
     run_command(command)
+}
+
+/// The fuzz target `cargo xtask fuzz` runs when none is named.
+const DEFAULT_FUZZ_TARGET: &str = "elf_loader";
+
+/// How long `cargo xtask fuzz` fuzzes when not told: long enough to get past the seeds, short
+/// enough to run by hand before a commit.
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+/// The fuzz targets whose inputs are kernel files, so the built guests make good seeds.
+const ELF_FUZZ_TARGETS: &[&str] = &["elf_loader"];
+
+fn fuzz_dir() -> PathBuf {
+    root().join("fuzz")
+}
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut target = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--seconds") {
+            Some("") => args.next().map(String::as_str),
+            Some(rest) if rest.starts_with('=') => Some(&rest[1..]),
+            _ if arg.starts_with('-') => bail!("unknown option `{arg}`\n\n{USAGE}"),
+            _ if target.is_some() => bail!("more than one fuzz target given\n\n{USAGE}"),
+            _ => {
+                target = Some(arg.as_str());
+                continue;
+            }
+        };
+        seconds = value
+            .and_then(|value| value.parse().ok())
+            .filter(|&seconds| seconds > 0)
+            .context("--seconds needs a whole number of seconds above 0")?;
+    }
+    let target = target.unwrap_or(DEFAULT_FUZZ_TARGET);
+
+    build_guests()?;
+    ensure_cargo_fuzz()?;
+    let corpus = Path::new("corpus").join(target);
+    seed_corpus(target, &fuzz_dir().join(&corpus))?;
+
+    // cargo-fuzz adds `-Z` flags (and so needs nightly) only for sanitizers, -Zbuild-std and
+    // --careful; with `--sanitizer none` its RUSTFLAGS are all stable `-C` flags and `--cfg
+    // fuzzing`, so the project's pinned stable toolchain builds the target without
+    // RUSTC_BOOTSTRAP. The price is no AddressSanitizer, which safe Rust barely needs.
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(fuzz_dir())
+        .args(["fuzz", "run", "--sanitizer", "none", target])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"));
+    // libFuzzer ends a run that found nothing with `Done N runs in S second(s)`.
+    let mut done = None;
+    run_command_watching_stderr(command, |line| {
+        done = libfuzzer_done_line(line).or(done);
+    })?;
+    match done {
+        Some((runs, secs)) => println!(
+            "xtask: {target}: {runs} executions in {secs} s ({} per second), no crash",
+            runs / secs.max(1)
+        ),
+        None => println!("xtask: {target}: libFuzzer reported no execution count"),
+    }
+    Ok(())
+}
+
+/// Parses libFuzzer's closing `Done N runs in S second(s)` into (N, S).
+fn libfuzzer_done_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("Done ")?;
+    let (runs, rest) = rest.split_once(" runs in ")?;
+    let (secs, _) = rest.split_once(' ')?;
+    Some((runs.parse().ok()?, secs.parse().ok()?))
+}
+
+/// Installs cargo-fuzz if `cargo fuzz` is not there: it is a cargo subcommand, not a
+/// dependency, so nothing else would bring it.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let found = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root())
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        eprintln!("xtask: installing cargo-fuzz");
+        cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    Ok(())
+}
+
+/// Creates `dir`, the corpus of `target`, and copies the built guests into it when the target
+/// reads kernel files. The seeds are rebuilt each time rather than committed: they follow the
+/// guests and the toolchain, and binaries in git would go stale.
+fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !ELF_FUZZ_TARGETS.contains(&target) {
+        return Ok(());
+    }
+    for name in guest_names()? {
+        let from = guest_bin_dir().join(&name);
+        let to = dir.join(&name);
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// Like [`run_command`], but also hands each line of the command's standard error to
+/// `on_line`, still showing it as it comes: libFuzzer reports its totals there, and a long
+/// run should not look hung.
+fn run_command_watching_stderr(mut command: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let stderr = child.stderr.take().expect("stderr was piped");
+    for line in BufReader::new(stderr).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
+        eprintln!("{line}");
+        on_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
 }

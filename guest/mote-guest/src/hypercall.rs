@@ -1,28 +1,103 @@
-//! Raw hypercalls: one `out` to mote's hypercall port each. See `docs/abi.md`.
+//! Raw hypercalls. See `docs/abi.md`.
+//!
+//! A hypercall is one 32-bit `out` to mote's port. From user mode (CPL3, how mote runs a
+//! mote-guest kernel) the runtime can make that `out` itself (IOPL is 3) or `syscall` into a
+//! two-instruction CPL0 stub that makes it; which is faster depends on the machine, so the
+//! runtime uses [`PREFER_SYSCALL`], chosen by measurement (`docs/abi.md`). At CPL0 (exception
+//! handlers, or a kernel booted without mote's user mode) it is always the `out`.
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use mote_abi::{HYPERCALL_PORT, Hypercall, HypercallError};
 
-/// Makes hypercall `call` with arguments in `rdi` and `rsi`; returns `rax`.
+/// Whether user-mode hypercalls go through `syscall` when mote set it up.
+pub const PREFER_SYSCALL: bool = false;
+
+/// Set at start-up when mote runs this guest in user mode with the syscall stub installed.
+static SYSCALL_READY: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn enable_syscall() {
+    SYSCALL_READY.store(true, Ordering::Relaxed);
+}
+
+/// The current privilege level.
+#[inline(always)]
+pub fn cpl() -> u16 {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects.
+    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    cs & 3
+}
+
+/// Makes hypercall `call` with an `out` at the current privilege level; returns `rax`.
 ///
 /// # Safety
 /// The arguments must be what `call` expects: an address argument must point at memory the
-/// guest owns for the call's length.
+/// guest owns for the call's length, writable if the call writes it.
 #[inline(always)]
-pub unsafe fn raw(call: u32, arg0: u64, arg1: u64) -> u64 {
+pub unsafe fn raw_out(call: u32, args: [u64; 6]) -> u64 {
     let result: u64;
-    // SAFETY: an `out` to mote's port; the host reads rdi/rsi and writes rax, nothing else. The
-    // caller vouches for what the arguments point at.
+    // SAFETY: an `out` to mote's port; the host reads the argument registers and writes rax,
+    // nothing else. The caller vouches for what the arguments point at.
     unsafe {
         core::arch::asm!(
             "out dx, eax",
             in("dx") HYPERCALL_PORT,
             inlateout("rax") u64::from(call) => result,
-            in("rdi") arg0,
-            in("rsi") arg1,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("r8") args[2],
+            in("r9") args[3],
+            in("r10") args[4],
+            in("r12") args[5],
             options(nostack, preserves_flags),
         );
     }
     result
+}
+
+/// Makes hypercall `call` through `syscall` and mote's CPL0 stub; returns `rax`.
+///
+/// # Safety
+/// As for [`raw_out`]; and the guest must run in user mode with the syscall stub installed.
+#[inline(always)]
+pub unsafe fn raw_syscall(call: u32, args: [u64; 6]) -> u64 {
+    let result: u64;
+    // SAFETY: `syscall` enters the runtime's stub, which makes the `out` and returns with
+    // `sysretq`; rcx and r11 are clobbered by the instruction pair.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            in("dx") HYPERCALL_PORT,
+            inlateout("rax") u64::from(call) => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("r8") args[2],
+            in("r9") args[3],
+            in("r10") args[4],
+            in("r12") args[5],
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// Makes hypercall `call` the fastest way available; returns `rax`.
+///
+/// # Safety
+/// As for [`raw_out`].
+#[inline(always)]
+pub unsafe fn raw(call: u32, args: [u64; 6]) -> u64 {
+    // SAFETY: forwarded; the syscall path is taken only at CPL3 with the stub installed.
+    unsafe {
+        if PREFER_SYSCALL && SYSCALL_READY.load(Ordering::Relaxed) && cpl() == 3 {
+            raw_syscall(call, args)
+        } else {
+            raw_out(call, args)
+        }
+    }
 }
 
 /// Splits a result into its success value or its error.
@@ -33,26 +108,82 @@ pub fn check(result: u64) -> Result<u64, HypercallError> {
     }
 }
 
+fn call(call: Hypercall, args: [u64; 6]) -> Result<u64, HypercallError> {
+    // SAFETY: every caller in this module passes addresses of live buffers it owns.
+    check(unsafe { raw(call as u32, args) })
+}
+
 /// Writes console text; returns how many bytes the host took.
 pub fn console_write(bytes: &[u8]) -> Result<usize, HypercallError> {
-    // SAFETY: the address and length describe `bytes`, which lives for the call.
-    let result = unsafe {
-        raw(
-            Hypercall::ConsoleWrite as u32,
-            bytes.as_ptr() as u64,
-            bytes.len() as u64,
-        )
-    };
-    check(result).map(|n| n as usize)
+    let args = [bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0, 0];
+    call(Hypercall::ConsoleWrite, args).map(|n| n as usize)
+}
+
+/// Appends to the run's output; returns how many bytes the host took.
+pub fn output_write(bytes: &[u8]) -> Result<usize, HypercallError> {
+    let args = [bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0, 0];
+    call(Hypercall::OutputWrite, args).map(|n| n as usize)
+}
+
+/// Fills `buffer` (a prefix of it, for very long buffers) with random bytes from the host;
+/// returns how many.
+pub fn random(buffer: &mut [u8]) -> Result<usize, HypercallError> {
+    let args = [buffer.as_mut_ptr() as u64, buffer.len() as u64, 0, 0, 0, 0];
+    call(Hypercall::Random, args).map(|n| n as usize)
+}
+
+/// The host's wall-clock time in nanoseconds since the Unix epoch.
+pub fn wall_clock_ns() -> u64 {
+    // The call has no failure mode; a host error would read as a time far in the future.
+    call(Hypercall::WallClock, [0; 6]).unwrap_or(u64::MAX)
+}
+
+/// Calls host function `name`; writes at most `response.len()` bytes of its answer into
+/// `response` and returns the answer's full length.
+pub fn host_call(name: &str, request: &[u8], response: &mut [u8]) -> Result<usize, HypercallError> {
+    let args = [
+        name.as_ptr() as u64,
+        name.len() as u64,
+        request.as_ptr() as u64,
+        request.len() as u64,
+        response.as_mut_ptr() as u64,
+        response.len() as u64,
+    ];
+    call(Hypercall::HostCall, args).map(|n| n as usize)
+}
+
+/// Tells the host the guest finished initialising.
+pub fn ready() {
+    let _ = call(Hypercall::Ready, [0; 6]);
+}
+
+/// A hypercall that does nothing: the cost of a round trip.
+pub fn nop() {
+    let _ = call(Hypercall::Nop, [0; 6]);
+}
+
+/// Ends the run reporting a panic.
+pub fn abort(message: &str, file: &str, line: u32) -> ! {
+    let args = [
+        message.as_ptr() as u64,
+        message.len() as u64,
+        file.as_ptr() as u64,
+        file.len() as u64,
+        u64::from(line),
+        0,
+    ];
+    let _ = call(Hypercall::Abort, args);
+    halt_forever()
 }
 
 /// Ends the run with `code`.
 pub fn exit(code: u32) -> ! {
-    // SAFETY: `exit` takes a plain number.
-    unsafe {
-        raw(Hypercall::Exit as u32, u64::from(code), 0);
-    }
-    // The host never resumes a guest after `exit`; if one did, spin rather than run on.
+    let _ = call(Hypercall::Exit, [u64::from(code), 0, 0, 0, 0, 0]);
+    halt_forever()
+}
+
+/// The host never resumes a guest after `exit` or `abort`; if one did, spin rather than run on.
+fn halt_forever() -> ! {
     loop {
         core::hint::spin_loop();
     }

@@ -2,7 +2,13 @@
 //!
 //! A guest is a `bootloader_api` kernel. This crate gives it what a program expects: an entry
 //! point ([`entry!`]), [`print!`] and [`println!`], a heap (so `alloc` works), a panic handler that
-//! reports the message and location and exits non-zero, and [`exit`].
+//! reports the message and location and exits non-zero, handlers for every CPU exception,
+//! [`exit`], and what a function needs: its [`input`], its [`output`], [`time`],
+//! [`random_bytes`] and [`host_call`].
+//!
+//! Under mote the guest runs in user mode (CPL3): the runtime carries a note that asks mote to
+//! build the privileged state, so no privileged instruction runs on the start path and the
+//! guest's own code runs at native speed.
 //!
 //! Under mote, console text and the exit code travel over mote's hypercalls (see `docs/abi.md`).
 //! Elsewhere (QEMU, real hardware through the `bootloader` crate) the runtime finds no mote
@@ -24,14 +30,23 @@
 extern crate alloc;
 
 pub mod console;
+mod exceptions;
 mod heap;
 pub mod hypercall;
+mod io;
 mod platform;
 #[doc(hidden)]
 pub mod rt;
+pub mod time;
 
 #[doc(hidden)]
 pub use bootloader_api;
+pub use io::{
+    HOST_CALL_RESPONSE_MAX, HostCallError, host_call, host_call_into, input, output,
+    random_bytes, ready,
+};
+pub use mote_abi::HypercallError;
+pub use platform::under_mote;
 pub use rt::{Termination, exit};
 
 /// The boot configuration every mote guest is built with.

@@ -1,19 +1,41 @@
-//! Are we under mote? One CPUID at start-up decides where console text and exit codes go.
+//! Are we under mote? Decided once at start-up; it says where console text and exit codes go.
+//!
+//! Started at CPL3, the guest was booted by mote (no other loader enters a `bootloader_api`
+//! kernel in user mode) and mote wrote its ABI version into the runtime note. Started at CPL0,
+//! the guest looks for mote's CPUID signature: CPUID is reliable there, but not at CPL3, where
+//! some hypervisors run it natively.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::{exceptions, hypercall};
 
 static UNDER_MOTE: AtomicBool = AtomicBool::new(false);
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
-/// Looks for mote's CPUID signature and remembers the answer.
+/// Finds out whether mote runs this guest, and what it says about the machine.
 pub(crate) fn detect() {
-    // The hypervisor range of leaves is reserved: without a hypervisor it returns data that
-    // will not match.
-    let leaf = core::arch::x86_64::__cpuid(mote_abi::CPUID_LEAF_SIGNATURE);
-    let found = [leaf.ebx, leaf.ecx, leaf.edx] == mote_abi::signature_registers();
+    let (host_abi, note_tsc_khz) = exceptions::host_info();
+    let (found, tsc_khz) = if hypercall::cpl() == 3 {
+        (host_abi != 0, note_tsc_khz)
+    } else {
+        let leaf = core::arch::x86_64::__cpuid(mote_abi::CPUID_LEAF_SIGNATURE);
+        if [leaf.ebx, leaf.ecx, leaf.edx] == mote_abi::signature_registers() {
+            let info = core::arch::x86_64::__cpuid(mote_abi::CPUID_LEAF_INFO);
+            (true, u64::from(info.ecx))
+        } else {
+            (false, 0)
+        }
+    };
     UNDER_MOTE.store(found, Ordering::Relaxed);
+    TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
 }
 
 /// Whether the guest runs under mote.
-pub(crate) fn under_mote() -> bool {
+pub fn under_mote() -> bool {
     UNDER_MOTE.load(Ordering::Relaxed)
+}
+
+/// The TSC frequency mote reported, in kHz (0 if unknown).
+pub(crate) fn tsc_khz() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed)
 }

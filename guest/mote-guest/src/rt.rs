@@ -1,8 +1,8 @@
-//! Start-up, exit and panics.
+//! Start-up, exit, panics and exception reports.
 
-use core::fmt::Debug;
+use core::fmt::{self, Debug, Write};
 
-use crate::{console, heap, hypercall, platform, println};
+use crate::{console, exceptions, heap, hypercall, io, platform, println, time};
 
 /// What `main` may return; turned into the guest's exit code.
 pub trait Termination {
@@ -34,12 +34,22 @@ impl<E: Debug> Termination for Result<(), E> {
     }
 }
 
-/// The exit code of a guest that panicked (as for a Rust test that panics).
+/// The exit code of a guest that panicked where mote cannot take a structured report.
 const PANIC_EXIT_CODE: u32 = 101;
 
 /// Called by [`entry!`](crate::entry): sets up the runtime, runs `main`, exits.
-pub fn start(_boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce() -> u32) -> ! {
+pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce() -> u32) -> ! {
     platform::detect();
+    if hypercall::cpl() == 3 {
+        // mote runs us in user mode: it built the IDT from our note and set up `syscall`.
+        if platform::under_mote() {
+            hypercall::enable_syscall();
+        }
+    } else {
+        exceptions::install_own_idt();
+    }
+    time::init();
+    io::init(boot_info);
     heap::init();
     let code = main();
     exit(code)
@@ -51,17 +61,47 @@ pub fn exit(code: u32) -> ! {
     if platform::under_mote() {
         hypercall::exit(code)
     }
-    // isa-debug-exit: 0x10 reads as success and 0x11 as failure under mote and the usual
-    // QEMU test setups.
-    let value: u32 = if code == 0 { 0x10 } else { 0x11 };
+    debug_exit(code == 0)
+}
+
+/// Ends the VM through isa-debug-exit, when not under mote: 0x10 reads as success and 0x11 as
+/// failure under mote and the usual QEMU test setups.
+fn debug_exit(success: bool) -> ! {
+    let value: u32 = if success { 0x10 } else { 0x11 };
     // SAFETY: writing the isa-debug-exit port ends the VM; without one, nothing happens.
     unsafe {
         core::arch::asm!("out dx, eax", in("dx") mote_abi::DEBUG_EXIT_PORT, in("eax") value,
             options(nostack, preserves_flags));
     }
     loop {
-        // SAFETY: nothing left to do; halt until the VM is torn down.
-        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+        core::hint::spin_loop();
+    }
+}
+
+/// Formats into a fixed buffer, cutting what does not fit: a panic must not need the heap.
+struct FixedWriter<const N: usize> {
+    buffer: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Write for FixedWriter<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let take = s.len().min(N - self.len);
+        self.buffer[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+impl<const N: usize> FixedWriter<N> {
+    fn as_str(&self) -> &str {
+        // Cutting may split a character: keep the valid prefix.
+        match core::str::from_utf8(&self.buffer[..self.len]) {
+            Ok(text) => text,
+            Err(error) => {
+                core::str::from_utf8(&self.buffer[..error.valid_up_to()]).unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -69,9 +109,36 @@ pub fn exit(code: u32) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     console::force_unlock();
-    match info.location() {
-        Some(location) => println!("panicked at {location}:\n{}", info.message()),
-        None => println!("panicked: {}", info.message()),
+    console::flush();
+    let (file, line) = info.location().map_or(("<unknown>", 0), |l| (l.file(), l.line()));
+    if platform::under_mote() {
+        let mut message = FixedWriter::<1024> {
+            buffer: [0; 1024],
+            len: 0,
+        };
+        let _ = write!(message, "{}", info.message());
+        hypercall::abort(message.as_str(), file, line)
     }
-    exit(PANIC_EXIT_CODE)
+    println!("panicked at {file}:{line}:\n{}", info.message());
+    console::flush();
+    let _ = PANIC_EXIT_CODE;
+    debug_exit(false)
+}
+
+/// Called by every exception stub, at CPL0: report and end the run.
+pub(crate) fn report_exception(vector: u8, error_code: u64, rip: u64, cr2: u64) -> ! {
+    console::force_unlock();
+    console::flush();
+    if platform::under_mote() {
+        let args = [u64::from(vector), error_code, rip, cr2, 0, 0];
+        // SAFETY: the call takes plain numbers; at CPL0 `raw` makes a direct `out`.
+        unsafe { hypercall::raw(mote_abi::Hypercall::Exception as u32, args) };
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    let name = mote_abi::note::exception_name(vector);
+    println!("exception {vector} ({name}) at {rip:#x}, error code {error_code:#x}, cr2 {cr2:#x}");
+    console::flush();
+    debug_exit(false)
 }

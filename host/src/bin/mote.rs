@@ -1,6 +1,7 @@
 //! `mote`: boot a guest kernel under KVM and exit with its exit code.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -21,7 +22,9 @@ Exit codes of `mote run`:
   119    KVM internal error: KVM could not run or emulate a guest instruction
   120    the guest accessed an I/O port or address that nothing serves
   121    the CPU refused to enter the guest
-  122    the guest stopped for an unexpected reason";
+  122    the guest stopped for an unexpected reason
+  123    the guest panicked (message and location on standard error)
+  124    the guest took a CPU exception (a fault or a stack overflow)";
 
 /// mote: a minimal VMM that boots `bootloader_api` kernels directly under KVM.
 #[derive(Parser)]
@@ -45,6 +48,9 @@ enum Command {
         /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M.
         #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
         mem: u64,
+        /// The guest's input (its `bootloader_api` ramdisk): a file, or - for standard input.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
     },
 }
 
@@ -81,21 +87,52 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { guest, mem } => run(&guest, mem),
+        Command::Run { guest, mem, input } => run(&guest, mem, input.as_deref()),
     }
 }
 
-fn run(guest: &std::path::Path, memory: u64) -> ExitCode {
+/// Reads the input file, or standard input for `-`.
+fn read_input(path: &Path) -> Result<Vec<u8>, String> {
+    let read = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| format!("cannot read input {}: {e}", path.display()))
+}
+
+fn run(guest: &Path, memory: u64, input: Option<&Path>) -> ExitCode {
+    let input = match input.map(read_input).transpose() {
+        Ok(input) => input,
+        Err(message) => {
+            eprintln!("mote: error: {message}");
+            return ExitCode::from(exit_status::USAGE);
+        }
+    };
     let result = (|| {
-        let config = RunConfig::default()
+        let mut config = RunConfig::default()
             .memory_size(memory)?
             .console_to(Box::new(std::io::stdout()));
+        if let Some(input) = input {
+            config = config.input(input);
+        }
         let image = GuestImage::from_file(guest)?;
         let hypervisor = Hypervisor::open()?;
         hypervisor.run(&image, config)
     })();
     match result {
         Ok(outcome) => {
+            // The guest's output (its result) follows its console text.
+            let mut stdout = std::io::stdout();
+            if stdout
+                .write_all(&outcome.output)
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                eprintln!("mote: error: cannot write the guest's output to standard output");
+                return ExitCode::from(exit_status::HOST_ERROR);
+            }
             let code = outcome.exit.process_exit_code();
             if code != 0 {
                 eprintln!("mote: {}", outcome.exit);

@@ -113,8 +113,10 @@ struct PreparedSegment {
     page_count: u64,
     /// Where in the first page the bytes start.
     offset_in_page: u64,
-    /// The file bytes with relocations applied (and possibly extended into .bss by one).
+    /// The file bytes with relocations applied.
     bytes: Vec<u8>,
+    /// Relocations that land past the file bytes: (offset from the segment start, value).
+    zero_fill_relocations: Vec<(u64, u64)>,
     leaf_flags: u64,
 }
 
@@ -361,6 +363,7 @@ impl PreparedImage {
                     page_count: (page_ceil(end) - page) / PAGE_SIZE,
                     offset_in_page: start - page,
                     bytes: file[s.file_range.clone()].to_vec(),
+                    zero_fill_relocations: Vec::new(),
                     leaf_flags,
                 })
             })
@@ -372,13 +375,15 @@ impl PreparedImage {
                 .enumerate()
                 .find(|(_, s)| s.vaddr <= target && target + 8 <= s.end())
                 .ok_or(BootError::BadAddress(target))?;
-            let at = (target - segment.vaddr) as usize;
-            let bytes = &mut segments[index].bytes;
-            if bytes.len() < at + 8 {
-                bytes.resize(at + 8, 0);
-            }
+            let at = target - segment.vaddr;
             let value = offset.wrapping_add_signed(addend);
-            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            let prepared = &mut segments[index];
+            match prepared.bytes.get_mut(at as usize..at as usize + 8) {
+                Some(slot) => slot.copy_from_slice(&value.to_le_bytes()),
+                // A target in the zero-filled part: written at load time. Growing the byte copy
+                // instead would let a header claiming a huge segment make the host allocate it.
+                None => prepared.zero_fill_relocations.push((at, value)),
+            }
         }
         Ok(segments)
     }
@@ -414,9 +419,7 @@ impl PreparedImage {
     ) -> Result<LoadedGuest, BootError> {
         let memory_size = memory.last_addr().0 + 1;
         if memory_size < MIN_MEMORY {
-            return Err(BootError::OutOfMemory {
-                needed: MIN_MEMORY,
-            });
+            return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
         }
         let mut frames = FrameAllocator::new(LOADER_FRAMES_START, memory_size & !(PAGE_SIZE - 1));
         let tables = PageTableBuilder::new(memory, &mut frames)?;
@@ -437,7 +440,11 @@ impl PreparedImage {
 
         for segment in &self.segments {
             let frame = layout.frames.allocate(segment.page_count)?;
-            layout.write(&segment.bytes, frame + segment.offset_in_page)?;
+            let start = frame + segment.offset_in_page;
+            layout.write(&segment.bytes, start)?;
+            for &(at, value) in &segment.zero_fill_relocations {
+                layout.write(&value.to_le_bytes(), start + at)?;
+            }
             for i in 0..segment.page_count {
                 let page = segment.page + i * PAGE_SIZE;
                 let mut leaf_flags = segment.leaf_flags | user;
@@ -673,7 +680,9 @@ impl Runtime {
         let entry = |at: usize| match u64_at(at) {
             0 => Ok(None),
             address if executable(address) => Ok(Some(address)),
-            address => Err(bad(&format!("entry {address:#x} is not in executable code"))),
+            address => Err(bad(&format!(
+                "entry {address:#x} is not in executable code"
+            ))),
         };
         let mut exception_handlers = [None; note::EXCEPTION_VECTORS];
         for (vector, handler) in exception_handlers.iter_mut().enumerate() {
@@ -721,7 +730,12 @@ impl<M: GuestMemoryBackend> Layout<'_, M> {
     }
 
     /// Maps `pages` fresh (zero) frames at `virt`; returns the first frame's address.
-    fn allocate_and_map(&mut self, virt: u64, pages: u64, leaf_flags: u64) -> Result<u64, BootError> {
+    fn allocate_and_map(
+        &mut self,
+        virt: u64,
+        pages: u64,
+        leaf_flags: u64,
+    ) -> Result<u64, BootError> {
         let frame = self.frames.allocate(pages)?;
         self.map(virt, frame, pages, leaf_flags)?;
         Ok(frame)

@@ -166,7 +166,10 @@ impl TestElf {
                 DOUBLE_FAULT_HANDLER
             };
             relocations.extend([
-                (NOTE_VADDR + mote_abi::note::offsets::SYSCALL_ENTRY as u64, SYSCALL_ENTRY),
+                (
+                    NOTE_VADDR + mote_abi::note::offsets::SYSCALL_ENTRY as u64,
+                    SYSCALL_ENTRY,
+                ),
                 (NOTE_VADDR + handlers + 8 * 14, PAGE_FAULT_HANDLER),
                 (NOTE_VADDR + handlers + 8 * 8, double_fault),
             ]);
@@ -185,7 +188,10 @@ impl TestElf {
         // Data segment: the pointer (link-time value 0), then .dynamic.
         let dynamic = [
             (u64::from(object::elf::DT_RELA), CODE_VADDR + 0xA0),
-            (u64::from(object::elf::DT_RELASZ), 24 * relocations.len() as u64),
+            (
+                u64::from(object::elf::DT_RELASZ),
+                24 * relocations.len() as u64,
+            ),
             (u64::from(object::elf::DT_RELAENT), 24),
             (u64::from(object::elf::DT_NULL), 0),
         ];
@@ -234,7 +240,11 @@ fn memory(size: u64) -> GuestMemoryMmap {
 fn load(elf: &TestElf) -> (PreparedImage, GuestMemoryMmap, LoadedGuest) {
     let image = PreparedImage::new(elf.build()).unwrap();
     let memory = memory(16 * MIB);
-    let loaded = image.load(&memory, &LoadOptions::default()).unwrap();
+    let options = LoadOptions {
+        ramdisk: None,
+        tsc_khz: 2_000_000,
+    };
+    let loaded = image.load(&memory, &options).unwrap();
     (image, memory, loaded)
 }
 
@@ -582,8 +592,12 @@ fn too_little_memory_is_an_error() {
 #[test]
 fn one_image_loads_many_times_identically() {
     let image = PreparedImage::new(TestElf::new().build()).unwrap();
-    let first = image.load(&memory(4 * MIB), &LoadOptions::default()).unwrap();
-    let second = image.load(&memory(4 * MIB), &LoadOptions::default()).unwrap();
+    let first = image
+        .load(&memory(4 * MIB), &LoadOptions::default())
+        .unwrap();
+    let second = image
+        .load(&memory(4 * MIB), &LoadOptions::default())
+        .unwrap();
     assert_eq!(first.vcpu, second.vcpu);
     assert_eq!(first.regions, second.regions);
 }
@@ -603,7 +617,11 @@ fn a_runtime_note_starts_the_guest_in_user_mode() {
     assert_eq!(vcpu.code.selector, mote_abi::note::selectors::USER_CODE);
     assert_eq!(vcpu.code.dpl, 3);
     assert_eq!(vcpu.data.selector, mote_abi::note::selectors::USER_DATA);
-    assert_eq!(vcpu.rflags & 0x3000, 0x3000, "IOPL 3: hypercall outs work at CPL3");
+    assert_eq!(
+        vcpu.rflags & 0x3000,
+        0x3000,
+        "IOPL 3: hypercall outs work at CPL3"
+    );
     assert_eq!(vcpu.rflags & 0x200, 0, "interrupts off");
     assert_eq!(vcpu.efer & 1, 1, "syscall enabled");
     let syscall = vcpu.syscall.expect("the note names a syscall entry");
@@ -617,11 +635,29 @@ fn a_runtime_note_starts_the_guest_in_user_mode() {
         user: true,
     };
     assert!(translate(&memory, cr3, vcpu.rip, user).is_ok());
-    assert!(translate(&memory, cr3, vcpu.rsp, Access { write: true, user: true }).is_ok());
+    assert!(
+        translate(
+            &memory,
+            cr3,
+            vcpu.rsp,
+            Access {
+                write: true,
+                user: true
+            }
+        )
+        .is_ok()
+    );
     assert!(translate(&memory, cr3, vcpu.rdi, user).is_ok(), "BootInfo");
     assert!(translate(&memory, cr3, vcpu.gdt.base, user).is_err());
     assert!(translate(&memory, cr3, vcpu.idt.base, user).is_err());
     assert!(translate(&memory, cr3, vcpu.idt.base, KERNEL_READ).is_ok());
+    // mote told the guest its ABI version and TSC frequency through the note.
+    let note = offset + NOTE_VADDR;
+    let host_fields = note + mote_abi::note::offsets::HOST_ABI_VERSION as u64;
+    let abi = read_u64(&memory, cr3, host_fields) as u32;
+    assert_eq!(abi, mote_abi::ABI_VERSION);
+    let tsc = read_u64(&memory, cr3, note + mote_abi::note::offsets::TSC_KHZ as u64);
+    assert_eq!(tsc, 2_000_000);
 }
 
 #[test]
@@ -630,7 +666,9 @@ fn the_idt_and_tss_point_at_the_notes_handlers_and_mote_stacks() {
     let (vcpu, offset) = (loaded.vcpu, image.kernel_offset());
     assert_eq!(vcpu.idt.limit, 32 * 16 - 1);
     let gate = |vector: u64| {
-        let low: u64 = memory.read_obj(GuestAddress(vcpu.idt.base + vector * 16)).unwrap();
+        let low: u64 = memory
+            .read_obj(GuestAddress(vcpu.idt.base + vector * 16))
+            .unwrap();
         let high: u64 = memory
             .read_obj(GuestAddress(vcpu.idt.base + vector * 16 + 8))
             .unwrap();
@@ -668,7 +706,10 @@ fn a_bad_runtime_note_is_refused() {
         ..user_elf()
     };
     let error = PreparedImage::new(in_data.build()).unwrap_err();
-    assert!(error.to_string().contains("not in executable code"), "{error}");
+    assert!(
+        error.to_string().contains("not in executable code"),
+        "{error}"
+    );
     let mut bad_magic = user_elf().build();
     bad_magic[0x2100] ^= 0xFF;
     let error = PreparedImage::new(bad_magic).unwrap_err();
@@ -683,6 +724,7 @@ fn the_ramdisk_is_mapped_where_boot_info_says() {
         let memory = memory(16 * MIB);
         let options = LoadOptions {
             ramdisk: Some(input),
+            tsc_khz: 1_000_000,
         };
         let loaded = image.load(&memory, &options).unwrap();
         let bytes = boot_info_bytes(&memory, &loaded);
@@ -695,13 +737,52 @@ fn the_ramdisk_is_mapped_where_boot_info_says() {
         assert_eq!(info.ramdisk_len, input.len() as u64);
         let physical = translate(&memory, loaded.vcpu.cr3, address, KERNEL_READ).unwrap();
         let mut read = vec![0u8; input.len()];
-        memory.read_slice(&mut read, GuestAddress(physical)).unwrap();
+        memory
+            .read_slice(&mut read, GuestAddress(physical))
+            .unwrap();
         assert_eq!(read, input);
         let user_write = Access {
             write: true,
             user: image.user_mode(),
         };
         let writable = translate(&memory, loaded.vcpu.cr3, address, user_write).is_ok();
-        assert_eq!(writable, !image.user_mode(), "input is read-only in user mode");
+        assert_eq!(
+            writable,
+            !image.user_mode(),
+            "input is read-only in user mode"
+        );
     }
+}
+
+#[test]
+fn a_relocation_into_bss_is_applied_without_copying_the_segment() {
+    // Point the relocation into .bss, past the file bytes.
+    let mut file = TestElf::new().build();
+    let target = DATA_VADDR + 0x2000;
+    file[0x10A0..0x10A8].copy_from_slice(&target.to_le_bytes());
+    let image = PreparedImage::new(file).unwrap();
+    let memory = memory(16 * MIB);
+    let loaded = image.load(&memory, &LoadOptions::default()).unwrap();
+    let offset = image.kernel_offset();
+    assert_eq!(
+        read_u64(&memory, loaded.vcpu.cr3, offset + target),
+        offset + POINTER_TARGET
+    );
+}
+
+#[test]
+fn a_huge_claimed_segment_costs_no_host_memory() {
+    // The data segment claims 16 TiB of memory and a relocation lands near its end: this must
+    // be refused at load (no guest memory for it), not allocated on the host.
+    let mut file = TestElf::new().build();
+    let huge: u64 = 1 << 44;
+    let data_header = 0x40 + 56;
+    file[data_header + 40..data_header + 48].copy_from_slice(&huge.to_le_bytes());
+    let target = DATA_VADDR + huge - 16;
+    file[0x10A0..0x10A8].copy_from_slice(&target.to_le_bytes());
+    let image = PreparedImage::new(file).unwrap();
+    assert!(matches!(
+        image.load(&memory(4 * MIB), &LoadOptions::default()),
+        Err(BootError::OutOfMemory { .. })
+    ));
 }

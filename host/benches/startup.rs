@@ -6,10 +6,17 @@
 //! Figures (median and p90, microseconds):
 //! - `kvm_floor_cold_cpl0` / `kvm_floor_cold_cpl3`: create a VM, a vCPU and 2 MiB of memory
 //!   straight on kvm-ioctls, enter long mode at that ring, run to the first `out`.
-//! - `mote_cold_in_process`: `Hypervisor::run` of `hello`, from the call to its return.
+//! - `mote_cold_in_process`: `Hypervisor::run` of `hello`, from the call to its return
+//!   (`mote_phase_*`: where that time goes).
 //! - `mote_run_process`: `mote run hello` as a whole process, spawn to exit.
+//! - `kvm_floor_exit`: one port-I/O exit round trip from CPL3 (the ring mote guests run in),
+//!   straight on kvm-ioctls: `KVM_RUN` returns for an `out`, and is called again.
+//! - `mote_hypercall`: one no-op hypercall round trip through the whole mote path, timed with the
+//!   TSC inside the `bench-hypercall` guest.
+//! - `guest_compute` / `native_compute`: the same compute-bound function
+//!   (`guest/bench/src/compute.rs`) inside the `bench-compute` guest and as a plain host function.
 //!
-//! Samples of the floor and of mote are interleaved so that a change in machine load hits both
+//! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians measured in this same run.
 
 use std::collections::BTreeMap;
@@ -24,6 +31,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 const ROUNDS: usize = 200;
 const PROCESS_ROUNDS: usize = 60;
+const EXIT_ROUNDS: usize = 20;
+const EXITS_PER_ROUND: u32 = 200;
+const COMPUTE_SAMPLES: usize = 10;
+/// Rounds of the compute workload: long enough that start-up noise does not matter.
+const COMPUTE_ROUNDS: u64 = 10_000_000;
 
 fn env_path(name: &str) -> PathBuf {
     std::env::var_os(name)
@@ -31,107 +43,198 @@ fn env_path(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not set: run this benchmark with `cargo xtask bench`"))
 }
 
-/// The raw floor: the least any VMM must do to run guest code in long mode on this KVM.
-fn kvm_floor(kvm: &Kvm, user: bool) -> Duration {
-    const MEMORY: usize = 2 << 20;
-    const PML4: u64 = 0x1000;
-    const PDPT: u64 = 0x2000;
-    const PD: u64 = 0x3000;
-    const CODE: u64 = 0x4000;
-    const TSS: u64 = 0x5000;
-    let start = Instant::now();
+/// The guest code of the raw floor: `out 0x80, al`, then back to the `out` forever.
+const FLOOR_CODE: [u8; 4] = [0xE6, 0x80, 0xEB, 0xFC];
 
-    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY)]).unwrap();
-    let user_bit = if user { 4 } else { 0 };
-    // One 2 MiB identity-mapped page; the code is `out 0x80, al; hlt`.
-    for (at, entry) in [
-        (PML4, PDPT | 3 | user_bit),
-        (PDPT, PD | 3 | user_bit),
-        (PD, 0x83 | user_bit),
-    ] {
-        memory.write_obj::<u64>(entry, GuestAddress(at)).unwrap();
-    }
-    memory
-        .write_slice(&[0xE6, 0x80, 0xF4], GuestAddress(CODE))
-        .unwrap();
-    let region = memory.iter().next().unwrap();
-    let host = region
-        .get_host_address(vm_memory::MemoryRegionAddress(0))
-        .unwrap();
-    // SAFETY: `memory` is a live mapping of MEMORY bytes that outlives the VM (dropped after
-    // it at the end of this function).
-    unsafe {
-        vm.set_user_memory_region(kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: MEMORY as u64,
-            userspace_addr: host as u64,
+/// A VM set up with the least any VMM must do: 2 MiB, one identity-mapped 2 MiB page, long
+/// mode at CPL0 or CPL3, about to run `FLOOR_CODE`.
+struct FloorVm {
+    // Field order is drop order: the vCPU and the VM go before their memory.
+    vcpu: kvm_ioctls::VcpuFd,
+    _vm: kvm_ioctls::VmFd,
+    _memory: GuestMemoryMmap<()>,
+}
+
+impl FloorVm {
+    fn new(kvm: &Kvm, user: bool) -> Self {
+        const MEMORY: usize = 2 << 20;
+        const PML4: u64 = 0x1000;
+        const PDPT: u64 = 0x2000;
+        const PD: u64 = 0x3000;
+        const CODE: u64 = 0x4000;
+        const TSS: u64 = 0x5000;
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY)]).unwrap();
+        let user_bit = if user { 4 } else { 0 };
+        for (at, entry) in [
+            (PML4, PDPT | 3 | user_bit),
+            (PDPT, PD | 3 | user_bit),
+            (PD, 0x83 | user_bit),
+        ] {
+            memory.write_obj::<u64>(entry, GuestAddress(at)).unwrap();
+        }
+        memory.write_slice(&FLOOR_CODE, GuestAddress(CODE)).unwrap();
+        // A TSS whose I/O bitmap allows every port, as mote gives its user-mode guests: some
+        // hypervisors (kvm_pvm) keep IOPL from the guest, so IOPL 3 alone is not enough.
+        memory
+            .write_obj::<u16>(0x68, GuestAddress(TSS + 0x66))
+            .unwrap();
+        memory
+            .write_obj::<u8>(0xFF, GuestAddress(TSS + 0x68 + 0x2000))
+            .unwrap();
+        let region = memory.iter().next().unwrap();
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .unwrap();
+        // SAFETY: `memory` is a live mapping of MEMORY bytes that outlives the VM: FloorVm
+        // drops the vCPU and the VM before the memory.
+        unsafe {
+            vm.set_user_memory_region(kvm_userspace_memory_region {
+                slot: 0,
+                flags: 0,
+                guest_phys_addr: 0,
+                memory_size: MEMORY as u64,
+                userspace_addr: host as u64,
+            })
+        }
+        .expect("KVM_SET_USER_MEMORY_REGION");
+
+        let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+        let mut sregs = vcpu.get_sregs().unwrap();
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: if user { 0x2B } else { 0x08 },
+            type_: 0xB,
+            present: 1,
+            dpl: if user { 3 } else { 0 },
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment {
+            selector: if user { 0x23 } else { 0x10 },
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
+        sregs.cs = code;
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = kvm_segment {
+            base: TSS,
+            limit: 0x68 + 0x2000,
+            selector: 0x18,
+            type_: 0xB,
+            s: 0,
+            dpl: 0,
+            db: 0,
+            l: 0,
+            g: 0,
+            ..code
+        };
+        sregs.cr0 = 0x8001_0033;
+        sregs.cr3 = PML4;
+        sregs.cr4 = 0x20;
+        sregs.efer = 0xD00;
+        vcpu.set_sregs(&sregs).unwrap();
+        vcpu.set_regs(&kvm_regs {
+            rip: CODE,
+            rsp: 0x10_0000,
+            // IOPL 3 lets CPL3 code use `out`.
+            rflags: if user { 0x3002 } else { 0x2 },
+            ..Default::default()
         })
+        .unwrap();
+        Self {
+            vcpu,
+            _vm: vm,
+            _memory: memory,
+        }
     }
-    .expect("KVM_SET_USER_MEMORY_REGION");
 
-    let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
-    let mut sregs = vcpu.get_sregs().unwrap();
-    let dpl = if user { 3 } else { 0 };
-    let code = kvm_segment {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector: if user { 0x2B } else { 0x08 },
-        type_: 0xB,
-        present: 1,
-        dpl,
-        db: 0,
-        s: 1,
-        l: 1,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    let data = kvm_segment {
-        selector: if user { 0x23 } else { 0x10 },
-        type_: 0x3,
-        db: 1,
-        l: 0,
-        ..code
-    };
-    sregs.cs = code;
-    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = kvm_segment {
-        base: TSS,
-        limit: 0x67,
-        selector: 0x18,
-        type_: 0xB,
-        s: 0,
-        dpl: 0,
-        db: 0,
-        l: 0,
-        g: 0,
-        ..code
-    };
-    sregs.cr0 = 0x8001_0033;
-    sregs.cr3 = PML4;
-    sregs.cr4 = 0x20;
-    sregs.efer = 0xD00;
-    vcpu.set_sregs(&sregs).unwrap();
-    vcpu.set_regs(&kvm_regs {
-        rip: CODE,
-        rsp: 0x10_0000,
-        // IOPL 3 lets CPL3 code use `out`.
-        rflags: if user { 0x3002 } else { 0x2 },
-        ..Default::default()
-    })
-    .unwrap();
-    match vcpu.run().expect("KVM_RUN") {
-        VcpuExit::IoOut(0x80, _) => {}
-        other => panic!("the floor VM stopped with {other:?}"),
+    /// Runs to the next `out`.
+    fn run_to_out(&mut self) {
+        match self.vcpu.run().expect("KVM_RUN") {
+            VcpuExit::IoOut(0x80, _) => {}
+            other => panic!("the floor VM stopped with {other:?}"),
+        }
     }
+}
+
+/// The raw cold floor: create, set up and run a VM to its first `out`.
+fn kvm_floor(kvm: &Kvm, user: bool) -> Duration {
+    let start = Instant::now();
+    let mut vm = FloorVm::new(kvm, user);
+    vm.run_to_out();
     let elapsed = start.elapsed();
-    drop(vcpu);
     drop(vm);
     elapsed
+}
+
+/// The raw exit floor: the average time of one `out` exit round trip.
+fn kvm_floor_exit(vm: &mut FloorVm, exits: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..exits {
+        vm.run_to_out();
+    }
+    start.elapsed() / exits
+}
+
+mod compute {
+    include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest/bench/src/compute.rs"
+    ));
+}
+
+/// What reading hypercall arguments from a 48-byte block at a guest-virtual address would add
+/// to each call (the alternative to registers): a page walk and a read, per call.
+fn argument_block_read(calls: u32) -> Duration {
+    use mote_boot::paging::{Access, FrameAllocator, PageTableBuilder, flags, translate};
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let mut frames = FrameAllocator::new(0x10_0000, 0x40_0000);
+    let mut tables = PageTableBuilder::new(&memory, &mut frames).unwrap();
+    let block = 0x80_0000_1000;
+    tables
+        .map_page(&mut frames, block, 0x20_0000, flags::WRITABLE | flags::USER)
+        .unwrap();
+    let cr3 = tables.root();
+    let user = Access {
+        write: false,
+        user: true,
+    };
+    let mut args = [0u8; 48];
+    let start = Instant::now();
+    for _ in 0..calls {
+        let physical = translate(&memory, cr3, std::hint::black_box(block), user).unwrap();
+        memory
+            .read_slice(&mut args, GuestAddress(physical))
+            .unwrap();
+        std::hint::black_box(&args);
+    }
+    start.elapsed() / calls
+}
+
+/// Runs a bench guest with `input` and returns its `key=value` output lines.
+fn bench_guest(
+    hypervisor: &Hypervisor,
+    image: &GuestImage,
+    input: &str,
+) -> BTreeMap<String, String> {
+    let outcome = hypervisor
+        .run(image, RunConfig::default().input(input.as_bytes().to_vec()))
+        .unwrap();
+    assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "bench guest failed");
+    String::from_utf8_lossy(&outcome.output)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 #[derive(Default)]
@@ -217,28 +320,93 @@ fn main() {
         assert!(status.success(), "mote run hello failed: {status}");
     }
 
-    // `hello` runs at CPL0 today, so its floor is the CPL0 one.
-    let cold_vs_floor =
-        figures["mote_cold_in_process"].median() / figures["kvm_floor_cold_cpl0"].median();
+    // Exit round trips: the raw floor and mote's hypercall, interleaved.
+    let hypercall_guest =
+        GuestImage::from_file(guest.with_file_name("bench-hypercall")).expect("bench-hypercall");
+    let mut floor_vm = FloorVm::new(&kvm, true);
+    floor_vm.run_to_out();
+    for _ in 0..EXIT_ROUNDS {
+        let floor = kvm_floor_exit(&mut floor_vm, EXITS_PER_ROUND);
+        figures.entry("kvm_floor_exit").or_default().push(floor);
+        let seen = bench_guest(&hypervisor, &hypercall_guest, &EXITS_PER_ROUND.to_string());
+        let ns: u64 = seen["ns_per_call"].parse().unwrap();
+        figures
+            .entry("mote_hypercall")
+            .or_default()
+            .push(Duration::from_nanos(ns));
+    }
+    drop(floor_vm);
+    for _ in 0..EXIT_ROUNDS {
+        figures
+            .entry("args_block_read")
+            .or_default()
+            .push(argument_block_read(10_000));
+    }
+
+    // The same compute function in the guest and on the host.
+    let compute_guest =
+        GuestImage::from_file(guest.with_file_name("bench-compute")).expect("bench-compute");
+    for _ in 0..COMPUTE_SAMPLES {
+        let seen = bench_guest(&hypervisor, &compute_guest, &COMPUTE_ROUNDS.to_string());
+        let ns: u64 = seen["ns"].parse().unwrap();
+        figures
+            .entry("guest_compute")
+            .or_default()
+            .push(Duration::from_nanos(ns));
+        let start = Instant::now();
+        let native = compute::workload(std::hint::black_box(COMPUTE_ROUNDS));
+        figures
+            .entry("native_compute")
+            .or_default()
+            .push(start.elapsed());
+        assert_eq!(
+            seen["result"],
+            native.to_string(),
+            "guest and host disagree"
+        );
+    }
+
+    // `hello` runs in user mode (CPL3), so its floor is the CPL3 one.
+    let ratio = |a: &str, b: &str| figures[a].median() / figures[b].median();
+    let ratios = [
+        (
+            "cold_vs_floor",
+            ratio("mote_cold_in_process", "kvm_floor_cold_cpl3"),
+            1.5,
+        ),
+        (
+            "hypercall_vs_exit",
+            ratio("mote_hypercall", "kvm_floor_exit"),
+            1.1,
+        ),
+        (
+            "guest_compute_vs_native",
+            ratio("guest_compute", "native_compute"),
+            1.2,
+        ),
+    ];
 
     println!("{:<24} {:>12} {:>12}", "figure", "median µs", "p90 µs");
     for (name, samples) in &figures {
         println!(
-            "{name:<24} {:>12.1} {:>12.1}",
+            "{name:<24} {:>12.3} {:>12.3}",
             samples.median(),
             samples.percentile(90)
         );
     }
-    println!(
-        "\n{:<24} {:>12.2}   (goal ≤ 1.5)",
-        "cold_vs_floor", cold_vs_floor
-    );
+    println!();
+    for (name, value, goal) in ratios {
+        println!("{name:<24} {value:>12.2}   (goal ≤ {goal})");
+    }
 
     let json = serde_json::json!({
         "figures": figures.iter().map(|(name, s)| {
             (name.to_string(), serde_json::json!({"median_us": s.median(), "p90_us": s.percentile(90)}))
         }).collect::<serde_json::Map<_, _>>(),
-        "ratios": { "cold_vs_floor": cold_vs_floor },
+        "ratios": ratios
+            .iter()
+            .map(|(name, value, _)| (name.to_string(), serde_json::json!(value)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&json).unwrap())
         .expect("writing the benchmark JSON");

@@ -30,9 +30,7 @@ pub struct GuestBuffer {
 
 impl GuestBuffer {
     fn new(address: u64, len: u64) -> Result<Self, HypercallError> {
-        address
-            .checked_add(len)
-            .ok_or(HypercallError::BadAddress)?;
+        address.checked_add(len).ok_or(HypercallError::BadAddress)?;
         Ok(Self { address, len })
     }
 
@@ -330,7 +328,10 @@ mod tests {
             }),
             PortEvent::SerialRead { offset: 5 }
         );
-        assert_eq!(out(0xF4, 4, 0x10, zero), PortEvent::DebugExit { value: 0x10 });
+        assert_eq!(
+            out(0xF4, 4, 0x10, zero),
+            PortEvent::DebugExit { value: 0x10 }
+        );
         assert_eq!(out(0x1234, 1, 0, zero), PortEvent::Unserved);
         assert_eq!(out(0x3F7, 1, 0, zero), PortEvent::Unserved);
         assert_eq!(out(0x400, 1, 0, zero), PortEvent::Unserved);

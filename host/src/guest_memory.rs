@@ -30,9 +30,7 @@ fn for_each_page(
     len: u64,
     mut each: impl FnMut(u64, usize, usize) -> Result<(), HypercallError>,
 ) -> Result<(), HypercallError> {
-    let end = address
-        .checked_add(len)
-        .ok_or(HypercallError::BadAddress)?;
+    let end = address.checked_add(len).ok_or(HypercallError::BadAddress)?;
     let access = Access {
         write,
         user: space.user,

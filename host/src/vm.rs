@@ -129,7 +129,9 @@ pub(crate) fn run(
     stats.phases.memory = start.elapsed();
 
     let start = Instant::now();
-    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
     register_memory(&vm, &ram)?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
@@ -190,7 +192,9 @@ pub(crate) fn run(
 
 /// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).
 pub(crate) fn tsc_khz(kvm: &Kvm) -> Result<u32, Error> {
-    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
     let vcpu = vm
         .create_vcpu(0)
         .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
@@ -495,7 +499,10 @@ impl Machine<'_> {
                 response,
             } => self.host_call(name, request, response),
             Request::Ready => {
-                self.stats.phases.ready.get_or_insert(self.started.elapsed());
+                self.stats
+                    .phases
+                    .ready
+                    .get_or_insert(self.started.elapsed());
                 Ok(0)
             }
             Request::Nop => Ok(0),

@@ -80,22 +80,36 @@ fn report(output: &[u8]) -> std::collections::HashMap<String, String> {
 #[test]
 fn time_random_ready_and_input_work_from_the_guest() {
     let outcome = run_guest_with_input("abi-calls", b"12345");
-    assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "{}", text(&outcome.console));
+    assert_eq!(
+        outcome.exit,
+        Exit::Guest { code: 0 },
+        "{}",
+        text(&outcome.console)
+    );
     let seen = report(&outcome.output);
     let wall: u128 = seen["wall_ns"].parse().unwrap();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    assert!(now.abs_diff(wall) < Duration::from_secs(60).as_nanos(), "{wall} vs {now}");
-    assert_ne!(seen["tsc_khz"], "0", "mote tells the guest its TSC frequency");
+    assert!(
+        now.abs_diff(wall) < Duration::from_secs(60).as_nanos(),
+        "{wall} vs {now}"
+    );
+    assert_ne!(
+        seen["tsc_khz"], "0",
+        "mote tells the guest its TSC frequency"
+    );
     assert_eq!(seen["monotonic_advanced"], "1");
     assert_eq!(seen["input_len"], "5");
     let random = &seen["random"];
     assert_eq!(random.len(), 64);
     assert_ne!(random, &"0".repeat(64));
     let again = report(&run_guest("abi-calls").output);
-    assert_ne!(&again["random"], random, "two runs get different random bytes");
+    assert_ne!(
+        &again["random"], random,
+        "two runs get different random bytes"
+    );
     assert_eq!(again["input_len"], "0");
     assert!(outcome.stats.phases.ready.is_some(), "ready was recorded");
 }
@@ -123,7 +137,10 @@ fn every_fault_is_reported_with_vector_address_and_cause() {
             panic!("{which} did not end in an exception");
         };
         assert_eq!(got, vector, "{which}");
-        assert!(rip >= 0x80_0000_0000, "{which}: rip {rip:#x} is in the kernel image");
+        assert!(
+            rip >= 0x80_0000_0000,
+            "{which}: rip {rip:#x} is in the kernel image"
+        );
         assert_eq!(stack_overflow, None);
     }
     let Exit::Exception {

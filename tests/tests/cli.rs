@@ -14,7 +14,10 @@ fn run_shows_the_console_and_exits_with_the_guests_code() {
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 
     let out = mote_run("panic");
-    assert_eq!(out.status.code(), Some(i32::from(exit_status::GUEST_PANICKED)));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::GUEST_PANICKED))
+    );
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("panicked at examples/src/bin/panic.rs:9: deliberate panic, answer = 42"),
@@ -34,7 +37,10 @@ fn mote_outcomes_have_reserved_codes_and_one_line_reasons() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
     let out = mote_run_with_input("fault", b"stack-overflow");
-    assert_eq!(out.status.code(), Some(i32::from(exit_status::GUEST_EXCEPTION)));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::GUEST_EXCEPTION))
+    );
     let stderr = text(&out.stderr);
     assert!(stderr.contains("overflowed its stack"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -55,12 +61,22 @@ fn input_comes_from_a_file_or_stdin_and_output_goes_to_stdout() {
 
     let echo = guest_path("echo");
     let mut child = std::process::Command::new(mote_bin())
-        .args(["run".as_ref(), echo.as_os_str(), "--input".as_ref(), "-".as_ref()])
+        .args([
+            "run".as_ref(),
+            echo.as_os_str(),
+            "--input".as_ref(),
+            "-".as_ref(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"from stdin");

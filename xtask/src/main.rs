@@ -199,6 +199,7 @@ fn test() -> Result<()> {
     build_guests()?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo_in(&guest_dir(), &["fmt", "--all", "--check"])?;
+    cargo_in(&fuzz_dir(), &["fmt", "--all", "--check"])?;
     cargo(&[
         "clippy",
         "--workspace",
@@ -219,6 +220,10 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ],
+    )?;
+    cargo_in(
+        &fuzz_dir(),
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
     )?;
     // The end-to-end tests run the `mote` binary: build it first.
     cargo(&["build", "--workspace", "--bins"])?;

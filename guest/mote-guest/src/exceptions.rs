@@ -121,13 +121,19 @@ pub(crate) fn host_info() -> (u32, u64) {
 fn read_cr2() -> u64 {
     let cr2: u64;
     // SAFETY: exception handlers run at CPL0, where reading CR2 is allowed and harmless.
-    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags))
+    };
     cr2
 }
 
 extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
     let vector = frame.vector as u8;
-    let cr2 = if vector == 14 || vector == 8 { read_cr2() } else { 0 };
+    let cr2 = if vector == 14 || vector == 8 {
+        read_cr2()
+    } else {
+        0
+    };
     crate::rt::report_exception(vector, frame.error_code, frame.rip, cr2)
 }
 

@@ -42,8 +42,8 @@ pub mod time;
 #[doc(hidden)]
 pub use bootloader_api;
 pub use io::{
-    HOST_CALL_RESPONSE_MAX, HostCallError, host_call, host_call_into, input, output,
-    random_bytes, ready,
+    HOST_CALL_RESPONSE_MAX, HostCallError, host_call, host_call_into, input, output, random_bytes,
+    ready,
 };
 pub use mote_abi::HypercallError;
 pub use platform::under_mote;

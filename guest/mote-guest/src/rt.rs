@@ -48,6 +48,14 @@ pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce
     } else {
         exceptions::install_own_idt();
     }
+    if platform::under_mote() && platform::host_abi_version() != mote_abi::ABI_VERSION {
+        println!(
+            "mote-guest: the host speaks hypercall ABI version {}, this guest version {}",
+            platform::host_abi_version(),
+            mote_abi::ABI_VERSION
+        );
+        exit(1);
+    }
     time::init();
     io::init(boot_info);
     heap::init();
@@ -110,7 +118,9 @@ impl<const N: usize> FixedWriter<N> {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     console::force_unlock();
     console::flush();
-    let (file, line) = info.location().map_or(("<unknown>", 0), |l| (l.file(), l.line()));
+    let (file, line) = info
+        .location()
+        .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
     if platform::under_mote() {
         let mut message = FixedWriter::<1024> {
             buffer: [0; 1024],

@@ -18,8 +18,14 @@ fn recurse(depth: u64) -> u64 {
 }
 
 fn main() -> u32 {
-    let which = core::str::from_utf8(mote_guest::input()).unwrap_or("").trim();
-    let which = if which.is_empty() { "page-fault" } else { which };
+    let which = core::str::from_utf8(mote_guest::input())
+        .unwrap_or("")
+        .trim();
+    let which = if which.is_empty() {
+        "page-fault"
+    } else {
+        which
+    };
     mote_guest::println!("raising: {which}");
     // SAFETY (each asm block): deliberately faulting instructions; the fault ends the run.
     match which {

@@ -38,7 +38,11 @@ fn main() -> u32 {
     // SAFETY (every raw call below): the host must refuse these without touching the memory.
     unsafe {
         all_ok &= expect("unknown call", check(raw(0xDEAD, [0; 6])), Err(UnknownCall));
-        all_ok &= expect("unmapped address", check(raw(write, args(0x10, 4))), Err(BadAddress));
+        all_ok &= expect(
+            "unmapped address",
+            check(raw(write, args(0x10, 4))),
+            Err(BadAddress),
+        );
         all_ok &= expect(
             "non-canonical address",
             check(raw(write, args(0x8000_0000_0000_0000, 4))),
@@ -82,7 +86,11 @@ fn main() -> u32 {
         let gdt = x86_64::instructions::tables::sgdt();
         // SAFETY: as above.
         let got = unsafe { check(raw(write, args(gdt.base.as_u64(), 8))) };
-        all_ok &= expect("supervisor-only memory from user mode", got, Err(BadAddress));
+        all_ok &= expect(
+            "supervisor-only memory from user mode",
+            got,
+            Err(BadAddress),
+        );
     }
     all_ok &= expect(
         "a good write after all that",

@@ -300,7 +300,6 @@ fn main() {
             ("mote_phase_vm", phases.vm),
             ("mote_phase_vcpu", phases.vcpu),
             ("mote_phase_run", phases.run),
-            ("mote_phase_teardown", phases.teardown),
         ] {
             figures.entry(name).or_default().push(d);
         }

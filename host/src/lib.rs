@@ -20,6 +20,7 @@
 pub mod decode;
 mod guest_memory;
 mod outcome;
+mod reaper;
 mod serial;
 mod vm;
 
@@ -205,7 +206,12 @@ impl RunConfig {
 }
 
 /// A process-wide handle on KVM: open it once, run many guests through it, from many threads.
+///
+/// A finished VM is destroyed on a background thread, off the caller's path; dropping the
+/// `Hypervisor` waits until every VM it ran is gone.
 pub struct Hypervisor {
+    // Dropped first: waits for pending tear-downs while KVM is still open.
+    reaper: reaper::Reaper,
     kvm: Kvm,
     cpuid: CpuId,
     tsc_khz: u32,
@@ -228,7 +234,10 @@ impl Hypervisor {
         })?;
         let tsc_khz = vm::tsc_khz(&kvm)?;
         let cpuid = vm::guest_cpuid(&kvm, tsc_khz)?;
+        let reaper = reaper::Reaper::start()
+            .map_err(|e| Error::Internal(format!("cannot start the tear-down thread: {e}")))?;
         Ok(Self {
+            reaper,
             kvm,
             cpuid,
             tsc_khz,
@@ -237,6 +246,13 @@ impl Hypervisor {
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
-        vm::run(&self.kvm, &self.cpuid, self.tsc_khz, image, &mut config)
+        vm::run(
+            &self.reaper,
+            &self.kvm,
+            &self.cpuid,
+            self.tsc_khz,
+            image,
+            &mut config,
+        )
     }
 }

@@ -238,8 +238,6 @@ pub struct Phases {
     pub vcpu: Duration,
     /// From the first guest instruction to the end of the run.
     pub run: Duration,
-    /// Destroying the vCPU and the VM and releasing guest memory.
-    pub teardown: Duration,
     /// From the first guest instruction to its `ready` hypercall, if it made one.
     pub ready: Option<Duration>,
 }

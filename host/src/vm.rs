@@ -14,6 +14,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
+use crate::reaper::Reaper;
 use crate::serial::Serial;
 use crate::{Error, Exit, GuestImage, HostFunctions, Outcome, RunConfig, Stats};
 
@@ -110,6 +111,7 @@ struct Machine<'a> {
 }
 
 pub(crate) fn run(
+    reaper: &Reaper,
     kvm: &Kvm,
     cpuid: &CpuId,
     tsc_khz: u32,
@@ -176,12 +178,11 @@ pub(crate) fn run(
         ram,
         console,
         output,
-        mut stats,
+        stats,
         ..
     } = machine;
-    let start = Instant::now();
-    drop((vcpu, vm, ram));
-    stats.phases.teardown = start.elapsed();
+    // The vCPU goes before the VM, the VM before its memory: the tuple drops in that order.
+    reaper.dispose(Box::new((vcpu, vm, ram)));
     Ok(Outcome {
         exit,
         stats,

@@ -159,6 +159,8 @@ pub struct LoadOptions<'a> {
     /// The guest's TSC frequency in kHz (0 if unknown), told to a user-mode guest through its
     /// runtime note.
     pub tsc_khz: u64,
+    /// Boot as the real bootloader would: ignore the runtime note and start at CPL0.
+    pub plain: bool,
 }
 
 /// The 512 GiB slots of the top-level page table, for placing dynamic mappings.
@@ -417,6 +419,8 @@ impl PreparedImage {
         memory: &M,
         options: &LoadOptions,
     ) -> Result<LoadedGuest, BootError> {
+        // A plain boot ignores the runtime note: CPL0, as the real bootloader would start it.
+        let runtime = self.runtime.as_ref().filter(|_| !options.plain);
         let memory_size = memory.last_addr().0 + 1;
         if memory_size < MIN_MEMORY {
             return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
@@ -429,11 +433,7 @@ impl PreparedImage {
             tables,
         };
         // Pages a user-mode guest may touch are USER; mote's own structures never are.
-        let user = if self.runtime.is_some() {
-            flags::USER
-        } else {
-            0
-        };
+        let user = if runtime.is_some() { flags::USER } else { 0 };
 
         // The ELF file itself, for `kernel_addr`.
         let kernel_addr = layout.copy(&self.file)?;
@@ -456,7 +456,7 @@ impl PreparedImage {
         }
 
         // Tell a user-mode guest about its host, in its own note (see `mote_abi::note`).
-        if let Some(runtime) = &self.runtime {
+        if let Some(runtime) = runtime {
             let mut info = [0u8; 16];
             info[..4].copy_from_slice(&mote_abi::ABI_VERSION.to_le_bytes());
             info[8..].copy_from_slice(&options.tsc_khz.to_le_bytes());
@@ -510,7 +510,7 @@ impl PreparedImage {
 
         // Kernel stacks for a user-mode guest's exception handlers: supervisor-only, each above
         // a guard page.
-        let kernel_stacks = match &self.runtime {
+        let kernel_stacks = match runtime {
             Some(runtime) => {
                 let rsp0_bottom = runtime.system_address + PAGE_SIZE;
                 layout.allocate_and_map(
@@ -548,7 +548,7 @@ impl PreparedImage {
         let gdt = vcpu::Gdt::at(gdt_frame, kernel_stacks);
         layout.write(&gdt.bytes(), gdt_frame)?;
         layout.map(gdt_frame, gdt_frame, gdt_pages, flags::NO_EXECUTE)?;
-        let idt = match &self.runtime {
+        let idt = match runtime {
             Some(runtime) => {
                 let idt_frame = layout.frames.allocate(1)?;
                 let bytes = vcpu::idt_bytes(&runtime.exception_handlers);
@@ -615,7 +615,7 @@ impl PreparedImage {
 
         let cr3 = layout.tables.root();
         let kernel = VcpuState::kernel_entry(cr3, self.entry, rsp, self.boot_info_address, &gdt);
-        let vcpu = match (&self.runtime, idt) {
+        let vcpu = match (runtime, idt) {
             (Some(runtime), Some(idt)) => VcpuState::user_entry(kernel, idt, runtime.syscall_entry),
             _ => kernel,
         };
@@ -623,7 +623,7 @@ impl PreparedImage {
             vcpu,
             regions,
             boot_info_address: self.boot_info_address,
-            user_mode: self.runtime.is_some(),
+            user_mode: runtime.is_some(),
             guard_pages,
         })
     }

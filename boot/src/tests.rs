@@ -241,8 +241,8 @@ fn load(elf: &TestElf) -> (PreparedImage, GuestMemoryMmap, LoadedGuest) {
     let image = PreparedImage::new(elf.build()).unwrap();
     let memory = memory(16 * MIB);
     let options = LoadOptions {
-        ramdisk: None,
         tsc_khz: 2_000_000,
+        ..LoadOptions::default()
     };
     let loaded = image.load(&memory, &options).unwrap();
     (image, memory, loaded)
@@ -725,6 +725,7 @@ fn the_ramdisk_is_mapped_where_boot_info_says() {
         let options = LoadOptions {
             ramdisk: Some(input),
             tsc_khz: 1_000_000,
+            plain: false,
         };
         let loaded = image.load(&memory, &options).unwrap();
         let bytes = boot_info_bytes(&memory, &loaded);
@@ -785,4 +786,19 @@ fn a_huge_claimed_segment_costs_no_host_memory() {
         image.load(&memory(4 * MIB), &LoadOptions::default()),
         Err(BootError::OutOfMemory { .. })
     ));
+}
+
+#[test]
+fn a_plain_boot_ignores_the_runtime_note() {
+    let image = PreparedImage::new(user_elf().build()).unwrap();
+    let memory = memory(16 * MIB);
+    let options = LoadOptions {
+        plain: true,
+        ..LoadOptions::default()
+    };
+    let loaded = image.load(&memory, &options).unwrap();
+    assert!(!loaded.user_mode);
+    assert_eq!(loaded.vcpu.code.dpl, 0);
+    assert_eq!(loaded.vcpu.idt.limit, 0);
+    assert!(loaded.vcpu.syscall.is_none());
 }

@@ -29,7 +29,6 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
 pub use outcome::{Exit, ExitCounts, Outcome, Phases, Stats, exit_status};
@@ -148,6 +147,7 @@ pub struct RunConfig {
     console: Option<Box<dyn Write + Send>>,
     input: Option<Vec<u8>>,
     host_functions: HostFunctions,
+    plain: bool,
 }
 
 impl Default for RunConfig {
@@ -157,6 +157,7 @@ impl Default for RunConfig {
             console: None,
             input: None,
             host_functions: HashMap::new(),
+            plain: false,
         }
     }
 }
@@ -190,6 +191,15 @@ impl RunConfig {
         self
     }
 
+    /// Boots the guest as the real `bootloader` would, as if mote were not there: at CPL0, its
+    /// runtime note ignored, without mote's CPUID leaves. A `mote-guest` kernel then takes the
+    /// path it takes elsewhere (COM1, isa-debug-exit, its own IDT); guest code at CPL0 may run
+    /// far slower (it is emulated on some hosts).
+    pub fn plain_boot(mut self) -> Self {
+        self.plain = true;
+        self
+    }
+
     /// Lets the guest call `function` by `name` (the `host_call` hypercall).
     ///
     /// ```
@@ -213,7 +223,7 @@ pub struct Hypervisor {
     // Dropped first: waits for pending tear-downs while KVM is still open.
     reaper: reaper::Reaper,
     kvm: Kvm,
-    cpuid: CpuId,
+    cpuids: vm::Cpuids,
     tsc_khz: u32,
 }
 
@@ -233,13 +243,13 @@ impl Hypervisor {
             })
         })?;
         let tsc_khz = vm::tsc_khz(&kvm)?;
-        let cpuid = vm::guest_cpuid(&kvm, tsc_khz)?;
+        let cpuids = vm::Cpuids::new(&kvm, tsc_khz)?;
         let reaper = reaper::Reaper::start()
             .map_err(|e| Error::Internal(format!("cannot start the tear-down thread: {e}")))?;
         Ok(Self {
             reaper,
             kvm,
-            cpuid,
+            cpuids,
             tsc_khz,
         })
     }
@@ -249,7 +259,7 @@ impl Hypervisor {
         vm::run(
             &self.reaper,
             &self.kvm,
-            &self.cpuid,
+            &self.cpuids,
             self.tsc_khz,
             image,
             &mut config,

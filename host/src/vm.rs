@@ -27,7 +27,7 @@ const RFLAGS_IF: u64 = 1 << 9;
 
 /// The CPUID table every vCPU gets: what KVM supports, with mote's hypervisor leaves in place
 /// of KVM's own. `tsc_khz` goes into the info leaf so the guest can time itself without exits.
-pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32) -> Result<CpuId, Error> {
+pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32, mote_leaves: bool) -> Result<CpuId, Error> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -46,6 +46,10 @@ pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32) -> Result<CpuId, Error> {
         edx,
         ..Default::default()
     };
+    if !mote_leaves {
+        return CpuId::from_entries(&entries)
+            .map_err(|_| Error::Internal("too many CPUID entries".into()));
+    }
     entries.push(leaf(
         mote_abi::CPUID_LEAF_SIGNATURE,
         mote_abi::CPUID_LEAF_INFO,
@@ -61,6 +65,23 @@ pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32) -> Result<CpuId, Error> {
         0,
     ));
     CpuId::from_entries(&entries).map_err(|_| Error::Internal("too many CPUID entries".into()))
+}
+
+/// The CPUID tables a vCPU may get.
+pub(crate) struct Cpuids {
+    /// With mote's hypervisor leaves.
+    pub mote: CpuId,
+    /// Without them, for a plain boot that should not find mote.
+    pub plain: CpuId,
+}
+
+impl Cpuids {
+    pub(crate) fn new(kvm: &Kvm, tsc_khz: u32) -> Result<Self, Error> {
+        Ok(Self {
+            mote: guest_cpuid(kvm, tsc_khz, true)?,
+            plain: guest_cpuid(kvm, tsc_khz, false)?,
+        })
+    }
 }
 
 /// The most console or output bytes one run may produce before writes fail with
@@ -113,7 +134,7 @@ struct Machine<'a> {
 pub(crate) fn run(
     reaper: &Reaper,
     kvm: &Kvm,
-    cpuid: &CpuId,
+    cpuids: &Cpuids,
     tsc_khz: u32,
     image: &GuestImage,
     config: &mut RunConfig,
@@ -126,6 +147,7 @@ pub(crate) fn run(
     let options = LoadOptions {
         ramdisk: config.input.as_deref(),
         tsc_khz: u64::from(tsc_khz),
+        plain: config.plain,
     };
     let loaded = image.prepared.load(&ram, &options).map_err(Error::Load)?;
     stats.phases.memory = start.elapsed();
@@ -143,6 +165,11 @@ pub(crate) fn run(
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+    let cpuid = if config.plain {
+        &cpuids.plain
+    } else {
+        &cpuids.mote
+    };
     vcpu.set_cpuid2(cpuid)
         .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;
     set_initial_state(&vcpu, &loaded.vcpu)?;

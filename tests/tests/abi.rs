@@ -172,3 +172,30 @@ fn a_stack_overflow_is_reported_as_such_never_a_triple_fault() {
     assert_eq!(*stack_overflow, Some("stack"));
     assert!(exit.to_string().contains("overflowed its stack"));
 }
+
+/// A `mote-guest` kernel booted as the plain `bootloader` would boot it takes the road it takes
+/// outside mote: COM1 for its console, its own IDT, isa-debug-exit to end.
+#[test]
+fn outside_mote_the_runtime_falls_back_to_com1_debug_exit_and_its_own_idt() {
+    let outcome = run_guest_with("hello", RunConfig::default().plain_boot());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x10 });
+    assert!(text(&outcome.console).contains("Hello from a mote guest!"));
+    assert!(
+        outcome.stats.exits.serial > 0,
+        "the console went through COM1"
+    );
+    assert_eq!(outcome.stats.exits.hypercalls, 0);
+
+    let outcome = run_guest_with("panic", RunConfig::default().plain_boot());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
+    assert!(text(&outcome.console).contains("deliberate panic, answer = 42"));
+
+    let config = RunConfig::default()
+        .plain_boot()
+        .input(b"page-fault".to_vec());
+    let outcome = run_guest_with("fault", config);
+    let console = text(&outcome.console);
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 }, "{console}");
+    assert!(console.contains("exception 14 (page fault)"), "{console}");
+    assert!(console.contains("cr2 0xdead0000"), "{console}");
+}

@@ -18,6 +18,8 @@ pub enum RegionKind {
     Usable,
     /// Used by the loader (mote): page tables, the kernel image, the stack, `BootInfo`.
     Bootloader,
+    /// A BIOS (e820) memory type, for firmware areas such as the ACPI tables (2: reserved).
+    UnknownBios(u32),
 }
 
 /// One physical memory region, `start..end`.
@@ -44,6 +46,14 @@ pub struct BootInfoFields {
     pub tls_template: Option<(u64, u64, u64)>,
     /// `ramdisk_addr` and `ramdisk_len`.
     pub ramdisk: Option<(u64, u64)>,
+    /// `framebuffer`: its guest-virtual address and its shape.
+    pub framebuffer: Option<(u64, crate::Framebuffer)>,
+    /// `physical_memory_offset`.
+    pub physical_memory_offset: Option<u64>,
+    /// `recursive_index`.
+    pub recursive_index: Option<u16>,
+    /// `rsdp_addr` (physical).
+    pub rsdp: Option<u64>,
     /// `kernel_addr`: physical address of the ELF file.
     pub kernel_addr: u64,
     /// `kernel_len`: size of the ELF file.
@@ -55,6 +65,9 @@ pub struct BootInfoFields {
     /// `kernel_stack_len`.
     pub kernel_stack_len: u64,
 }
+
+/// `PixelFormat::Bgr`.
+const PIXEL_FORMAT_BGR: u32 = 1;
 
 /// `Optional<T>` tags: note `Some` is 0.
 const SOME: u32 = 0;
@@ -83,10 +96,40 @@ impl BootInfoFields {
         // memory_regions: pointer and length.
         put_u64(&mut b, 8, self.address + BOOT_INFO_SIZE);
         put_u64(&mut b, 16, self.regions.len() as u64);
-        put_u32(&mut b, 24, NONE); // framebuffer
-        put_u32(&mut b, 88, NONE); // physical_memory_offset
-        put_u32(&mut b, 104, NONE); // recursive_index
-        put_u32(&mut b, 112, NONE); // rsdp_addr
+        match self.framebuffer {
+            Some((address, info)) => {
+                put_u32(&mut b, 24, SOME);
+                put_u64(&mut b, 32, address);
+                put_u64(&mut b, 40, info.len());
+                put_u64(&mut b, 48, u64::from(info.width));
+                put_u64(&mut b, 56, u64::from(info.height));
+                put_u32(&mut b, 64, PIXEL_FORMAT_BGR);
+                put_u64(&mut b, 72, u64::from(info.bytes_per_pixel));
+                put_u64(&mut b, 80, u64::from(info.stride));
+            }
+            None => put_u32(&mut b, 24, NONE),
+        }
+        match self.physical_memory_offset {
+            Some(offset) => {
+                put_u32(&mut b, 88, SOME);
+                put_u64(&mut b, 96, offset);
+            }
+            None => put_u32(&mut b, 88, NONE),
+        }
+        match self.recursive_index {
+            Some(index) => {
+                put_u32(&mut b, 104, SOME);
+                put_u16(&mut b, 108, index);
+            }
+            None => put_u32(&mut b, 104, NONE),
+        }
+        match self.rsdp {
+            Some(address) => {
+                put_u32(&mut b, 112, SOME);
+                put_u64(&mut b, 120, address);
+            }
+            None => put_u32(&mut b, 112, NONE),
+        }
         match self.tls_template {
             Some((start, file_size, mem_size)) => {
                 put_u32(&mut b, 128, SOME);
@@ -113,11 +156,13 @@ impl BootInfoFields {
             let at = (BOOT_INFO_SIZE + MEMORY_REGION_SIZE * i as u64) as usize;
             put_u64(&mut b, at, region.start);
             put_u64(&mut b, at + 8, region.end);
-            let tag = match region.kind {
-                RegionKind::Usable => 0,
-                RegionKind::Bootloader => 1,
+            let (tag, payload) = match region.kind {
+                RegionKind::Usable => (0, 0),
+                RegionKind::Bootloader => (1, 0),
+                RegionKind::UnknownBios(kind) => (3, kind),
             };
             put_u32(&mut b, at + 16, tag);
+            put_u32(&mut b, at + 20, payload);
         }
         b
     }
@@ -166,6 +211,19 @@ mod tests {
             ],
             tls_template: Some((0x8000, 0x10, 0x20)),
             ramdisk: Some((0x180_0000_0000, 77)),
+            framebuffer: Some((
+                0x200_0000_0000,
+                crate::Framebuffer {
+                    physical: 0x30_0000,
+                    width: 640,
+                    height: 480,
+                    stride: 640,
+                    bytes_per_pixel: 4,
+                },
+            )),
+            physical_memory_offset: Some(0x280_0000_0000),
+            recursive_index: Some(7),
+            rsdp: Some(0xE_0000),
             kernel_addr: 0x10_0000,
             kernel_len: 1234,
             kernel_image_offset: 0x80_0000_0000,
@@ -181,9 +239,21 @@ mod tests {
         assert_eq!(info.api_version.version_minor(), 11);
         assert_eq!(info.api_version.version_patch(), 17);
         assert!(!info.api_version.pre_release());
-        assert!(matches!(info.framebuffer, Optional::None));
-        assert!(matches!(info.physical_memory_offset, Optional::None));
-        assert!(matches!(info.rsdp_addr, Optional::None));
+        let Optional::Some(framebuffer) = &info.framebuffer else {
+            panic!("no framebuffer")
+        };
+        assert_eq!(framebuffer.buffer().as_ptr() as u64, 0x200_0000_0000);
+        let shape = framebuffer.info();
+        assert_eq!((shape.width, shape.height, shape.stride), (640, 480, 640));
+        assert_eq!(shape.byte_len, 640 * 480 * 4);
+        assert_eq!(shape.bytes_per_pixel, 4);
+        assert_eq!(shape.pixel_format, bootloader_api::info::PixelFormat::Bgr);
+        assert!(matches!(
+            info.physical_memory_offset,
+            Optional::Some(0x280_0000_0000)
+        ));
+        assert!(matches!(info.recursive_index, Optional::Some(7)));
+        assert!(matches!(info.rsdp_addr, Optional::Some(0xE_0000)));
         let Optional::Some(tls) = info.tls_template else {
             panic!("no TLS template")
         };

@@ -9,6 +9,7 @@
 //! `docs/boot-protocol.md` describes what a kernel finds when it starts.
 #![warn(missing_docs)]
 
+mod acpi;
 mod boot_info;
 pub mod config;
 mod elf;
@@ -70,14 +71,29 @@ pub enum BootError {
     },
 }
 
-/// `BootInfo` with the largest memory map mote writes: low Usable, mote's frames, high Usable.
-const BOOT_INFO_MAX_SIZE: u64 = BOOT_INFO_SIZE + 3 * MEMORY_REGION_SIZE;
+/// The most memory regions mote writes: low Usable, the ACPI area, mote's frames, high Usable.
+const MAX_REGIONS: u64 = 4;
+
+/// `BootInfo` with the largest memory map mote writes.
+const BOOT_INFO_MAX_SIZE: u64 = BOOT_INFO_SIZE + MAX_REGIONS * MEMORY_REGION_SIZE;
+
+/// The physical-memory map covers at least this much, as the real loader's does: kernels reach
+/// the local APIC and I/O APIC (just below 4 GiB) through it.
+const PHYSICAL_MAP_MIN: u64 = 4 << 30;
 
 /// A kernel parsed, checked and relocated once, ready to be loaded any number of times.
 #[derive(Clone, Debug)]
 pub struct PreparedImage {
     file: Vec<u8>,
     config: BootConfig,
+    kernel: ElfKernel,
+    /// Where everything goes. A kernel that asks for ASLR gets a fresh plan at each load.
+    plan: Plan,
+}
+
+/// Where one load puts everything, and the segments relocated for it.
+#[derive(Clone, Debug)]
+struct Plan {
     segments: Vec<PreparedSegment>,
     /// Virtual pages made read-only after relocation.
     relro_pages: Option<std::ops::Range<u64>>,
@@ -88,9 +104,30 @@ pub struct PreparedImage {
     stack_guard: u64,
     stack_pages: u64,
     ramdisk_address: u64,
+    framebuffer_address: u64,
+    physical_memory_offset: Option<u64>,
+    recursive_index: Option<usize>,
     boot_info_address: u64,
     /// Present if the kernel carries mote's runtime note: it is then run in user mode.
     runtime: Option<Runtime>,
+}
+
+/// SplitMix64: a small, good-enough generator for ASLR, seeded by the host.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (`bound` > 0).
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
 }
 
 /// What a runtime note asks for, relocated and checked.
@@ -133,6 +170,8 @@ pub struct LoadedGuest {
     pub user_mode: bool,
     /// Unmapped guard pages below each stack: a fault there is a stack overflow.
     pub guard_pages: Vec<GuardPage>,
+    /// The framebuffer, if the load made one.
+    pub framebuffer: Option<Framebuffer>,
 }
 
 /// An unmapped page below a stack.
@@ -161,6 +200,41 @@ pub struct LoadOptions<'a> {
     pub tsc_khz: u64,
     /// Boot as the real bootloader would: ignore the runtime note and start at CPL0.
     pub plain: bool,
+    /// A linear framebuffer of this width and height in pixels (4 bytes each, BGR), for kernels
+    /// that expect firmware to have set one up.
+    pub framebuffer: Option<(u32, u32)>,
+    /// ACPI tables (RSDP, XSDT, MADT, FADT) for kernels that expect firmware's.
+    pub acpi: bool,
+    /// Randomness for a kernel whose config asks for ASLR; without it (or without `aslr` in the
+    /// config) addresses are the same at every load.
+    pub aslr_seed: Option<u64>,
+}
+
+/// Where a load put the framebuffer, for reading it back (a screenshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Framebuffer {
+    /// Guest-physical address of the first pixel.
+    pub physical: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Pixels per row.
+    pub stride: u32,
+    /// Bytes per pixel (4: blue, green, red, unused).
+    pub bytes_per_pixel: u32,
+}
+
+impl Framebuffer {
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        u64::from(self.stride) * u64::from(self.height) * u64::from(self.bytes_per_pixel)
+    }
+
+    /// Whether it has no pixels.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The 512 GiB slots of the top-level page table, for placing dynamic mappings.
@@ -211,13 +285,16 @@ impl SlotAllocator {
         }
     }
 
-    /// The address of the lowest free slot, now used.
-    fn take(&mut self, what: &'static str) -> Result<u64, BootError> {
-        let slot = self
-            .used
-            .iter()
-            .position(|used| !used)
-            .ok_or(BootError::Unsupported(what))?;
+    /// The address of a free slot, now used: the lowest one, or a random one with ASLR.
+    fn take(&mut self, what: &'static str, random: Option<&mut Random>) -> Result<u64, BootError> {
+        let free: Vec<usize> = (0..512).filter(|&slot| !self.used[slot]).collect();
+        if free.is_empty() {
+            return Err(BootError::Unsupported(what));
+        }
+        let slot = match random {
+            Some(random) => free[random.below(free.len() as u64) as usize],
+            None => free[0],
+        };
         self.used[slot] = true;
         Ok(slot_address(slot))
     }
@@ -232,26 +309,44 @@ impl PreparedImage {
     pub fn new(file: Vec<u8>) -> Result<Self, BootError> {
         let kernel = ElfKernel::parse(&file)?;
         let config = BootConfig::parse(&kernel.config)?;
-        if config.physical_memory.is_some() {
-            return Err(BootError::Unsupported("a physical-memory mapping"));
-        }
-        if config.page_table_recursive.is_some() {
-            return Err(BootError::Unsupported("a recursive page-table mapping"));
-        }
+        let plan = Plan::new(&file, &kernel, &config, None)?;
+        Ok(Self {
+            file,
+            config,
+            kernel,
+            plan,
+        })
+    }
+}
 
-        let mut slots = SlotAllocator::new(&config);
+impl Plan {
+    /// Places everything and relocates the kernel for that placement; with `random`, dynamic
+    /// addresses are random (ASLR), else the lowest free ones.
+    fn new(
+        file: &[u8],
+        kernel: &ElfKernel,
+        config: &BootConfig,
+        mut random: Option<&mut Random>,
+    ) -> Result<Self, BootError> {
+        let mut slots = SlotAllocator::new(config);
         let image_start = page_floor(kernel.segments[0].vaddr);
         let image_end = page_ceil(kernel.segments.iter().map(|s| s.end()).max().unwrap_or(0));
         let stack_pages = page_ceil(config.kernel_stack_size) / PAGE_SIZE;
         if stack_pages == 0 {
             return Err(BootError::BadConfig("kernel_stack_size is 0".into()));
         }
+        // Fixed mappings take their slots before any dynamic one is handed out. Sizes that
+        // depend on the run (framebuffer, ramdisk) reserve the slot their start is in.
         let fixed_ranges = [
-            (config.kernel_stack, (stack_pages + 1) * PAGE_SIZE),
-            (config.boot_info, BOOT_INFO_MAX_SIZE),
+            (Some(config.kernel_stack), (stack_pages + 1) * PAGE_SIZE),
+            (Some(config.boot_info), BOOT_INFO_MAX_SIZE),
+            (Some(config.framebuffer), 1),
+            (Some(config.ramdisk_memory), 1),
+            (config.physical_memory, PHYSICAL_MAP_MIN),
+            (config.page_table_recursive, SLOT_SIZE),
         ];
         for (mapping, size) in fixed_ranges {
-            if let Mapping::FixedAddress(address) = mapping {
+            if let Some(Mapping::FixedAddress(address)) = mapping {
                 slots.reserve(address, address.saturating_add(size));
             }
         }
@@ -270,8 +365,17 @@ impl PreparedImage {
                 base
             }
             (true, Mapping::Dynamic) => {
-                let free = slots.take("a free 512 GiB slot for the kernel")?;
+                let free =
+                    slots.take("a free 512 GiB slot for the kernel", random.as_deref_mut())?;
+                // With ASLR, also a random aligned offset into the slot, leaving room for the
+                // image.
+                let room = SLOT_SIZE.saturating_sub(image_end - image_start) / kernel.max_align;
+                let shift = match random.as_deref_mut() {
+                    Some(random) if room > 0 => random.below(room) * kernel.max_align,
+                    _ => 0,
+                };
                 align_up(free.wrapping_sub(image_start), kernel.max_align)
+                    .and_then(|base| base.checked_add(shift))
                     .ok_or(BootError::BadAddress(free))?
             }
         };
@@ -284,7 +388,7 @@ impl PreparedImage {
         let (image_start, image_end) = (relocated(image_start)?, relocated(image_end - 1)? + 1);
         slots.reserve(image_start, image_end);
 
-        let segments = Self::relocate(&file, &kernel, kernel_offset, relocated)?;
+        let segments = Self::relocate(file, kernel, kernel_offset, relocated)?;
         let relro_pages = match &kernel.relro {
             Some(range) if !range.is_empty() => {
                 Some(page_floor(relocated(range.start)?)..page_ceil(relocated(range.end - 1)? + 1))
@@ -298,37 +402,49 @@ impl PreparedImage {
             None => None,
         };
 
-        let stack_guard = match config.kernel_stack {
-            Mapping::Dynamic => slots.take("a free 512 GiB slot for the stack")?,
-            Mapping::FixedAddress(address) if address.is_multiple_of(PAGE_SIZE) => address,
-            Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
+        // The real loader's order: stack, framebuffer, ramdisk, physical-memory map, recursive
+        // entry, BootInfo. The framebuffer and ramdisk get their slots even when a run has
+        // neither, so that one prepared image has one layout.
+        let mut place = |mapping: Mapping, align: u64, what: &'static str| match mapping {
+            Mapping::Dynamic => slots.take(what, random.as_deref_mut()),
+            Mapping::FixedAddress(address) if address.is_multiple_of(align) => Ok(address),
+            Mapping::FixedAddress(address) => Err(BootError::BadAddress(address)),
         };
-        // The real loader's order: stack, (framebuffer), ramdisk, then BootInfo.
-        let ramdisk_address = match config.ramdisk_memory {
-            Mapping::Dynamic => slots.take("a free 512 GiB slot for the ramdisk")?,
-            Mapping::FixedAddress(address) if address.is_multiple_of(PAGE_SIZE) => address,
-            Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
-        };
-        let boot_info_address = match config.boot_info {
-            Mapping::Dynamic => slots.take("a free 512 GiB slot for BootInfo")?,
-            Mapping::FixedAddress(address) if address.is_multiple_of(8) => address,
-            Mapping::FixedAddress(address) => return Err(BootError::BadAddress(address)),
-        };
+        let stack_guard = place(config.kernel_stack, PAGE_SIZE, "a slot for the stack")?;
+        let framebuffer_address =
+            place(config.framebuffer, PAGE_SIZE, "a slot for the framebuffer")?;
+        let ramdisk_address = place(config.ramdisk_memory, PAGE_SIZE, "a slot for the ramdisk")?;
+        let physical_memory_offset = config
+            .physical_memory
+            .map(|m| {
+                place(
+                    m,
+                    paging::LARGE_PAGE_SIZE,
+                    "a slot for the physical-memory map",
+                )
+            })
+            .transpose()?;
+        let recursive_index = config
+            .page_table_recursive
+            .map(|m| place(m, SLOT_SIZE, "a slot for the recursive entry").map(slot_of))
+            .transpose()?;
+        let boot_info_address = place(config.boot_info, 8, "a slot for BootInfo")?;
         let runtime = match kernel.runtime_note {
             Some(address) => Some(Runtime::read(
                 &segments,
                 relocated(address)?,
-                slots.take("a free 512 GiB slot for mote's kernel stacks")?,
+                slots.take("a slot for mote's kernel stacks", random.as_deref_mut())?,
             )?),
             None => None,
         };
 
         Ok(Self {
             ramdisk_address,
+            framebuffer_address,
+            physical_memory_offset,
+            recursive_index,
             runtime,
             entry: relocated(kernel.entry)?,
-            file,
-            config,
             segments,
             relro_pages,
             kernel_offset,
@@ -389,7 +505,9 @@ impl PreparedImage {
         }
         Ok(segments)
     }
+}
 
+impl PreparedImage {
     /// The kernel's boot configuration.
     pub fn config(&self) -> &BootConfig {
         &self.config
@@ -397,17 +515,17 @@ impl PreparedImage {
 
     /// The relocated entry point.
     pub fn entry(&self) -> u64 {
-        self.entry
+        self.plan.entry
     }
 
     /// How far the kernel was moved from its link-time addresses.
     pub fn kernel_offset(&self) -> u64 {
-        self.kernel_offset
+        self.plan.kernel_offset
     }
 
     /// Whether the kernel carries mote's runtime note and so runs in user mode.
     pub fn user_mode(&self) -> bool {
-        self.runtime.is_some()
+        self.plan.runtime.is_some()
     }
 
     /// Lays the kernel out in `memory` and returns the state to start the vCPU in.
@@ -419,8 +537,18 @@ impl PreparedImage {
         memory: &M,
         options: &LoadOptions,
     ) -> Result<LoadedGuest, BootError> {
+        // A kernel that asks for ASLR gets fresh random addresses at every load.
+        let randomized;
+        let plan = match options.aslr_seed {
+            Some(seed) if self.config.aslr => {
+                let mut random = Random(seed);
+                randomized = Plan::new(&self.file, &self.kernel, &self.config, Some(&mut random))?;
+                &randomized
+            }
+            _ => &self.plan,
+        };
         // A plain boot ignores the runtime note: CPL0, as the real bootloader would start it.
-        let runtime = self.runtime.as_ref().filter(|_| !options.plain);
+        let runtime = plan.runtime.as_ref().filter(|_| !options.plain);
         let memory_size = memory.last_addr().0 + 1;
         if memory_size < MIN_MEMORY {
             return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
@@ -438,7 +566,7 @@ impl PreparedImage {
         // The ELF file itself, for `kernel_addr`.
         let kernel_addr = layout.copy(&self.file)?;
 
-        for segment in &self.segments {
+        for segment in &plan.segments {
             let frame = layout.frames.allocate(segment.page_count)?;
             let start = frame + segment.offset_in_page;
             layout.write(&segment.bytes, start)?;
@@ -448,7 +576,7 @@ impl PreparedImage {
             for i in 0..segment.page_count {
                 let page = segment.page + i * PAGE_SIZE;
                 let mut leaf_flags = segment.leaf_flags | user;
-                if self.relro_pages.as_ref().is_some_and(|r| r.contains(&page)) {
+                if plan.relro_pages.as_ref().is_some_and(|r| r.contains(&page)) {
                     leaf_flags &= !flags::WRITABLE;
                 }
                 layout.map(page, frame + i * PAGE_SIZE, 1, leaf_flags)?;
@@ -473,20 +601,20 @@ impl PreparedImage {
         }
 
         // The stack, above its unmapped guard page.
-        let stack_bottom = self
+        let stack_bottom = plan
             .stack_guard
             .checked_add(PAGE_SIZE)
-            .ok_or(BootError::BadAddress(self.stack_guard))?;
+            .ok_or(BootError::BadAddress(plan.stack_guard))?;
         layout.allocate_and_map(
             stack_bottom,
-            self.stack_pages,
+            plan.stack_pages,
             flags::WRITABLE | flags::NO_EXECUTE | user,
         )?;
         let stack_top = stack_bottom + self.config.kernel_stack_size;
         // SysV function entry: RSP + 8 is 16-aligned, with a zero return address at [RSP].
         let rsp = (stack_top & !0xF) - 8;
         let mut guard_pages = vec![GuardPage {
-            address: self.stack_guard,
+            address: plan.stack_guard,
             stack: "stack",
         }];
 
@@ -498,15 +626,56 @@ impl PreparedImage {
                 let pages = page_ceil(bytes.len() as u64) / PAGE_SIZE;
                 let writable = if user == 0 { flags::WRITABLE } else { 0 };
                 layout.map(
-                    self.ramdisk_address,
+                    plan.ramdisk_address,
                     frame,
                     pages,
                     flags::NO_EXECUTE | writable | user,
                 )?;
-                Some((self.ramdisk_address, bytes.len() as u64))
+                Some((plan.ramdisk_address, bytes.len() as u64))
             }
             None => None,
         };
+
+        // The framebuffer, in mote's frames (so never Usable), mapped where the config says.
+        let framebuffer = match options.framebuffer {
+            Some((width, height)) => {
+                let info = Framebuffer {
+                    physical: 0,
+                    width,
+                    height,
+                    stride: width,
+                    bytes_per_pixel: 4,
+                };
+                let pages = page_ceil(info.len()) / PAGE_SIZE;
+                let physical = layout.allocate_and_map(
+                    plan.framebuffer_address,
+                    pages,
+                    flags::WRITABLE | flags::NO_EXECUTE | user,
+                )?;
+                Some(Framebuffer { physical, ..info })
+            }
+            None => None,
+        };
+
+        // All of physical memory (at least 4 GiB, for the APICs), in 2 MiB pages. Never USER:
+        // it holds the page tables.
+        if let Some(offset) = plan.physical_memory_offset {
+            let end = memory_size
+                .max(PHYSICAL_MAP_MIN)
+                .next_multiple_of(paging::LARGE_PAGE_SIZE);
+            layout.tables.map_large_pages(
+                &mut layout.frames,
+                offset,
+                0,
+                end / paging::LARGE_PAGE_SIZE,
+                flags::WRITABLE | flags::NO_EXECUTE,
+            )?;
+        }
+
+        // ACPI tables in the BIOS area, where kernels look for the RSDP.
+        if options.acpi {
+            layout.write(&acpi::tables(), acpi::ACPI_BASE)?;
+        }
 
         // Kernel stacks for a user-mode guest's exception handlers: supervisor-only, each above
         // a guard page.
@@ -563,11 +732,11 @@ impl PreparedImage {
         };
 
         // BootInfo and the memory map.
-        let boot_info_page = page_floor(self.boot_info_address);
-        let boot_info_end = self
+        let boot_info_page = page_floor(plan.boot_info_address);
+        let boot_info_end = plan
             .boot_info_address
             .checked_add(BOOT_INFO_MAX_SIZE)
-            .ok_or(BootError::BadAddress(self.boot_info_address))?;
+            .ok_or(BootError::BadAddress(plan.boot_info_address))?;
         let boot_info_pages = (page_ceil(boot_info_end) - boot_info_page) / PAGE_SIZE;
         let boot_info_frame = layout.allocate_and_map(
             boot_info_page,
@@ -575,20 +744,36 @@ impl PreparedImage {
             flags::WRITABLE | flags::NO_EXECUTE | user,
         )?;
 
+        // The recursive entry goes in last, so that nothing can be mapped through it.
+        if let Some(index) = plan.recursive_index {
+            layout.tables.map_recursive(index as u64)?;
+        }
+
         // Every frame mote used is below `used_end`.
         let used_end = layout.frames.next_free();
-        let mut regions = vec![
-            MemoryRegion {
-                start: 0,
-                end: LOADER_FRAMES_START,
-                kind: RegionKind::Usable,
-            },
-            MemoryRegion {
-                start: LOADER_FRAMES_START,
-                end: used_end,
-                kind: RegionKind::Bootloader,
-            },
-        ];
+        let low_end = if options.acpi {
+            acpi::ACPI_BASE
+        } else {
+            LOADER_FRAMES_START
+        };
+        let mut regions = vec![MemoryRegion {
+            start: 0,
+            end: low_end,
+            kind: RegionKind::Usable,
+        }];
+        if options.acpi {
+            // As a PC BIOS reports it: e820 type 2, reserved.
+            regions.push(MemoryRegion {
+                start: acpi::ACPI_BASE,
+                end: acpi::ACPI_END,
+                kind: RegionKind::UnknownBios(2),
+            });
+        }
+        regions.push(MemoryRegion {
+            start: LOADER_FRAMES_START,
+            end: used_end,
+            kind: RegionKind::Bootloader,
+        });
         if used_end < memory_size {
             regions.push(MemoryRegion {
                 start: used_end,
@@ -598,23 +783,27 @@ impl PreparedImage {
         }
         let info = BootInfoFields {
             api_version: self.config.api_version,
-            address: self.boot_info_address,
+            address: plan.boot_info_address,
             regions: regions.clone(),
-            tls_template: self.tls_template,
+            tls_template: plan.tls_template,
             ramdisk,
+            framebuffer: framebuffer.map(|f| (plan.framebuffer_address, f)),
+            physical_memory_offset: plan.physical_memory_offset,
+            recursive_index: plan.recursive_index.map(|i| i as u16),
+            rsdp: options.acpi.then_some(acpi::ACPI_BASE),
             kernel_addr,
             kernel_len: self.file.len() as u64,
-            kernel_image_offset: self.kernel_offset,
+            kernel_image_offset: plan.kernel_offset,
             kernel_stack_bottom: stack_bottom,
             kernel_stack_len: self.config.kernel_stack_size,
         };
         layout.write(
             &info.to_bytes(),
-            boot_info_frame + (self.boot_info_address - boot_info_page),
+            boot_info_frame + (plan.boot_info_address - boot_info_page),
         )?;
 
         let cr3 = layout.tables.root();
-        let kernel = VcpuState::kernel_entry(cr3, self.entry, rsp, self.boot_info_address, &gdt);
+        let kernel = VcpuState::kernel_entry(cr3, plan.entry, rsp, plan.boot_info_address, &gdt);
         let vcpu = match (runtime, idt) {
             (Some(runtime), Some(idt)) => VcpuState::user_entry(kernel, idt, runtime.syscall_entry),
             _ => kernel,
@@ -622,9 +811,10 @@ impl PreparedImage {
         Ok(LoadedGuest {
             vcpu,
             regions,
-            boot_info_address: self.boot_info_address,
+            boot_info_address: plan.boot_info_address,
             user_mode: runtime.is_some(),
             guard_pages,
+            framebuffer,
         })
     }
 }

@@ -11,6 +11,9 @@ use crate::BootError;
 /// The size of a page and of a page-table frame.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The size of a large page (a page-directory entry with the HUGE bit).
+pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+
 /// Page-table entry bits.
 pub mod flags {
     /// The entry is present.
@@ -80,6 +83,8 @@ impl FrameAllocator {
 pub struct PageTableBuilder<'m, M: GuestMemoryBackend> {
     memory: &'m M,
     root: u64,
+    /// The PML4 entry that points back at the PML4, once there is one (0: none yet).
+    recursive_slot: u64,
 }
 
 impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
@@ -88,6 +93,7 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
         Ok(Self {
             memory,
             root: frames.allocate(1)?,
+            recursive_slot: 0,
         })
     }
 
@@ -112,6 +118,40 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
             })
     }
 
+    /// The table of `level` that maps `virt` (3 = PDPT, 2 = PD, 1 = PT), created as needed.
+    /// Intermediate entries are PRESENT|WRITABLE, plus USER if `user`.
+    fn table_for(
+        &mut self,
+        frames: &mut FrameAllocator,
+        virt: u64,
+        level: u32,
+        user: bool,
+    ) -> Result<u64, BootError> {
+        if !is_canonical(virt) {
+            return Err(BootError::BadAddress(virt));
+        }
+        let table_flags = flags::PRESENT | flags::WRITABLE | if user { flags::USER } else { 0 };
+        let mut table = self.root;
+        for walked in (level + 1..=4).rev() {
+            let slot = table + table_index(virt, walked) * 8;
+            let entry = self.read_entry(slot)?;
+            table = if entry & flags::PRESENT == 0 {
+                let frame = frames.allocate(1)?;
+                self.write_entry(slot, frame | table_flags)?;
+                frame
+            } else if entry & flags::HUGE != 0 || (walked == 4 && slot == self.recursive_slot) {
+                // A large page (or the recursive entry) already covers this address.
+                return Err(BootError::MappingConflict(virt));
+            } else {
+                if entry & table_flags != table_flags {
+                    self.write_entry(slot, entry | table_flags)?;
+                }
+                entry & ADDRESS_MASK
+            };
+        }
+        Ok(table)
+    }
+
     /// Maps the 4 KiB page at `virt` to the frame at `phys` with `leaf_flags` (PRESENT is
     /// implied). Intermediate tables are PRESENT|WRITABLE, plus USER if the leaf is USER.
     /// Mapping a page twice is an error: it means two things were placed at one address.
@@ -123,30 +163,66 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
         leaf_flags: u64,
     ) -> Result<(), BootError> {
         debug_assert!(virt.is_multiple_of(PAGE_SIZE) && phys.is_multiple_of(PAGE_SIZE));
-        if !is_canonical(virt) {
-            return Err(BootError::BadAddress(virt));
-        }
-        let table_flags = flags::PRESENT | flags::WRITABLE | (leaf_flags & flags::USER);
-        let mut table = self.root;
-        for level in [4, 3, 2] {
-            let slot = table + table_index(virt, level) * 8;
-            let entry = self.read_entry(slot)?;
-            table = if entry & flags::PRESENT == 0 {
-                let frame = frames.allocate(1)?;
-                self.write_entry(slot, frame | table_flags)?;
-                frame
-            } else {
-                if entry & table_flags != table_flags {
-                    self.write_entry(slot, entry | table_flags)?;
-                }
-                entry & ADDRESS_MASK
-            };
-        }
+        let table = self.table_for(frames, virt, 1, leaf_flags & flags::USER != 0)?;
         let slot = table + table_index(virt, 1) * 8;
         if self.read_entry(slot)? & flags::PRESENT != 0 {
             return Err(BootError::MappingConflict(virt));
         }
         self.write_entry(slot, phys | leaf_flags | flags::PRESENT)
+    }
+
+    /// Maps `count` 2 MiB pages at `virt` to the physical range at `phys` (both 2 MiB-aligned),
+    /// writing each page directory whole.
+    pub fn map_large_pages(
+        &mut self,
+        frames: &mut FrameAllocator,
+        virt: u64,
+        phys: u64,
+        count: u64,
+        leaf_flags: u64,
+    ) -> Result<(), BootError> {
+        if !virt.is_multiple_of(LARGE_PAGE_SIZE) || !phys.is_multiple_of(LARGE_PAGE_SIZE) {
+            return Err(BootError::BadAddress(virt));
+        }
+        let mut done = 0;
+        while done < count {
+            let at = virt
+                .checked_add(done * LARGE_PAGE_SIZE)
+                .ok_or(BootError::BadAddress(virt))?;
+            let directory = self.table_for(frames, at, 2, leaf_flags & flags::USER != 0)?;
+            let first = table_index(at, 2);
+            let in_this_directory = (512 - first).min(count - done);
+            let start = directory + first * 8;
+            let mut existing = vec![0u8; in_this_directory as usize * 8];
+            self.memory
+                .read_slice(&mut existing, GuestAddress(start))
+                .map_err(|_| BootError::OutOfMemory { needed: start })?;
+            if existing.iter().any(|&b| b != 0) {
+                return Err(BootError::MappingConflict(at));
+            }
+            let entries: Vec<u8> = (0..in_this_directory)
+                .flat_map(|i| {
+                    let frame = phys + (done + i) * LARGE_PAGE_SIZE;
+                    (frame | leaf_flags | flags::PRESENT | flags::HUGE).to_le_bytes()
+                })
+                .collect();
+            self.memory
+                .write_slice(&entries, GuestAddress(start))
+                .map_err(|_| BootError::OutOfMemory { needed: start })?;
+            done += in_this_directory;
+        }
+        Ok(())
+    }
+
+    /// Points PML4 entry `index` at the PML4 itself (the recursive mapping), no-execute.
+    pub fn map_recursive(&mut self, index: u64) -> Result<(), BootError> {
+        let slot = self.root + (index & 0x1FF) * 8;
+        if self.read_entry(slot)? & flags::PRESENT != 0 {
+            return Err(BootError::MappingConflict(index << 39));
+        }
+        self.recursive_slot = slot;
+        let entry = self.root | flags::PRESENT | flags::WRITABLE | flags::NO_EXECUTE;
+        self.write_entry(slot, entry)
     }
 
     /// Maps `count` pages at `virt` to the contiguous frames at `phys`.

@@ -437,7 +437,12 @@ fn the_memory_map_covers_ram_and_marks_every_frame_mote_used() {
         let word = |o: usize| u64::from_le_bytes(bytes[at + o..at + o + 8].try_into().unwrap());
         assert_eq!(word(0), region.start);
         assert_eq!(word(8), region.end);
-        assert_eq!(word(16) as u32, region.kind as u32);
+        let tag = match region.kind {
+            RegionKind::Usable => 0,
+            RegionKind::Bootloader => 1,
+            RegionKind::UnknownBios(_) => 3,
+        };
+        assert_eq!(word(16) as u32, tag);
     }
     let kind_of = |physical: u64| {
         regions
@@ -557,12 +562,14 @@ fn bad_files_are_clear_errors() {
     let mut truncated = TestElf::new().build();
     truncated.truncate(0x2080);
     assert!(PreparedImage::new(truncated).is_err());
-    let physical = TestElf::new().with_config(|c| {
-        c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic)
+    let misaligned = TestElf::new().with_config(|c| {
+        c.mappings.physical_memory = Some(bootloader_api::config::Mapping::FixedAddress(
+            0x1000_0000_1000,
+        ))
     });
     assert!(matches!(
-        PreparedImage::new(physical.build()),
-        Err(BootError::Unsupported(_))
+        PreparedImage::new(misaligned.build()),
+        Err(BootError::BadAddress(0x1000_0000_1000))
     ));
 }
 
@@ -725,7 +732,7 @@ fn the_ramdisk_is_mapped_where_boot_info_says() {
         let options = LoadOptions {
             ramdisk: Some(input),
             tsc_khz: 1_000_000,
-            plain: false,
+            ..LoadOptions::default()
         };
         let loaded = image.load(&memory, &options).unwrap();
         let bytes = boot_info_bytes(&memory, &loaded);
@@ -801,4 +808,189 @@ fn a_plain_boot_ignores_the_runtime_note() {
     assert_eq!(loaded.vcpu.code.dpl, 0);
     assert_eq!(loaded.vcpu.idt.limit, 0);
     assert!(loaded.vcpu.syscall.is_none());
+}
+
+fn load_with(
+    elf: &TestElf,
+    options: &LoadOptions,
+) -> (PreparedImage, GuestMemoryMmap, LoadedGuest) {
+    let image = PreparedImage::new(elf.build()).unwrap();
+    let memory = memory(16 * MIB);
+    let loaded = image.load(&memory, options).unwrap();
+    (image, memory, loaded)
+}
+
+/// BootInfo as the crate's own type.
+fn boot_info(memory: &GuestMemoryMmap, loaded: &LoadedGuest) -> bootloader_api::BootInfo {
+    let bytes = boot_info_bytes(memory, loaded);
+    // SAFETY: a whole BootInfo the loader wrote, with valid tags; its pointers are guest
+    // addresses and are never dereferenced.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+}
+
+#[test]
+fn the_physical_memory_map_covers_four_gib_in_large_pages() {
+    use bootloader_api::config::Mapping as M;
+    for (mapping, expected) in [
+        (M::Dynamic, None),
+        (M::FixedAddress(0x1000_0000_0000), Some(0x1000_0000_0000)),
+    ] {
+        let elf = TestElf::new().with_config(|c| c.mappings.physical_memory = Some(mapping));
+        let (_, memory, loaded) = load(&elf);
+        let bootloader_api::info::Optional::Some(offset) =
+            boot_info(&memory, &loaded).physical_memory_offset
+        else {
+            panic!("no physical-memory offset");
+        };
+        if let Some(expected) = expected {
+            assert_eq!(offset, expected);
+        }
+        let cr3 = loaded.vcpu.cr3;
+        // The kernel's own page tables are visible through the map, and so is the top of 4 GiB.
+        assert_eq!(translate(&memory, cr3, offset + cr3, KERNEL_WRITE), Ok(cr3));
+        let apic = 0xFEE0_0000;
+        assert!(matches!(
+            translate(&memory, cr3, offset + apic, KERNEL_READ),
+            Ok(a) if a == apic
+        ));
+        assert!(translate(&memory, cr3, offset + (4 << 30), KERNEL_READ).is_err());
+        let user = Access {
+            write: false,
+            user: true,
+        };
+        assert!(translate(&memory, cr3, offset, user).is_err(), "never USER");
+    }
+}
+
+#[test]
+fn the_recursive_entry_points_at_the_pml4() {
+    let elf = TestElf::new().with_config(|c| {
+        c.mappings.page_table_recursive = Some(bootloader_api::config::Mapping::Dynamic)
+    });
+    let (_, memory, loaded) = load(&elf);
+    let bootloader_api::info::Optional::Some(index) = boot_info(&memory, &loaded).recursive_index
+    else {
+        panic!("no recursive index");
+    };
+    let index = u64::from(index);
+    let cr3 = loaded.vcpu.cr3;
+    let entry: u64 = memory.read_obj(GuestAddress(cr3 + index * 8)).unwrap();
+    assert_eq!(entry & 0x000F_FFFF_FFFF_F000, cr3);
+    // Through the recursive address of the PML4 itself, the guest reads its own PML4.
+    let sign = if index >= 256 {
+        0xFFFF_0000_0000_0000
+    } else {
+        0
+    };
+    let pml4 = sign | (index << 39) | (index << 30) | (index << 21) | (index << 12);
+    assert_eq!(translate(&memory, cr3, pml4, KERNEL_READ), Ok(cr3));
+}
+
+#[test]
+fn a_framebuffer_is_mapped_and_described() {
+    let options = LoadOptions {
+        framebuffer: Some((320, 200)),
+        ..LoadOptions::default()
+    };
+    let (_, memory, loaded) = load_with(&TestElf::new(), &options);
+    let info = boot_info(&memory, &loaded);
+    let bootloader_api::info::Optional::Some(framebuffer) = &info.framebuffer else {
+        panic!("no framebuffer");
+    };
+    let shape = framebuffer.info();
+    assert_eq!(
+        (shape.width, shape.height, shape.bytes_per_pixel),
+        (320, 200, 4)
+    );
+    let start = framebuffer.buffer().as_ptr() as u64;
+    let last = start + shape.byte_len as u64 - 1;
+    let ours = loaded.framebuffer.unwrap();
+    let cr3 = loaded.vcpu.cr3;
+    assert_eq!(
+        translate(&memory, cr3, start, KERNEL_WRITE),
+        Ok(ours.physical)
+    );
+    assert_eq!(
+        translate(&memory, cr3, last, KERNEL_WRITE),
+        Ok(ours.physical + ours.len() - 1)
+    );
+    let usable = loaded
+        .regions
+        .iter()
+        .any(|r| r.kind == RegionKind::Usable && (r.start..r.end).contains(&ours.physical));
+    assert!(!usable, "the framebuffer is never Usable memory");
+}
+
+#[test]
+fn acpi_tables_sit_in_a_reserved_bios_area() {
+    let options = LoadOptions {
+        acpi: true,
+        ..LoadOptions::default()
+    };
+    let (_, memory, loaded) = load_with(&TestElf::new(), &options);
+    let info = boot_info(&memory, &loaded);
+    let bootloader_api::info::Optional::Some(rsdp) = info.rsdp_addr else {
+        panic!("no RSDP");
+    };
+    assert!(rsdp > 0xE_0000 - 1 && rsdp < 0x10_0000);
+    let mut signature = [0u8; 8];
+    memory
+        .read_slice(&mut signature, GuestAddress(rsdp))
+        .unwrap();
+    assert_eq!(&signature, b"RSD PTR ");
+    let region = loaded
+        .regions
+        .iter()
+        .find(|r| (r.start..r.end).contains(&rsdp))
+        .unwrap();
+    assert_eq!(region.kind, RegionKind::UnknownBios(2));
+    let low_usable: u64 = loaded
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::Usable && r.end <= 0x10_0000)
+        .map(|r| r.end - r.start)
+        .sum();
+    assert!(low_usable / 4096 > 16, "lower memory stays free");
+    for pair in loaded.regions.windows(2) {
+        assert_eq!(pair[0].end, pair[1].start);
+    }
+}
+
+#[test]
+fn aslr_randomizes_each_load_only_when_the_config_asks() {
+    let with_seed = |elf: &TestElf, seed| {
+        let options = LoadOptions {
+            aslr_seed: seed,
+            ..LoadOptions::default()
+        };
+        let (_, memory, loaded) = load_with(elf, &options);
+        let info = boot_info(&memory, &loaded);
+        (info.kernel_image_offset, loaded.vcpu.rsp, loaded.vcpu.rdi)
+    };
+    let fixed = TestElf::new();
+    assert_eq!(with_seed(&fixed, Some(1)), with_seed(&fixed, Some(2)));
+    let aslr = TestElf::new().with_config(|c| c.mappings.aslr = true);
+    let deterministic = with_seed(&aslr, None);
+    assert_eq!(deterministic, with_seed(&fixed, None));
+    let first = with_seed(&aslr, Some(1));
+    let second = with_seed(&aslr, Some(2));
+    assert_ne!(first, second);
+    assert_ne!(first, deterministic);
+    assert_eq!(
+        first,
+        with_seed(&aslr, Some(1)),
+        "the same seed, the same layout"
+    );
+    // The random offset keeps the image aligned, and the kernel still loads and relocates.
+    assert_eq!(first.0 % 4096, (0x80_0000_0000u64 - CODE_VADDR) % 4096);
+    let options = LoadOptions {
+        aslr_seed: Some(7),
+        ..LoadOptions::default()
+    };
+    let (_, memory, loaded) = load_with(&aslr, &options);
+    let offset = boot_info(&memory, &loaded).kernel_image_offset;
+    assert_eq!(
+        read_u64(&memory, loaded.vcpu.cr3, offset + DATA_VADDR),
+        offset + POINTER_TARGET
+    );
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 
-pub use outcome::{Exit, ExitCounts, Outcome, Phases, Stats, exit_status};
+pub use outcome::{Exit, ExitCounts, Outcome, Phases, Screen, Stats, exit_status};
 
 /// The guest memory size used when none is given: 8 MiB.
 pub const DEFAULT_MEMORY_SIZE: u64 = 8 << 20;
@@ -148,6 +148,8 @@ pub struct RunConfig {
     input: Option<Vec<u8>>,
     host_functions: HostFunctions,
     plain: bool,
+    framebuffer: Option<(u32, u32)>,
+    acpi: bool,
 }
 
 impl Default for RunConfig {
@@ -158,6 +160,8 @@ impl Default for RunConfig {
             input: None,
             host_functions: HashMap::new(),
             plain: false,
+            framebuffer: None,
+            acpi: false,
         }
     }
 }
@@ -197,6 +201,25 @@ impl RunConfig {
     /// far slower (it is emulated on some hosts).
     pub fn plain_boot(mut self) -> Self {
         self.plain = true;
+        self
+    }
+
+    /// Gives the guest a linear framebuffer of `width` × `height` pixels (4 bytes each, BGR),
+    /// as UEFI firmware would; its contents come back in [`Outcome::framebuffer`]. Each side
+    /// must be between 1 and 8192.
+    pub fn framebuffer(mut self, width: u32, height: u32) -> Result<Self, Error> {
+        if !(1..=8192).contains(&width) || !(1..=8192).contains(&height) {
+            return Err(Error::Config(format!(
+                "framebuffer {width}x{height}: each side must be between 1 and 8192 pixels"
+            )));
+        }
+        self.framebuffer = Some((width, height));
+        Ok(self)
+    }
+
+    /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    pub fn acpi(mut self) -> Self {
+        self.acpi = true;
         self
     }
 

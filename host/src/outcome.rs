@@ -262,6 +262,17 @@ pub struct Stats {
     pub exits: ExitCounts,
 }
 
+/// A framebuffer's pixels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Screen {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Rows top to bottom, 3 bytes per pixel: red, green, blue.
+    pub rgb: Vec<u8>,
+}
+
 /// Everything a run produced.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -271,6 +282,8 @@ pub struct Outcome {
     pub console: Vec<u8>,
     /// What the guest wrote with `output_write`: the function's result.
     pub output: Vec<u8>,
+    /// The framebuffer's contents at the end of the run, if the run had one.
+    pub framebuffer: Option<Screen>,
     /// What it cost.
     pub stats: Stats,
 }

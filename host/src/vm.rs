@@ -16,7 +16,7 @@ use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
 use crate::reaper::Reaper;
 use crate::serial::Serial;
-use crate::{Error, Exit, GuestImage, HostFunctions, Outcome, RunConfig, Stats};
+use crate::{Error, Exit, GuestImage, HostFunctions, Outcome, RunConfig, Screen, Stats};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
 /// just below 4 GiB, above any guest RAM mote allows.
@@ -148,6 +148,9 @@ pub(crate) fn run(
         ramdisk: config.input.as_deref(),
         tsc_khz: u64::from(tsc_khz),
         plain: config.plain,
+        framebuffer: config.framebuffer,
+        acpi: config.acpi,
+        aslr_seed: aslr_seed(image),
     };
     let loaded = image.prepared.load(&ram, &options).map_err(Error::Load)?;
     stats.phases.memory = start.elapsed();
@@ -199,6 +202,7 @@ pub(crate) fn run(
     };
     let exit = machine.run_to_exit()?;
     machine.stats.phases.run = machine.started.elapsed();
+    let framebuffer = loaded.framebuffer.map(|f| screen(&machine.ram, &f));
     let Machine {
         vcpu,
         _vm: vm,
@@ -215,7 +219,41 @@ pub(crate) fn run(
         stats,
         console: console.into_captured(),
         output,
+        framebuffer,
     })
+}
+
+/// The framebuffer's pixels, converted from the guest's BGRX to RGB.
+fn screen(ram: &GuestRam, framebuffer: &mote_boot::Framebuffer) -> Screen {
+    let mut bgrx = vec![0u8; framebuffer.len() as usize];
+    // The framebuffer lies in guest RAM (the loader placed it), so this read succeeds; were it
+    // to fail, the screen would just stay black.
+    let _ = vm_memory::Bytes::read_slice(ram, &mut bgrx, GuestAddress(framebuffer.physical));
+    let row = (framebuffer.stride * framebuffer.bytes_per_pixel) as usize;
+    let mut rgb = Vec::with_capacity((framebuffer.width * framebuffer.height * 3) as usize);
+    for line in bgrx.chunks(row).take(framebuffer.height as usize) {
+        for pixel in line.chunks(4).take(framebuffer.width as usize) {
+            rgb.extend_from_slice(&[pixel[2], pixel[1], pixel[0]]);
+        }
+    }
+    Screen {
+        width: framebuffer.width,
+        height: framebuffer.height,
+        rgb,
+    }
+}
+
+/// Fresh randomness for a kernel whose config asks for ASLR (none for the others: they load the
+/// same way every time, and save the system call).
+fn aslr_seed(image: &GuestImage) -> Option<u64> {
+    if !image.prepared.config().aslr {
+        return None;
+    }
+    let mut seed = [0u8; 8];
+    // Without the host's randomness the layout falls back to the fixed one, which is still a
+    // valid boot.
+    getrandom::fill(&mut seed).ok()?;
+    Some(u64::from_le_bytes(seed))
 }
 
 /// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).

@@ -49,8 +49,17 @@ enum Command {
         #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
         mem: u64,
         /// The guest's input (its `bootloader_api` ramdisk): a file, or - for standard input.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", visible_alias = "ramdisk")]
         input: Option<PathBuf>,
+        /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
+        #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
+        framebuffer: Option<(u32, u32)>,
+        /// Write the framebuffer's contents to this PNG file when the run ends.
+        #[arg(long, value_name = "FILE.png", requires = "framebuffer")]
+        screenshot: Option<PathBuf>,
+        /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+        #[arg(long)]
+        acpi: bool,
     },
 }
 
@@ -87,7 +96,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { guest, mem, input } => run(&guest, mem, input.as_deref()),
+        Command::Run {
+            guest,
+            mem,
+            input,
+            framebuffer,
+            screenshot,
+            acpi,
+        } => run(&RunArgs {
+            guest,
+            memory: mem,
+            input,
+            framebuffer,
+            screenshot,
+            acpi,
+        }),
     }
 }
 
@@ -102,8 +125,38 @@ fn read_input(path: &Path) -> Result<Vec<u8>, String> {
     read.map_err(|e| format!("cannot read input {}: {e}", path.display()))
 }
 
-fn run(guest: &Path, memory: u64, input: Option<&Path>) -> ExitCode {
-    let input = match input.map(read_input).transpose() {
+/// `mote run`'s options.
+struct RunArgs {
+    guest: PathBuf,
+    memory: u64,
+    input: Option<PathBuf>,
+    framebuffer: Option<(u32, u32)>,
+    screenshot: Option<PathBuf>,
+    acpi: bool,
+}
+
+/// Parses `640x480`.
+fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
+    let invalid = || format!("`{text}` is not a resolution; write WIDTHxHEIGHT, e.g. 640x480");
+    let (width, height) = text.split_once(['x', 'X']).ok_or_else(invalid)?;
+    let side = |s: &str| s.trim().parse::<u32>().map_err(|_| invalid());
+    Ok((side(width)?, side(height)?))
+}
+
+/// Writes the guest's screen as a PNG file.
+fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
+    writer.write_image_data(&screen.rgb).map_err(|e| fail(&e))?;
+    writer.finish().map_err(|e| fail(&e))
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let input = match args.input.as_deref().map(read_input).transpose() {
         Ok(input) => input,
         Err(message) => {
             eprintln!("mote: error: {message}");
@@ -112,12 +165,18 @@ fn run(guest: &Path, memory: u64, input: Option<&Path>) -> ExitCode {
     };
     let result = (|| {
         let mut config = RunConfig::default()
-            .memory_size(memory)?
+            .memory_size(args.memory)?
             .console_to(Box::new(std::io::stdout()));
         if let Some(input) = input {
             config = config.input(input);
         }
-        let image = GuestImage::from_file(guest)?;
+        if let Some((width, height)) = args.framebuffer {
+            config = config.framebuffer(width, height)?;
+        }
+        if args.acpi {
+            config = config.acpi();
+        }
+        let image = GuestImage::from_file(&args.guest)?;
         let hypervisor = Hypervisor::open()?;
         hypervisor.run(&image, config)
     })();
@@ -131,6 +190,12 @@ fn run(guest: &Path, memory: u64, input: Option<&Path>) -> ExitCode {
                 .is_err()
             {
                 eprintln!("mote: error: cannot write the guest's output to standard output");
+                return ExitCode::from(exit_status::HOST_ERROR);
+            }
+            if let (Some(path), Some(screen)) = (&args.screenshot, &outcome.framebuffer)
+                && let Err(message) = write_png(path, screen)
+            {
+                eprintln!("mote: error: {message}");
                 return ExitCode::from(exit_status::HOST_ERROR);
             }
             let code = outcome.exit.process_exit_code();
@@ -160,6 +225,15 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn resolutions_parse() {
+        use super::parse_resolution;
+        assert_eq!(parse_resolution("640x480"), Ok((640, 480)));
+        assert_eq!(parse_resolution("1920X1080"), Ok((1920, 1080)));
+        assert!(parse_resolution("640").is_err());
+        assert!(parse_resolution("ax4").is_err());
     }
 
     #[test]

@@ -10,7 +10,13 @@ fn cargo_run(bin: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO"))
         .current_dir(guest)
         .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUNNER", runner)
-        .args(["run", "--quiet", "--release", "--target", "x86_64-unknown-none"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+        ])
         .args(["--bin", bin, "--"])
         .args(args)
         .output()
@@ -22,7 +28,10 @@ fn cargo_run_boots_a_kernel_through_mote() {
     let out = cargo_run("stock", &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("Hello from a stock bootloader_api kernel"), "{stdout}");
+    assert!(
+        stdout.contains("Hello from a stock bootloader_api kernel"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -507,7 +507,65 @@ impl Plan {
     }
 }
 
+/// What a prepared image is and where a load would put things (`mote inspect`).
+#[derive(Clone, Debug)]
+pub struct Description {
+    /// Position-independent (ET_DYN) rather than at fixed addresses (ET_EXEC).
+    pub position_independent: bool,
+    /// Whether the kernel carries mote's runtime note (and so runs in user mode).
+    pub user_mode: bool,
+    /// The relocated entry point.
+    pub entry: u64,
+    /// How far the kernel is moved from its link-time addresses.
+    pub kernel_offset: u64,
+    /// The loadable segments, relocated: address, size in memory, writable, executable.
+    pub segments: Vec<(u64, u64, bool, bool)>,
+    /// Where each mapping goes (the framebuffer and ramdisk only if a run has them).
+    pub placements: Vec<(&'static str, u64)>,
+    /// ASLR: dynamic addresses change at every run.
+    pub aslr: bool,
+}
+
 impl PreparedImage {
+    /// What this image is and where a load puts things (without ASLR).
+    pub fn describe(&self) -> Description {
+        let plan = &self.plan;
+        let mut placements = vec![
+            ("stack guard page", plan.stack_guard),
+            ("stack", plan.stack_guard + PAGE_SIZE),
+            ("framebuffer", plan.framebuffer_address),
+            ("ramdisk", plan.ramdisk_address),
+            ("BootInfo", plan.boot_info_address),
+        ];
+        if let Some(offset) = plan.physical_memory_offset {
+            placements.push(("physical-memory map", offset));
+        }
+        if let Some(index) = plan.recursive_index {
+            placements.push(("recursive page table", slot_address(index)));
+        }
+        if let Some(runtime) = &plan.runtime {
+            placements.push(("mote kernel stacks", runtime.system_address));
+        }
+        placements.sort_by_key(|&(_, address)| address);
+        Description {
+            position_independent: self.kernel.position_independent,
+            user_mode: plan.runtime.is_some(),
+            entry: plan.entry,
+            kernel_offset: plan.kernel_offset,
+            segments: self
+                .kernel
+                .segments
+                .iter()
+                .map(|s| {
+                    let address = s.vaddr.wrapping_add(plan.kernel_offset);
+                    (address, s.mem_size, s.flags.writable, s.flags.executable)
+                })
+                .collect(),
+            placements,
+            aslr: self.config.aslr,
+        }
+    }
+
     /// The kernel's boot configuration.
     pub fn config(&self) -> &BootConfig {
         &self.config

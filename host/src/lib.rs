@@ -1,17 +1,45 @@
 //! mote-host: the mote VMM as a library.
 //!
 //! Open KVM once per process ([`Hypervisor::open`]), prepare a guest once
-//! ([`GuestImage::from_file`]), then run it as often as needed ([`Hypervisor::run`]); each run is
-//! a fresh VM that ends in a typed [`Outcome`].
+//! ([`GuestImage::from_file`]), then run it as often as needed, from as many threads as needed
+//! ([`Hypervisor::run`]); each run is a fresh VM that ends in a typed [`Outcome`]. A guest is
+//! hostile: every run has limits ([`RunConfig`]) and ends in an outcome, never in a host panic.
 //!
-//! ```no_run
+//! (The examples run the repository's example guests; `cargo xtask build` builds them.)
+//!
+//! ```
+//! use mote_host::{Exit, GuestImage, Hypervisor, RunConfig};
+//!
+//! let hypervisor = Hypervisor::open()?;
+//! let guests = "../guest/target/x86_64-unknown-none/release";
+//!
+//! // A function: input in, output out.
+//! let echo = GuestImage::from_file(format!("{guests}/echo"))?;
+//! let outcome = hypervisor.run(&echo, RunConfig::default().input(b"ping".to_vec()))?;
+//! assert_eq!(outcome.exit, Exit::Guest { code: 0 });
+//! assert_eq!(outcome.output, b"ping");
+//!
+//! // A guest that never ends is stopped at its deadline.
+//! let spin = GuestImage::from_file(format!("{guests}/spin"))?;
+//! let config = RunConfig::default().timeout(std::time::Duration::from_millis(50))?;
+//! let outcome = hypervisor.run(&spin, config)?;
+//! assert!(matches!(outcome.exit, Exit::Timeout { .. }));
+//! # Ok::<(), mote_host::Error>(())
+//! ```
+//!
+//! A guest can call functions of its host:
+//!
+//! ```
+//! use std::sync::Arc;
 //! use mote_host::{GuestImage, Hypervisor, RunConfig};
 //!
 //! let hypervisor = Hypervisor::open()?;
-//! let image = GuestImage::from_file("guest/target/x86_64-unknown-none/release/hello")?;
-//! let outcome = hypervisor.run(&image, RunConfig::default())?;
-//! println!("{}", String::from_utf8_lossy(&outcome.console));
-//! assert_eq!(outcome.exit.guest_code(), Some(0));
+//! let guest = GuestImage::from_file("../guest/target/x86_64-unknown-none/release/hostcall")?;
+//! let config = RunConfig::default()
+//!     .input(b"quiet please".to_vec())
+//!     .host_function("upper", Arc::new(|request: &[u8]| Ok(request.to_ascii_uppercase())));
+//! let outcome = hypervisor.run(&guest, config)?;
+//! assert_eq!(outcome.output, b"QUIET PLEASE");
 //! # Ok::<(), mote_host::Error>(())
 //! ```
 #![warn(missing_docs)]
@@ -23,6 +51,7 @@ mod outcome;
 mod reaper;
 mod serial;
 mod vm;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,7 +60,8 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 
-pub use outcome::{Exit, ExitCounts, Outcome, Phases, Screen, Stats, exit_status};
+pub use mote_boot::{BootConfig, Description, Mapping};
+pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 
 /// The guest memory size used when none is given: 8 MiB.
 pub const DEFAULT_MEMORY_SIZE: u64 = 8 << 20;
@@ -132,6 +162,16 @@ impl GuestImage {
     pub fn entry(&self) -> u64 {
         self.prepared.entry()
     }
+
+    /// The kernel's `bootloader_api` boot configuration.
+    pub fn boot_config(&self) -> &BootConfig {
+        self.prepared.config()
+    }
+
+    /// What the image is and where a run puts things (`mote inspect`).
+    pub fn describe(&self) -> Description {
+        self.prepared.describe()
+    }
 }
 
 /// A function the embedder lets a guest call by name: request bytes in, response bytes out.
@@ -140,6 +180,29 @@ pub type HostFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sy
 
 /// Host functions by name.
 pub(crate) type HostFunctions = HashMap<String, HostFunction>;
+
+/// What one run may make the host spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) console_bytes: u64,
+    pub(crate) output_bytes: u64,
+    pub(crate) hypercalls: u64,
+}
+
+/// The default console and output limits: 64 MiB each.
+pub const DEFAULT_CAPTURE_LIMIT: u64 = 64 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            console_bytes: DEFAULT_CAPTURE_LIMIT,
+            output_bytes: DEFAULT_CAPTURE_LIMIT,
+            hypercalls: u64::MAX,
+        }
+    }
+}
 
 /// How to run one guest.
 pub struct RunConfig {
@@ -150,6 +213,7 @@ pub struct RunConfig {
     plain: bool,
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
+    limits: Limits,
 }
 
 impl Default for RunConfig {
@@ -162,6 +226,7 @@ impl Default for RunConfig {
             plain: false,
             framebuffer: None,
             acpi: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -217,6 +282,37 @@ impl RunConfig {
         Ok(self)
     }
 
+    /// Stops the guest `timeout` after its first instruction (outcome [`Exit::Timeout`]), even
+    /// if it spins with interrupts off. Must not be zero.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Result<Self, Error> {
+        if timeout.is_zero() {
+            return Err(Error::Config(
+                "a timeout of zero would stop every guest".into(),
+            ));
+        }
+        self.limits.timeout = Some(timeout);
+        Ok(self)
+    }
+
+    /// Stops the guest when its console text (hypercall console and COM1) passes `bytes`
+    /// (outcome [`Exit::LimitExceeded`]). Default: [`DEFAULT_CAPTURE_LIMIT`].
+    pub fn console_limit(mut self, bytes: u64) -> Self {
+        self.limits.console_bytes = bytes;
+        self
+    }
+
+    /// Stops the guest when its output passes `bytes`. Default: [`DEFAULT_CAPTURE_LIMIT`].
+    pub fn output_limit(mut self, bytes: u64) -> Self {
+        self.limits.output_bytes = bytes;
+        self
+    }
+
+    /// Stops the guest at its hypercall number `count + 1`. Default: no limit.
+    pub fn hypercall_limit(mut self, count: u64) -> Self {
+        self.limits.hypercalls = count;
+        self
+    }
+
     /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
@@ -243,7 +339,9 @@ impl RunConfig {
 /// A finished VM is destroyed on a background thread, off the caller's path; dropping the
 /// `Hypervisor` waits until every VM it ran is gone.
 pub struct Hypervisor {
-    // Dropped first: waits for pending tear-downs while KVM is still open.
+    // Dropped first: no deadline outlives the runs, and pending tear-downs finish while KVM is
+    // still open.
+    watchdog: watchdog::Watchdog,
     reaper: reaper::Reaper,
     kvm: Kvm,
     cpuids: vm::Cpuids,
@@ -269,7 +367,10 @@ impl Hypervisor {
         let cpuids = vm::Cpuids::new(&kvm, tsc_khz)?;
         let reaper = reaper::Reaper::start()
             .map_err(|e| Error::Internal(format!("cannot start the tear-down thread: {e}")))?;
+        let watchdog = watchdog::Watchdog::start()
+            .map_err(|e| Error::Internal(format!("cannot start the deadline thread: {e}")))?;
         Ok(Self {
+            watchdog,
             reaper,
             kvm,
             cpuids,
@@ -281,6 +382,7 @@ impl Hypervisor {
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
         vm::run(
             &self.reaper,
+            &self.watchdog,
             &self.kvm,
             &self.cpuids,
             self.tsc_khz,

@@ -78,11 +78,39 @@ pub enum Exit {
         /// Which stack overflowed, if the fault hit a stack's guard page.
         stack_overflow: Option<&'static str>,
     },
+    /// The run reached its wall-clock deadline and was stopped.
+    Timeout {
+        /// The deadline, from the first guest instruction.
+        limit: Duration,
+    },
+    /// The guest used up one of the run's limits and was stopped.
+    LimitExceeded(Limit),
     /// KVM stopped the vCPU for a reason mote does not expect.
     Unexpected {
         /// KVM's name for it.
         reason: String,
     },
+}
+
+/// A limit on what a guest can make the host spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Console bytes (hypercall console and COM1 together).
+    ConsoleBytes(u64),
+    /// Output bytes.
+    OutputBytes(u64),
+    /// Hypercalls.
+    Hypercalls(u64),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::ConsoleBytes(n) => write!(f, "its limit of {n} console bytes"),
+            Limit::OutputBytes(n) => write!(f, "its limit of {n} output bytes"),
+            Limit::Hypercalls(n) => write!(f, "its limit of {n} hypercalls"),
+        }
+    }
 }
 
 /// The process exit codes of `mote run`. Codes 0 to [`GUEST_MAX`](exit_status::GUEST_MAX) are
@@ -116,6 +144,10 @@ pub mod exit_status {
     pub const GUEST_PANICKED: u8 = 123;
     /// The guest took a CPU exception (a fault, a stack overflow).
     pub const GUEST_EXCEPTION: u8 = 124;
+    /// The run reached its deadline (`--timeout`).
+    pub const TIMEOUT: u8 = 125;
+    /// The guest used up a limit (console, output, hypercalls).
+    pub const LIMIT_EXCEEDED: u8 = 126;
 }
 
 impl Exit {
@@ -142,6 +174,8 @@ impl Exit {
             Exit::UnservedPort { .. } | Exit::UnservedMmio { .. } => UNSERVED_ACCESS,
             Exit::Aborted { .. } => GUEST_PANICKED,
             Exit::Exception { .. } => GUEST_EXCEPTION,
+            Exit::Timeout { .. } => TIMEOUT,
+            Exit::LimitExceeded(_) => LIMIT_EXCEEDED,
             Exit::Unexpected { .. } | Exit::Guest { .. } | Exit::DebugExit { .. } => {
                 UNEXPECTED_EXIT
             }
@@ -222,6 +256,12 @@ impl fmt::Display for Exit {
                     ),
                 }
             }
+            Exit::Timeout { limit } => write!(
+                f,
+                "guest ran past its deadline of {limit:?} and was stopped (raise --timeout if \
+                 it needs more time)"
+            ),
+            Exit::LimitExceeded(limit) => write!(f, "guest used up {limit} and was stopped"),
             Exit::Unexpected { reason } => write!(f, "unexpected vCPU exit: {reason}"),
         }
     }

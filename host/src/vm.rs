@@ -1,6 +1,8 @@
 //! One VM: create it, set up its vCPU, run it to an outcome.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use kvm_bindings::{
@@ -16,7 +18,10 @@ use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
 use crate::reaper::Reaper;
 use crate::serial::Serial;
-use crate::{Error, Exit, GuestImage, HostFunctions, Outcome, RunConfig, Screen, Stats};
+use crate::watchdog::{Armed, Kick, Watchdog};
+use crate::{
+    Error, Exit, GuestImage, HostFunctions, Limit, Limits, Outcome, RunConfig, Screen, Stats,
+};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
 /// just below 4 GiB, above any guest RAM mote allows.
@@ -84,10 +89,6 @@ impl Cpuids {
     }
 }
 
-/// The most console or output bytes one run may produce before writes fail with
-/// `LimitExceeded`: a guest must not be able to make the host hold unbounded memory.
-const CAPTURE_LIMIT: usize = 64 << 20;
-
 /// Where console bytes go during a run.
 enum ConsoleSink<'a> {
     Capture(Vec<u8>),
@@ -121,8 +122,11 @@ struct Machine<'a> {
     ram: GuestRam,
     serial: Serial,
     console: ConsoleSink<'a>,
-    console_bytes: usize,
+    console_bytes: u64,
     output: Vec<u8>,
+    limits: Limits,
+    /// Set by the watchdog when the run's deadline passes.
+    timed_out: Option<Arc<AtomicBool>>,
     host_functions: &'a HostFunctions,
     /// The guest runs in user mode: every address it names must be USER.
     user_mode: bool,
@@ -133,6 +137,7 @@ struct Machine<'a> {
 
 pub(crate) fn run(
     reaper: &Reaper,
+    watchdog: &Watchdog,
     kvm: &Kvm,
     cpuids: &Cpuids,
     tsc_khz: u32,
@@ -182,6 +187,13 @@ pub(crate) fn run(
     vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
     stats.phases.vcpu = start.elapsed();
 
+    // The deadline counts from the first guest instruction.
+    let started = Instant::now();
+    let armed = config.limits.timeout.map(|timeout| {
+        let run = vcpu.get_kvm_run();
+        let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
+        watchdog.arm(started + timeout, Kick::for_this_thread(immediate_exit))
+    });
     let console = match config.console.as_deref_mut() {
         Some(out) => ConsoleSink::Stream(out),
         None => ConsoleSink::Capture(Vec::new()),
@@ -194,14 +206,23 @@ pub(crate) fn run(
         console,
         console_bytes: 0,
         output: Vec::new(),
+        limits: config.limits,
+        timed_out: armed.as_ref().map(Armed::fired_flag),
         host_functions: &config.host_functions,
         user_mode: loaded.user_mode,
         guard_pages: loaded.guard_pages,
-        started: Instant::now(),
+        started,
         stats,
     };
+    tracing::debug!(
+        user_mode = machine.user_mode,
+        memory = config.memory_size,
+        rip = format_args!("{:#x}", loaded.vcpu.rip),
+        "guest starts"
+    );
     let exit = machine.run_to_exit()?;
     machine.stats.phases.run = machine.started.elapsed();
+    tracing::debug!(outcome = %exit, stats = ?machine.stats, "guest ended");
     let framebuffer = loaded.framebuffer.map(|f| screen(&machine.ram, &f));
     let Machine {
         vcpu,
@@ -212,6 +233,8 @@ pub(crate) fn run(
         stats,
         ..
     } = machine;
+    // Disarm before the vCPU (and the kvm_run page the watchdog would write) can go away.
+    drop(armed);
     // The vCPU goes before the VM, the VM before its memory: the tuple drops in that order.
     reaper.dispose(Box::new((vcpu, vm, ram)));
     Ok(Outcome {
@@ -374,6 +397,7 @@ impl Machine<'_> {
                     let r = self.vcpu.sync_regs().regs;
                     let args = [r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r12];
                     let event = decode::decode_out(access, value, args);
+                    tracing::trace!(?event, "exit");
                     if let Some(exit) = self.serve_out(access, event)? {
                         return Ok(exit);
                     }
@@ -388,7 +412,13 @@ impl Machine<'_> {
             Ok(exit) => exit,
             // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(Step::Continue);
+                // The watchdog's kick, or some other signal: only the first ends the run.
+                return Ok(match &self.timed_out {
+                    Some(fired) if fired.load(Ordering::SeqCst) => Step::Stop(Exit::Timeout {
+                        limit: self.limits.timeout.unwrap_or_default(),
+                    }),
+                    _ => Step::Continue,
+                });
             }
             Err(e) => return Err(Error::kvm("KVM_RUN", e)),
         };
@@ -461,6 +491,11 @@ impl Machine<'_> {
         match event {
             PortEvent::Hypercall(request) => {
                 self.stats.exits.hypercalls += 1;
+                if self.stats.exits.hypercalls > self.limits.hypercalls {
+                    return Ok(Some(Exit::LimitExceeded(Limit::Hypercalls(
+                        self.limits.hypercalls,
+                    ))));
+                }
                 let result = match request {
                     Ok(request) => match self.serve(request) {
                         Served::Result(result) => result,
@@ -476,6 +511,9 @@ impl Machine<'_> {
             PortEvent::SerialWrite { offset, value } => {
                 self.stats.exits.serial += 1;
                 if let Some(byte) = self.serial.write(offset, value) {
+                    if let Some(exceeded) = self.take_console(1) {
+                        return Ok(Some(exceeded));
+                    }
                     self.console.write(&[byte]);
                 }
                 Ok(None)
@@ -555,8 +593,22 @@ impl Machine<'_> {
                     stack_overflow: overflowed,
                 });
             }
-            Request::ConsoleWrite(buffer) => self.console_write(buffer),
-            Request::OutputWrite(buffer) => self.output_write(buffer),
+            Request::ConsoleWrite(buffer) => {
+                let buffer = buffer.truncated(TRANSFER_MAX);
+                if let Some(exceeded) = self.take_console(buffer.len) {
+                    return Served::Stop(exceeded);
+                }
+                self.console_write(buffer)
+            }
+            Request::OutputWrite(buffer) => {
+                let buffer = buffer.truncated(TRANSFER_MAX);
+                if self.output.len() as u64 + buffer.len > self.limits.output_bytes {
+                    return Served::Stop(Exit::LimitExceeded(Limit::OutputBytes(
+                        self.limits.output_bytes,
+                    )));
+                }
+                self.output_write(buffer)
+            }
             Request::WallClock => Ok(wall_clock_ns()),
             Request::Random(buffer) => self.random(buffer),
             Request::HostCall {
@@ -576,22 +628,20 @@ impl Machine<'_> {
         Served::Result(result)
     }
 
+    /// Counts `bytes` more console bytes; the outcome, if that passes the limit.
+    fn take_console(&mut self, bytes: u64) -> Option<Exit> {
+        self.console_bytes += bytes;
+        (self.console_bytes > self.limits.console_bytes)
+            .then(|| Exit::LimitExceeded(Limit::ConsoleBytes(self.limits.console_bytes)))
+    }
+
     fn console_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
-        let buffer = buffer.truncated(TRANSFER_MAX);
-        if self.console_bytes + buffer.len as usize > CAPTURE_LIMIT {
-            return Err(HypercallError::LimitExceeded);
-        }
         let bytes = self.read(buffer)?;
-        self.console_bytes += bytes.len();
         self.console.write(&bytes);
         Ok(buffer.len)
     }
 
     fn output_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
-        let buffer = buffer.truncated(TRANSFER_MAX);
-        if self.output.len() + buffer.len as usize > CAPTURE_LIMIT {
-            return Err(HypercallError::LimitExceeded);
-        }
         read_virtual(
             &self.ram,
             self.address_space(),

@@ -259,3 +259,108 @@ fn without_permission_on_dev_kvm_the_error_says_what_to_do() {
     );
     assert!(stderr.contains("kvm"), "{stderr}");
 }
+
+fn run_args(name: &str, extra: &[&str]) -> std::process::Output {
+    let guest = guest_path(name);
+    let mut args: Vec<&OsStr> = vec!["run".as_ref(), guest.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    mote(&args)
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest_with_its_own_code() {
+    let out = run_args("spin", &["--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::TIMEOUT)));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("deadline of 200ms"), "{stderr}");
+    for bad in ["0s", "soon", "-1s"] {
+        let out = run_args("hello", &["--timeout", bad]);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(exit_status::USAGE)),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn limits_on_the_command_line_stop_floods() {
+    let input = std::env::temp_dir().join(format!("mote-test-flood-{}", std::process::id()));
+    std::fs::write(&input, "hypercalls").unwrap();
+    let path = input.to_str().unwrap();
+    let out = run_args("flood", &["--input", path, "--hypercall-limit", "50"]);
+    let _ = std::fs::remove_file(&input);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::LIMIT_EXCEEDED))
+    );
+    assert!(text(&out.stderr).contains("limit of 50 hypercalls"));
+}
+
+#[test]
+fn json_reports_the_outcome_and_statistics_and_console_moves_to_stderr() {
+    let out = run_args("hello", &["--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["guest_exit_code"], 0);
+    assert_eq!(report["exits"]["hypercalls"], 3);
+    assert!(report["phases_us"]["run"].as_f64().unwrap() > 0.0);
+    assert!(text(&out.stderr).contains("Hello from a mote guest!"));
+
+    let out = run_args("panic", &["--json", "-q"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::GUEST_PANICKED))
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["guest_exit_code"], serde_json::Value::Null);
+    assert!(
+        report["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate panic")
+    );
+}
+
+#[test]
+fn output_goes_to_a_file_and_quiet_hides_the_console() {
+    let file = std::env::temp_dir().join(format!("mote-test-output-{}", std::process::id()));
+    let out = run_args("hello", &["-q", "--output", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    let _ = std::fs::remove_file(&file);
+
+    let unwritable = run_args("hello", &["--output", "/nonexistent-dir/out"]);
+    assert_eq!(
+        unwritable.status.code(),
+        Some(i32::from(exit_status::HOST_ERROR))
+    );
+    assert!(text(&unwritable.stderr).contains("cannot write output"));
+}
+
+#[test]
+fn inspect_shows_the_config_segments_and_mappings() {
+    let hello = guest_path("hello");
+    let out = mote(&["inspect".as_ref(), hello.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0));
+    let report = text(&out.stdout);
+    for expected in [
+        "bootloader_api 0.11",
+        "user (CPL3",
+        "segments:",
+        "r-x",
+        "BootInfo",
+    ] {
+        assert!(report.contains(expected), "{expected}: {report}");
+    }
+    let stock = guest_path("stock");
+    let report = text(&mote(&["inspect".as_ref(), stock.as_os_str()]).stdout);
+    assert!(report.contains("kernel (CPL0)"), "{report}");
+    let out = mote(&["inspect".as_ref(), "/nonexistent".as_ref()]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::CANNOT_READ_GUEST))
+    );
+}

@@ -3,20 +3,21 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use mote_host::{GuestImage, Hypervisor, RunConfig, exit_status};
+use clap::{ArgAction, Parser, Subcommand};
+use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig, exit_status};
 
 const EXIT_CODES: &str = "\
 Exit codes of `mote run`:
   0-111  the guest's own exit code (the `exit` hypercall, or isa-debug-exit at port 0xF4:
          0x10 means 0, 0x11 means 1, any other value v means v << 1 | 1).
          Guest codes above 111 are reported as 111.
-  112    bad command line
+  112    bad command line or option value
   113    the guest file cannot be read
   114    the guest file is not a kernel mote can boot
   115    KVM is missing or /dev/kvm is not accessible
-  116    a host-side failure (a KVM call, guest memory)
+  116    a host-side failure (a KVM call, guest memory, writing a result file)
   117    the guest triple-faulted (an exception it could not handle)
   118    the guest halted with nothing to wake it
   119    KVM internal error: KVM could not run or emulate a guest instruction
@@ -24,12 +25,17 @@ Exit codes of `mote run`:
   121    the CPU refused to enter the guest
   122    the guest stopped for an unexpected reason
   123    the guest panicked (message and location on standard error)
-  124    the guest took a CPU exception (a fault or a stack overflow)";
+  124    the guest took a CPU exception (a fault or a stack overflow)
+  125    the guest ran past --timeout
+  126    the guest used up a limit (--console-limit, --output-limit, --hypercall-limit)";
 
 /// mote: a minimal VMM that boots `bootloader_api` kernels directly under KVM.
 #[derive(Parser)]
 #[command(version, after_help = EXIT_CODES)]
 struct Cli {
+    /// Log what mote does on standard error (-v: each run, -vv: each exit).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,27 +46,58 @@ enum Command {
     ///
     /// The guest is any kernel built with `bootloader_api::entry_point!` for
     /// x86_64-unknown-none. Its console (mote's console hypercall and COM1) goes to standard
-    /// output; why the run ended goes to standard error when that is not a clean exit 0.
+    /// output, then its output (the `output_write` hypercall); why the run ended goes to
+    /// standard error when that is not a clean exit 0.
     #[command(after_help = EXIT_CODES)]
-    Run {
+    Run(RunArgs),
+    /// Show a guest's boot configuration, its segments and where mote would map everything.
+    Inspect {
         /// The guest kernel ELF file.
         guest: PathBuf,
-        /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M.
-        #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
-        mem: u64,
-        /// The guest's input (its `bootloader_api` ramdisk): a file, or - for standard input.
-        #[arg(long, value_name = "FILE", visible_alias = "ramdisk")]
-        input: Option<PathBuf>,
-        /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
-        #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
-        framebuffer: Option<(u32, u32)>,
-        /// Write the framebuffer's contents to this PNG file when the run ends.
-        #[arg(long, value_name = "FILE.png", requires = "framebuffer")]
-        screenshot: Option<PathBuf>,
-        /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
-        #[arg(long)]
-        acpi: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The guest kernel ELF file.
+    guest: PathBuf,
+    /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    mem: u64,
+    /// Stop the guest after this long (e.g. 500ms, 2s, 1m); it ends with code 125.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// The guest's input (its `bootloader_api` ramdisk): a file, or - for standard input.
+    #[arg(long, value_name = "FILE", visible_alias = "ramdisk")]
+    input: Option<PathBuf>,
+    /// Where the guest's output goes: a file, or - for standard output (the default).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Print a JSON object with the outcome and statistics on standard output; the console
+    /// then goes to standard error, and the output into the object unless --output is given.
+    #[arg(long)]
+    json: bool,
+    /// Do not show the guest's console.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Stop the guest once its console passes this many bytes (e.g. 1M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    console_limit: Option<u64>,
+    /// Stop the guest once its output passes this many bytes (e.g. 16M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    output_limit: Option<u64>,
+    /// Stop the guest at its hypercall number N + 1.
+    #[arg(long, value_name = "N")]
+    hypercall_limit: Option<u64>,
+    /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
+    framebuffer: Option<(u32, u32)>,
+    /// Write the framebuffer's contents to this PNG file when the run ends.
+    #[arg(long, value_name = "FILE.png", requires = "framebuffer")]
+    screenshot: Option<PathBuf>,
+    /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    #[arg(long)]
+    acpi: bool,
 }
 
 /// Parses `4096`, `64K`, `16M`, `1G` (binary units, optional trailing `iB` or `B`).
@@ -83,6 +120,24 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Parses `500ms`, `2s`, `1m 30s`; zero is refused (it would stop every guest at once).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"))?;
+    if duration.is_zero() {
+        return Err("a timeout of zero would stop every guest at once".into());
+    }
+    Ok(duration)
+}
+
+/// Parses `640x480`.
+fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
+    let invalid = || format!("`{text}` is not a resolution; write WIDTHxHEIGHT, e.g. 640x480");
+    let (width, height) = text.split_once(['x', 'X']).ok_or_else(invalid)?;
+    let side = |s: &str| s.trim().parse::<u32>().map_err(|_| invalid());
+    Ok((side(width)?, side(height)?))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -95,57 +150,68 @@ fn main() -> ExitCode {
             };
         }
     };
+    if cli.verbose > 0 {
+        let level = if cli.verbose > 1 {
+            tracing::Level::TRACE
+        } else {
+            tracing::Level::DEBUG
+        };
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match cli.command {
-        Command::Run {
-            guest,
-            mem,
-            input,
-            framebuffer,
-            screenshot,
-            acpi,
-        } => run(&RunArgs {
-            guest,
-            memory: mem,
-            input,
-            framebuffer,
-            screenshot,
-            acpi,
-        }),
+        Command::Run(args) => run(&args),
+        Command::Inspect { guest } => inspect(&guest),
+    }
+}
+
+/// A failure of the command itself, with its exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<mote_host::Error> for Failure {
+    fn from(error: mote_host::Error) -> Self {
+        Self {
+            code: error.process_exit_code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        message,
+        code: exit_status::USAGE,
+    }
+}
+
+fn host_error(message: String) -> Failure {
+    Failure {
+        message,
+        code: exit_status::HOST_ERROR,
     }
 }
 
 /// Reads the input file, or standard input for `-`.
-fn read_input(path: &Path) -> Result<Vec<u8>, String> {
+fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
     let read = if path == Path::new("-") {
         let mut bytes = Vec::new();
         std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
     } else {
         std::fs::read(path)
     };
-    read.map_err(|e| format!("cannot read input {}: {e}", path.display()))
-}
-
-/// `mote run`'s options.
-struct RunArgs {
-    guest: PathBuf,
-    memory: u64,
-    input: Option<PathBuf>,
-    framebuffer: Option<(u32, u32)>,
-    screenshot: Option<PathBuf>,
-    acpi: bool,
-}
-
-/// Parses `640x480`.
-fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
-    let invalid = || format!("`{text}` is not a resolution; write WIDTHxHEIGHT, e.g. 640x480");
-    let (width, height) = text.split_once(['x', 'X']).ok_or_else(invalid)?;
-    let side = |s: &str| s.trim().parse::<u32>().map_err(|_| invalid());
-    Ok((side(width)?, side(height)?))
+    read.map_err(|e| usage(format!("cannot read input {}: {e}", path.display())))
 }
 
 /// Writes the guest's screen as a PNG file.
-fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), Failure> {
+    let fail =
+        |e: &dyn std::fmt::Display| host_error(format!("cannot write {}: {e}", path.display()));
     let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
     encoder.set_color(png::ColorType::Rgb);
@@ -155,65 +221,182 @@ fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), String> {
     writer.finish().map_err(|e| fail(&e))
 }
 
+fn config(args: &RunArgs) -> Result<RunConfig, Failure> {
+    let mut config = RunConfig::default().memory_size(args.mem)?;
+    if !args.quiet {
+        let console: Box<dyn Write + Send> = if args.json {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        config = config.console_to(console);
+    } else {
+        config = config.console_to(Box::new(std::io::sink()));
+    }
+    if let Some(path) = &args.input {
+        config = config.input(read_input(path)?);
+    }
+    if let Some(timeout) = args.timeout {
+        config = config.timeout(timeout)?;
+    }
+    if let Some(bytes) = args.console_limit {
+        config = config.console_limit(bytes);
+    }
+    if let Some(bytes) = args.output_limit {
+        config = config.output_limit(bytes);
+    }
+    if let Some(count) = args.hypercall_limit {
+        config = config.hypercall_limit(count);
+    }
+    if let Some((width, height)) = args.framebuffer {
+        config = config.framebuffer(width, height)?;
+    }
+    if args.acpi {
+        config = config.acpi();
+    }
+    Ok(config)
+}
+
+/// Delivers the guest's output where `--output` says.
+fn deliver_output(args: &RunArgs, output: &[u8]) -> Result<(), Failure> {
+    match args.output.as_deref() {
+        Some(path) if path != Path::new("-") => std::fs::write(path, output)
+            .map_err(|e| host_error(format!("cannot write output {}: {e}", path.display()))),
+        // With --json and no --output the output travels inside the JSON object.
+        None if args.json => Ok(()),
+        _ => {
+            let mut stdout = std::io::stdout();
+            stdout
+                .write_all(output)
+                .and_then(|()| stdout.flush())
+                .map_err(|e| host_error(format!("cannot write the output to standard output: {e}")))
+        }
+    }
+}
+
+/// The run as a JSON object: outcome, exit code, statistics.
+fn json(outcome: &Outcome, include_output: bool) -> serde_json::Value {
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    let phases = &outcome.stats.phases;
+    let exits = &outcome.stats.exits;
+    let mut object = serde_json::json!({
+        "outcome": outcome.exit.to_string(),
+        "exit_code": outcome.exit.process_exit_code(),
+        "guest_exit_code": outcome.exit.guest_code(),
+        "phases_us": {
+            "memory": micros(phases.memory),
+            "vm": micros(phases.vm),
+            "vcpu": micros(phases.vcpu),
+            "run": micros(phases.run),
+            "ready": phases.ready.map(micros),
+        },
+        "exits": {
+            "total": exits.total,
+            "hypercalls": exits.hypercalls,
+            "serial": exits.serial,
+        },
+        "output_bytes": outcome.output.len(),
+    });
+    if include_output {
+        object["output"] = String::from_utf8_lossy(&outcome.output).into();
+    }
+    object
+}
+
 fn run(args: &RunArgs) -> ExitCode {
-    let input = match args.input.as_deref().map(read_input).transpose() {
-        Ok(input) => input,
-        Err(message) => {
-            eprintln!("mote: error: {message}");
-            return ExitCode::from(exit_status::USAGE);
-        }
-    };
-    let result = (|| {
-        let mut config = RunConfig::default()
-            .memory_size(args.memory)?
-            .console_to(Box::new(std::io::stdout()));
-        if let Some(input) = input {
-            config = config.input(input);
-        }
-        if let Some((width, height)) = args.framebuffer {
-            config = config.framebuffer(width, height)?;
-        }
-        if args.acpi {
-            config = config.acpi();
-        }
+    let result = (|| -> Result<Outcome, Failure> {
+        let config = config(args)?;
         let image = GuestImage::from_file(&args.guest)?;
         let hypervisor = Hypervisor::open()?;
-        hypervisor.run(&image, config)
+        let outcome = hypervisor.run(&image, config)?;
+        deliver_output(args, &outcome.output)?;
+        if let (Some(path), Some(screen)) = (&args.screenshot, &outcome.framebuffer) {
+            write_png(path, screen)?;
+        }
+        Ok(outcome)
     })();
     match result {
         Ok(outcome) => {
-            // The guest's output (its result) follows its console text.
-            let mut stdout = std::io::stdout();
-            if stdout
-                .write_all(&outcome.output)
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                eprintln!("mote: error: cannot write the guest's output to standard output");
-                return ExitCode::from(exit_status::HOST_ERROR);
-            }
-            if let (Some(path), Some(screen)) = (&args.screenshot, &outcome.framebuffer)
-                && let Err(message) = write_png(path, screen)
-            {
-                eprintln!("mote: error: {message}");
-                return ExitCode::from(exit_status::HOST_ERROR);
-            }
             let code = outcome.exit.process_exit_code();
+            if args.json {
+                println!("{}", json(&outcome, args.output.is_none()));
+            }
             if code != 0 {
                 eprintln!("mote: {}", outcome.exit);
             }
             ExitCode::from(code)
         }
-        Err(error) => {
-            eprintln!("mote: error: {error}");
-            ExitCode::from(error.process_exit_code())
+        Err(failure) => {
+            eprintln!("mote: error: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
 
+fn inspect(path: &Path) -> ExitCode {
+    let image = match GuestImage::from_file(path) {
+        Ok(image) => image,
+        Err(error) => {
+            eprintln!("mote: error: {error}");
+            return ExitCode::from(error.process_exit_code());
+        }
+    };
+    let config = image.boot_config();
+    let about = image.describe();
+    let version = config.api_version;
+    println!("{}", path.display());
+    println!(
+        "  bootloader_api {}.{}.{}{}, {}, runs in {} mode",
+        version.major,
+        version.minor,
+        version.patch,
+        if version.pre_release {
+            " (pre-release)"
+        } else {
+            ""
+        },
+        if about.position_independent {
+            "position-independent (ET_DYN)"
+        } else {
+            "at fixed addresses (ET_EXEC)"
+        },
+        if about.user_mode {
+            "user (CPL3, mote runtime note)"
+        } else {
+            "kernel (CPL0)"
+        },
+    );
+    println!(
+        "  entry {:#x}, loaded {:#x} above its link addresses",
+        about.entry, about.kernel_offset
+    );
+    println!("  stack {} KiB", config.kernel_stack_size / 1024);
+    println!("  config {config:?}");
+    println!("segments:");
+    for (address, size, writable, executable) in &about.segments {
+        println!(
+            "  {address:#018x}  {size:>10} bytes  r{}{}",
+            if *writable { "w" } else { "-" },
+            if *executable { "x" } else { "-" }
+        );
+    }
+    println!(
+        "mappings{}:",
+        if about.aslr {
+            " (ASLR: these move at every run)"
+        } else {
+            ""
+        }
+    );
+    for (what, address) in &about.placements {
+        println!("  {address:#018x}  {what}");
+    }
+    ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_resolution, parse_size};
 
     #[test]
     fn sizes_parse_in_binary_units() {
@@ -228,8 +411,18 @@ mod tests {
     }
 
     #[test]
+    fn durations_parse_and_zero_is_refused() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(parse_duration("2s"), Ok(std::time::Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
     fn resolutions_parse() {
-        use super::parse_resolution;
         assert_eq!(parse_resolution("640x480"), Ok((640, 480)));
         assert_eq!(parse_resolution("1920X1080"), Ok((1920, 1080)));
         assert!(parse_resolution("640").is_err());

@@ -1,0 +1,90 @@
+//! Limits on everything a hostile guest can make the host spend, each tested with a guest that
+//! tries to spend without bound.
+
+use std::time::Duration;
+
+use mote_host::{Exit, Limit, RunConfig};
+use mote_tests::{run_guest, run_guest_with, text};
+
+fn flood(what: &str, config: RunConfig) -> Exit {
+    run_guest_with("flood", config.input(what.as_bytes().to_vec())).exit
+}
+
+#[test]
+fn a_deadline_stops_a_guest_spinning_with_interrupts_off() {
+    let config = RunConfig::default()
+        .timeout(Duration::from_millis(100))
+        .unwrap();
+    let outcome = run_guest_with("spin", config);
+    assert_eq!(
+        outcome.exit,
+        Exit::Timeout {
+            limit: Duration::from_millis(100)
+        }
+    );
+    assert!(text(&outcome.console).contains("spinning forever"));
+    assert!(outcome.stats.phases.run >= Duration::from_millis(100));
+    // The process carries on: the next guest runs normally.
+    assert_eq!(run_guest("hello").exit, Exit::Guest { code: 0 });
+}
+
+#[test]
+fn a_deadline_that_is_not_reached_changes_nothing() {
+    let config = RunConfig::default()
+        .timeout(Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        run_guest_with("hello", config).exit,
+        Exit::Guest { code: 0 }
+    );
+}
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    assert!(RunConfig::default().timeout(Duration::ZERO).is_err());
+}
+
+#[test]
+fn console_floods_stop_at_the_console_limit() {
+    let exit = flood("console", RunConfig::default().console_limit(1 << 20));
+    assert_eq!(exit, Exit::LimitExceeded(Limit::ConsoleBytes(1 << 20)));
+    // COM1 bytes count too.
+    let exit = flood("serial", RunConfig::default().console_limit(500));
+    assert_eq!(exit, Exit::LimitExceeded(Limit::ConsoleBytes(500)));
+}
+
+#[test]
+fn output_floods_stop_at_the_output_limit() {
+    let exit = flood("output", RunConfig::default().output_limit(1 << 20));
+    assert_eq!(exit, Exit::LimitExceeded(Limit::OutputBytes(1 << 20)));
+}
+
+#[test]
+fn hypercall_floods_stop_at_the_hypercall_limit() {
+    let exit = flood("hypercalls", RunConfig::default().hypercall_limit(500));
+    assert_eq!(exit, Exit::LimitExceeded(Limit::Hypercalls(500)));
+}
+
+#[test]
+fn the_default_limits_stop_a_flood_too() {
+    // 64 MiB of console: the default keeps a guest from making the host hold unbounded memory.
+    let exit = flood("console", RunConfig::default());
+    assert_eq!(
+        exit,
+        Exit::LimitExceeded(Limit::ConsoleBytes(mote_host::DEFAULT_CAPTURE_LIMIT))
+    );
+}
+
+#[test]
+fn memory_is_a_limit_too() {
+    let config = RunConfig::default()
+        .memory_size(2 << 20)
+        .unwrap()
+        .input(vec![0; 3 << 20]);
+    let image = mote_host::GuestImage::from_file(mote_tests::guest_path("echo")).unwrap();
+    // A 3 MiB input does not fit in 2 MiB of guest memory: a clear error, not a crash.
+    let error = mote_tests::hypervisor().run(&image, config).unwrap_err();
+    assert!(error.to_string().contains("give it more memory"), "{error}");
+    assert!(RunConfig::default().memory_size(0).is_err());
+    assert!(RunConfig::default().memory_size((8 << 20) + 1).is_err());
+}

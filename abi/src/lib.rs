@@ -148,19 +148,16 @@ pub enum HypercallError {
     UnknownFunction = 5,
     /// The host function failed.
     HostFunctionFailed = 6,
-    /// The run's limit on this resource (output or console bytes) is used up.
-    LimitExceeded = 7,
 }
 
 impl HypercallError {
-    const ALL: [HypercallError; 7] = [
+    const ALL: [HypercallError; 6] = [
         HypercallError::UnknownCall,
         HypercallError::BadAddress,
         HypercallError::InvalidArgument,
         HypercallError::BadAccessWidth,
         HypercallError::UnknownFunction,
         HypercallError::HostFunctionFailed,
-        HypercallError::LimitExceeded,
     ];
 
     /// The value the guest receives in `rax`.

@@ -9,9 +9,13 @@ use acpi_tables::madt::{
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 
-/// Where the tables go: the BIOS read-only area, where kernels look for an RSDP (and where the
-/// `bootloader` crate's tests expect it, above 0xE0000).
+/// Where the tables go: the BIOS read-only area, where kernels look for an RSDP.
 pub(crate) const ACPI_BASE: u64 = 0xE_0000;
+
+/// Where the RSDP goes: 16-byte aligned in the BIOS area, as a BIOS places it, and strictly
+/// above 0xE0000 (the `bootloader` crate's test kernels check `rsdp > 0xE0000`).
+pub(crate) const RSDP_ADDRESS: u64 = 0xF_0000;
+const _: () = assert!(RSDP_ADDRESS > ACPI_BASE && RSDP_ADDRESS.is_multiple_of(16));
 
 /// The end of the BIOS area the tables live in; reserved in the memory map.
 pub(crate) const ACPI_END: u64 = 0x10_0000;
@@ -28,8 +32,8 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The tables, laid out from [`ACPI_BASE`]: RSDP first, then MADT, FADT and the XSDT listing
-/// them.
+/// The tables, laid out from [`ACPI_BASE`]: MADT, FADT and the XSDT listing them, then the
+/// RSDP at [`RSDP_ADDRESS`].
 pub(crate) fn tables() -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
@@ -43,10 +47,9 @@ pub(crate) fn tables() -> Vec<u8> {
     fadt.flags = HW_REDUCED_ACPI.into();
     let fadt = fadt.finalize();
 
-    let rsdp_len = Rsdp::len() as u64;
     let madt_bytes = bytes(&madt);
     let fadt_bytes = bytes(&fadt);
-    let madt_address = ACPI_BASE + align8(rsdp_len);
+    let madt_address = ACPI_BASE;
     let fadt_address = madt_address + align8(madt_bytes.len() as u64);
     let xsdt_address = fadt_address + align8(fadt_bytes.len() as u64);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -56,10 +59,10 @@ pub(crate) fn tables() -> Vec<u8> {
 
     let mut out = Vec::new();
     for (address, table) in [
-        (ACPI_BASE, bytes(&rsdp)),
         (madt_address, madt_bytes),
         (fadt_address, fadt_bytes),
         (xsdt_address, bytes(&xsdt)),
+        (RSDP_ADDRESS, bytes(&rsdp)),
     ] {
         out.resize((address - ACPI_BASE) as usize, 0);
         out.extend_from_slice(&table);
@@ -87,7 +90,7 @@ mod tests {
     fn the_rsdp_leads_to_an_xsdt_listing_madt_and_fadt_all_checksummed() {
         let tables = tables();
         assert!((tables.len() as u64) < ACPI_END - ACPI_BASE);
-        let rsdp = &tables[..36];
+        let rsdp = &tables[(RSDP_ADDRESS - ACPI_BASE) as usize..][..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(rsdp[15], 2, "ACPI 2.0+ revision");
         assert_eq!(checksum(&rsdp[..20]), 0);

@@ -433,7 +433,7 @@ impl Plan {
             Some(address) => Some(Runtime::read(
                 &segments,
                 relocated(address)?,
-                slots.take("a slot for mote's kernel stacks", random.as_deref_mut())?,
+                slots.take("a slot for mote's kernel stacks", random)?,
             )?),
             None => None,
         };
@@ -848,7 +848,7 @@ impl PreparedImage {
             framebuffer: framebuffer.map(|f| (plan.framebuffer_address, f)),
             physical_memory_offset: plan.physical_memory_offset,
             recursive_index: plan.recursive_index.map(|i| i as u16),
-            rsdp: options.acpi.then_some(acpi::ACPI_BASE),
+            rsdp: options.acpi.then_some(acpi::RSDP_ADDRESS),
             kernel_addr,
             kernel_len: self.file.len() as u64,
             kernel_image_offset: plan.kernel_offset,

@@ -16,6 +16,13 @@
 //! - `guest_compute` / `native_compute`: the same compute-bound function
 //!   (`guest/bench/src/compute.rs`) inside the `bench-compute` guest and as a plain host function.
 //!
+//! - `timeout_overshoot`: how late a 20 ms deadline stops a spinning guest.
+//! - `*_seq_runs_per_s`, `*_concurrent_runs_per_s`: 1,000 runs one after another, and over 64
+//!   threads, of `hello` under mote and of the raw floor VM.
+//! - `idle_guest_rss_kib`, `kvm_floor_idle_rss_kib`: host memory (RSS) per live idle guest with
+//!   1,000 held: `hostcall` guests waiting in their host call, raw floor VMs stopped at their
+//!   first exit.
+//!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians measured in this same run.
 
@@ -34,6 +41,11 @@ const PROCESS_ROUNDS: usize = 60;
 const EXIT_ROUNDS: usize = 20;
 const EXITS_PER_ROUND: u32 = 200;
 const COMPUTE_SAMPLES: usize = 10;
+const TIMEOUT_SAMPLES: usize = 20;
+const TIMEOUT: Duration = Duration::from_millis(20);
+const SEQ_RUNS: usize = 1000;
+const CONCURRENT_THREADS: usize = 64;
+const HELD_GUESTS: usize = 1000;
 /// Rounds of the compute workload: long enough that start-up noise does not matter.
 const COMPUTE_ROUNDS: u64 = 10_000_000;
 
@@ -256,6 +268,82 @@ impl Samples {
     }
 }
 
+/// Runs per second of `run` done `total` times over `threads` threads.
+fn runs_per_second(threads: usize, total: usize, run: impl Fn() + Sync) -> f64 {
+    let per_thread = total / threads;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| (0..per_thread).for_each(|_| run()));
+        }
+    });
+    (per_thread * threads) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn resident_kib() -> f64 {
+    // Give freed heap back first, so the figure counts what is held, not what was.
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe { libc::malloc_trim(0) };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4.0
+}
+
+/// Host memory per live, idle raw-floor VM (stopped at its first `out`), `count` held.
+fn floor_idle_rss_kib(kvm: &Kvm, count: usize) -> f64 {
+    let before = resident_kib();
+    let held: Vec<FloorVm> = (0..count)
+        .map(|_| {
+            let mut vm = FloorVm::new(kvm, true);
+            vm.run_to_out();
+            vm
+        })
+        .collect();
+    let per_vm = (resident_kib() - before) / count as f64;
+    drop(held);
+    per_vm
+}
+
+/// Host memory per live, idle mote guest, `count` held: each `hostcall` guest waits inside its
+/// host call, so its VM and its thread stay alive and idle.
+fn mote_idle_rss_kib(hypervisor: &Hypervisor, guest_dir: &std::path::Path, count: usize) -> f64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    let image = GuestImage::from_file(guest_dir.join("hostcall")).expect("hostcall guest");
+    let entered = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new((Mutex::new(false), Condvar::new()));
+    let before = resident_kib();
+    let mut per_guest = 0.0;
+    std::thread::scope(|scope| {
+        for _ in 0..count {
+            let (entered, release, image) = (Arc::clone(&entered), Arc::clone(&release), &image);
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn_scoped(scope, move || {
+                    let wait = Arc::new(move |_: &[u8]| {
+                        entered.fetch_add(1, Ordering::SeqCst);
+                        let (lock, wake) = &*release;
+                        let mut released = lock.lock().unwrap();
+                        while !*released {
+                            released = wake.wait(released).unwrap();
+                        }
+                        Ok(Vec::new())
+                    });
+                    let config = RunConfig::default().host_function("upper", wait);
+                    hypervisor.run(image, config).unwrap();
+                })
+                .unwrap();
+        }
+        while entered.load(Ordering::SeqCst) < count {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        per_guest = (resident_kib() - before) / count as f64;
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+    });
+    per_guest
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let guest = env_path("MOTE_GUEST_DIR").join("hello");
@@ -365,6 +453,53 @@ fn main() {
         );
     }
 
+    // How late a deadline lands: a spinning guest against a 20 ms timeout.
+    let spin = GuestImage::from_file(guest.with_file_name("spin")).expect("spin guest");
+    for _ in 0..TIMEOUT_SAMPLES {
+        let config = RunConfig::default().timeout(TIMEOUT).unwrap();
+        let outcome = hypervisor.run(&spin, config).unwrap();
+        assert!(matches!(outcome.exit, Exit::Timeout { .. }));
+        let overshoot = outcome.stats.phases.run.saturating_sub(TIMEOUT);
+        figures
+            .entry("timeout_overshoot")
+            .or_default()
+            .push(overshoot);
+    }
+
+    // Throughput and density, beside the raw floor doing the same.
+    let mut values: BTreeMap<&str, f64> = BTreeMap::new();
+    let floor_run = || {
+        kvm_floor(&kvm, true);
+    };
+    let mote_run = || {
+        let outcome = hypervisor.run(&image, RunConfig::default()).unwrap();
+        assert_eq!(outcome.exit, Exit::Guest { code: 0 });
+    };
+    values.insert(
+        "kvm_floor_seq_runs_per_s",
+        runs_per_second(1, SEQ_RUNS, floor_run),
+    );
+    values.insert(
+        "mote_seq_runs_per_s",
+        runs_per_second(1, SEQ_RUNS, mote_run),
+    );
+    values.insert(
+        "kvm_floor_concurrent_runs_per_s",
+        runs_per_second(CONCURRENT_THREADS, SEQ_RUNS, floor_run),
+    );
+    values.insert(
+        "mote_concurrent_runs_per_s",
+        runs_per_second(CONCURRENT_THREADS, SEQ_RUNS, mote_run),
+    );
+    values.insert(
+        "kvm_floor_idle_rss_kib",
+        floor_idle_rss_kib(&kvm, HELD_GUESTS),
+    );
+    values.insert(
+        "idle_guest_rss_kib",
+        mote_idle_rss_kib(&hypervisor, guest.parent().unwrap(), HELD_GUESTS),
+    );
+
     // `hello` runs in user mode (CPL3), so its floor is the CPL3 one.
     let ratio = |a: &str, b: &str| figures[a].median() / figures[b].median();
     let ratios = [
@@ -383,6 +518,21 @@ fn main() {
             ratio("guest_compute", "native_compute"),
             1.2,
         ),
+        (
+            "seq_runs_floor_vs_mote",
+            values["kvm_floor_seq_runs_per_s"] / values["mote_seq_runs_per_s"],
+            1.5,
+        ),
+        (
+            "concurrent_runs_floor_vs_mote",
+            values["kvm_floor_concurrent_runs_per_s"] / values["mote_concurrent_runs_per_s"],
+            1.5,
+        ),
+        (
+            "idle_rss_vs_floor",
+            values["idle_guest_rss_kib"] / values["kvm_floor_idle_rss_kib"],
+            2.0,
+        ),
     ];
 
     println!("{:<24} {:>12} {:>12}", "figure", "median µs", "p90 µs");
@@ -394,6 +544,10 @@ fn main() {
         );
     }
     println!();
+    for (name, value) in &values {
+        println!("{name:<32} {value:>12.1}");
+    }
+    println!();
     for (name, value, goal) in ratios {
         println!("{name:<24} {value:>12.2}   (goal ≤ {goal})");
     }
@@ -401,7 +555,9 @@ fn main() {
     let json = serde_json::json!({
         "figures": figures.iter().map(|(name, s)| {
             (name.to_string(), serde_json::json!({"median_us": s.median(), "p90_us": s.percentile(90)}))
-        }).collect::<serde_json::Map<_, _>>(),
+        }).chain(values.iter().map(|(name, value)| {
+            (name.to_string(), serde_json::json!({"value": value}))
+        })).collect::<serde_json::Map<_, _>>(),
         "ratios": ratios
             .iter()
             .map(|(name, value, _)| (name.to_string(), serde_json::json!(value)))

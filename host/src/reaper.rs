@@ -4,22 +4,27 @@
 //! 2 ms cold run went to closing the vCPU and VM and unmapping guest memory). A run hands what it
 //! must destroy to this thread and returns its outcome at once.
 
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 /// Something whose drop is the tear-down.
 type Remains = Box<dyn Send>;
 
+/// How many VMs may wait for the reaper. Past that, the caller tears its VM down itself: one
+/// reaper thread must not become the bottleneck of many running threads, and VMs waiting in a
+/// queue still hold their memory.
+const QUEUE: usize = 8;
+
 /// A thread that drops what it is given, in order.
 pub(crate) struct Reaper {
-    sender: Option<Sender<Remains>>,
+    sender: Option<SyncSender<Remains>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Reaper {
     /// Starts the thread.
     pub(crate) fn start() -> std::io::Result<Self> {
-        let (sender, receiver) = channel::<Remains>();
+        let (sender, receiver) = sync_channel::<Remains>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("mote-reaper".into())
             .spawn(move || receiver.into_iter().for_each(drop))?;
@@ -29,12 +34,14 @@ impl Reaper {
         })
     }
 
-    /// Destroys `remains` on the reaper thread (or here, if that thread is gone).
+    /// Destroys `remains` on the reaper thread, or here if that thread is busy (or gone).
     pub(crate) fn dispose(&self, remains: Remains) {
-        if let Some(sender) = &self.sender
-            && let Err(returned) = sender.send(remains)
-        {
-            drop(returned.0);
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match sender.try_send(remains) {
+            Ok(()) => {}
+            Err(TrySendError::Full(remains) | TrySendError::Disconnected(remains)) => drop(remains),
         }
     }
 }

@@ -631,8 +631,9 @@ impl Machine<'_> {
     /// Counts `bytes` more console bytes; the outcome, if that passes the limit.
     fn take_console(&mut self, bytes: u64) -> Option<Exit> {
         self.console_bytes += bytes;
-        (self.console_bytes > self.limits.console_bytes)
-            .then(|| Exit::LimitExceeded(Limit::ConsoleBytes(self.limits.console_bytes)))
+        (self.console_bytes > self.limits.console_bytes).then_some(Exit::LimitExceeded(
+            Limit::ConsoleBytes(self.limits.console_bytes),
+        ))
     }
 
     fn console_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {

@@ -364,3 +364,26 @@ fn inspect_shows_the_config_segments_and_mappings() {
         Some(i32::from(exit_status::CANNOT_READ_GUEST))
     );
 }
+
+#[test]
+fn a_screenshot_of_the_framebuffer_is_written_as_png() {
+    let file = std::env::temp_dir().join(format!("mote-test-shot-{}.png", std::process::id()));
+    let path = file.to_str().unwrap();
+    let out = run_args(
+        "framebuffer",
+        &["--framebuffer", "640x480", "--screenshot", path],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&file).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!((frame.width, frame.height), (640, 480));
+    assert_eq!(frame.color_type, png::ColorType::Rgb);
+    // The kernel paints its top row white.
+    assert_eq!(&pixels[..3], &[255, 255, 255]);
+    // --screenshot without --framebuffer is a usage error.
+    let out = run_args("hello", &["--screenshot", path]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+}

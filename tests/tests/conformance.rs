@@ -1,0 +1,119 @@
+//! The boot-protocol conformance suite: plain `bootloader_api` kernels (`guest/conformance/`,
+//! no mote crate), one per feature, each checking its own `BootInfo` and mappings from inside
+//! at CPL0 and reporting as the real bootloader's test kernels do: a line on COM1 and 0x10
+//! (pass) or 0x11 (fail) written to the isa-debug-exit port.
+
+use mote_host::{Exit, Outcome, RunConfig};
+use mote_tests::{run_guest_with, text};
+
+/// Boots conformance kernel `name` with `config` and asserts that it passed.
+fn passes(name: &str, config: RunConfig) -> Outcome {
+    let outcome = run_guest_with(name, config);
+    let console = text(&outcome.console);
+    assert_eq!(
+        outcome.exit,
+        Exit::DebugExit { value: 0x10 },
+        "conformance kernel `{name}` did not pass; its console:\n{console}"
+    );
+    assert!(
+        console.contains("PASS"),
+        "`{name}` exited with 0x10 without saying PASS:\n{console}"
+    );
+    outcome
+}
+
+#[test]
+fn default_settings() {
+    passes("default_settings", RunConfig::default());
+}
+
+#[test]
+fn fixed_kernel_base() {
+    passes("fixed_kernel_base", RunConfig::default());
+}
+
+#[test]
+fn higher_half() {
+    passes("higher_half", RunConfig::default());
+}
+
+#[test]
+fn map_phys_mem_dynamic() {
+    passes("map_phys_mem_dynamic", RunConfig::default());
+}
+
+#[test]
+fn map_phys_mem_fixed() {
+    passes("map_phys_mem_fixed", RunConfig::default());
+}
+
+#[test]
+fn recursive_map() {
+    passes("recursive_map", RunConfig::default());
+}
+
+#[test]
+fn min_stack() {
+    passes("min_stack", RunConfig::default());
+}
+
+#[test]
+fn fixed_stack() {
+    passes("fixed_stack", RunConfig::default());
+}
+
+#[test]
+fn stack_guard() {
+    let outcome = passes("stack_guard", RunConfig::default());
+    // It passed in its page-fault handler, not by reading the guard page.
+    let console = text(&outcome.console);
+    assert!(console.contains("expected"), "{console}");
+}
+
+#[test]
+fn ramdisk() {
+    passes(
+        "ramdisk",
+        RunConfig::default().input(b"mote conformance ramdisk\n".to_vec()),
+    );
+}
+
+#[test]
+fn tls() {
+    passes("tls", RunConfig::default());
+}
+
+#[test]
+fn framebuffer() {
+    let config = RunConfig::default()
+        .framebuffer(640, 480)
+        .expect("640x480 is a valid framebuffer");
+    let outcome = passes("framebuffer", config);
+    // What the kernel drew is what the host sees: pixel (10, 20) of its gradient, and its
+    // white top row.
+    let screen = outcome
+        .framebuffer
+        .expect("a run with a framebuffer returns its contents");
+    assert_eq!((screen.width, screen.height), (640, 480));
+    let pixel = |x: usize, y: usize| {
+        let at = (y * screen.width as usize + x) * 3;
+        [screen.rgb[at], screen.rgb[at + 1], screen.rgb[at + 2]]
+    };
+    assert_eq!(pixel(10, 20), [40, 80, 0x80]);
+    assert_eq!(pixel(320, 0), [0xFF; 3]);
+}
+
+#[test]
+fn rsdp() {
+    passes("rsdp", RunConfig::default().acpi());
+}
+
+#[test]
+fn write_usable_memory() {
+    passes("write_usable_memory", RunConfig::default());
+}
+
+#[test]
+fn lower_memory_free() {
+    passes("lower_memory_free", RunConfig::default());
+}

@@ -30,7 +30,7 @@
 //! A guest can call functions of its host:
 //!
 //! ```
-//! use std::sync::Arc;
+//! use std::sync::{Arc, OnceLock};
 //! use mote_host::{GuestImage, Hypervisor, RunConfig};
 //!
 //! let hypervisor = Hypervisor::open()?;
@@ -56,7 +56,7 @@ mod watchdog;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kvm_ioctls::Kvm;
 
@@ -322,7 +322,7 @@ impl RunConfig {
     /// Lets the guest call `function` by `name` (the `host_call` hypercall).
     ///
     /// ```
-    /// use std::sync::Arc;
+    /// use std::sync::{Arc, OnceLock};
     /// let config = mote_host::RunConfig::default().host_function(
     ///     "upper",
     ///     Arc::new(|request: &[u8]| Ok(request.to_ascii_uppercase())),
@@ -337,15 +337,18 @@ impl RunConfig {
 /// A process-wide handle on KVM: open it once, run many guests through it, from many threads.
 ///
 /// A finished VM is destroyed on a background thread, off the caller's path; dropping the
-/// `Hypervisor` waits until every VM it ran is gone.
+/// `Hypervisor` waits until every VM it ran is gone. Deadlines ([`RunConfig::timeout`]) kick a
+/// vCPU out of the guest with the first real-time signal (`SIGRTMIN`), for which mote installs a
+/// handler that does nothing.
 pub struct Hypervisor {
     // Dropped first: no deadline outlives the runs, and pending tear-downs finish while KVM is
-    // still open.
-    watchdog: watchdog::Watchdog,
-    reaper: reaper::Reaper,
+    // still open. Both threads start when first needed.
+    watchdog: OnceLock<watchdog::Watchdog>,
+    reaper: OnceLock<Option<reaper::Reaper>>,
     kvm: Kvm,
-    cpuids: vm::Cpuids,
-    tsc_khz: u32,
+    supported_cpuid: kvm_bindings::CpuId,
+    /// Learnt from the first vCPU.
+    machine: OnceLock<vm::MachineInfo>,
 }
 
 impl Hypervisor {
@@ -363,31 +366,48 @@ impl Hypervisor {
                 _ => format!("cannot open /dev/kvm: {e}"),
             })
         })?;
-        let tsc_khz = vm::tsc_khz(&kvm)?;
-        let cpuids = vm::Cpuids::new(&kvm, tsc_khz)?;
-        let reaper = reaper::Reaper::start()
-            .map_err(|e| Error::Internal(format!("cannot start the tear-down thread: {e}")))?;
-        let watchdog = watchdog::Watchdog::start()
-            .map_err(|e| Error::Internal(format!("cannot start the deadline thread: {e}")))?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         Ok(Self {
-            watchdog,
-            reaper,
+            watchdog: OnceLock::new(),
+            reaper: OnceLock::new(),
             kvm,
-            cpuids,
-            tsc_khz,
+            supported_cpuid,
+            machine: OnceLock::new(),
         })
     }
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
-        vm::run(
-            &self.reaper,
-            &self.watchdog,
-            &self.kvm,
-            &self.cpuids,
-            self.tsc_khz,
-            image,
-            &mut config,
-        )
+        vm::run(self, image, &mut config)
+    }
+
+    /// What every vCPU gets, learnt from `vcpu` the first time.
+    fn machine_info(&self, vcpu: &kvm_ioctls::VcpuFd) -> Result<&vm::MachineInfo, Error> {
+        if let Some(info) = self.machine.get() {
+            return Ok(info);
+        }
+        let info = vm::MachineInfo::new(&self.supported_cpuid, vcpu)?;
+        Ok(self.machine.get_or_init(|| info))
+    }
+
+    /// The deadline thread, started on first use.
+    fn watchdog(&self) -> Result<&watchdog::Watchdog, Error> {
+        if let Some(watchdog) = self.watchdog.get() {
+            return Ok(watchdog);
+        }
+        let watchdog = watchdog::Watchdog::start()
+            .map_err(|e| Error::Internal(format!("cannot start the deadline thread: {e}")))?;
+        Ok(self.watchdog.get_or_init(|| watchdog))
+    }
+
+    /// Destroys what a finished run leaves: off the caller's path when the tear-down thread can
+    /// be had, here when it cannot.
+    fn dispose(&self, remains: Box<dyn Send>) {
+        match self.reaper.get_or_init(|| reaper::Reaper::start().ok()) {
+            Some(reaper) => reaper.dispose(remains),
+            None => drop(remains),
+        }
     }
 }

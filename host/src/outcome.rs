@@ -270,11 +270,11 @@ impl fmt::Display for Exit {
 /// Time spent in each phase of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Phases {
-    /// Reserving guest memory and laying the image into it.
+    /// Reserving guest memory, laying the image into it and registering it with the VM.
     pub memory: Duration,
-    /// Creating the VM and registering its memory.
+    /// Creating the VM and its vCPU.
     pub vm: Duration,
-    /// Creating and setting up the vCPU.
+    /// Setting up the vCPU: CPUID, registers, MSRs.
     pub vcpu: Duration,
     /// From the first guest instruction to the end of the run.
     pub run: Duration,

@@ -6,21 +6,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_userspace_memory_region,
+    CpuId, Msrs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use mote_abi::{ABORT_TEXT_MAX, HypercallError, TRANSFER_MAX};
 use mote_boot::{GuardPage, LoadOptions, Segment, VcpuState, msr};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
-use crate::reaper::Reaper;
 use crate::serial::Serial;
-use crate::watchdog::{Armed, Kick, Watchdog};
+use crate::watchdog::{Armed, Kick};
 use crate::{
-    Error, Exit, GuestImage, HostFunctions, Limit, Limits, Outcome, RunConfig, Screen, Stats,
+    Error, Exit, GuestImage, HostFunctions, Hypervisor, Limit, Limits, Outcome, RunConfig, Screen,
+    Stats,
 };
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
@@ -30,12 +29,10 @@ const KVM_TSS_ADDRESS: usize = 0xFFFB_D000;
 /// The guest's RFLAGS.IF bit.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// The CPUID table every vCPU gets: what KVM supports, with mote's hypervisor leaves in place
-/// of KVM's own. `tsc_khz` goes into the info leaf so the guest can time itself without exits.
-pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32, mote_leaves: bool) -> Result<CpuId, Error> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+/// The CPUID table every vCPU gets: what KVM supports (`supported`), with mote's hypervisor
+/// leaves in place of KVM's own (or no hypervisor leaves at all, without `mote_leaves`).
+/// `tsc_khz` goes into the info leaf so the guest can time itself without exits.
+fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<CpuId, Error> {
     let mut entries: Vec<_> = supported
         .as_slice()
         .iter()
@@ -51,40 +48,43 @@ pub(crate) fn guest_cpuid(kvm: &Kvm, tsc_khz: u32, mote_leaves: bool) -> Result<
         edx,
         ..Default::default()
     };
-    if !mote_leaves {
-        return CpuId::from_entries(&entries)
-            .map_err(|_| Error::Internal("too many CPUID entries".into()));
+    if mote_leaves {
+        entries.push(leaf(
+            mote_abi::CPUID_LEAF_SIGNATURE,
+            mote_abi::CPUID_LEAF_INFO,
+            ebx,
+            ecx,
+            edx,
+        ));
+        entries.push(leaf(
+            mote_abi::CPUID_LEAF_INFO,
+            mote_abi::ABI_VERSION,
+            0,
+            tsc_khz,
+            0,
+        ));
     }
-    entries.push(leaf(
-        mote_abi::CPUID_LEAF_SIGNATURE,
-        mote_abi::CPUID_LEAF_INFO,
-        ebx,
-        ecx,
-        edx,
-    ));
-    entries.push(leaf(
-        mote_abi::CPUID_LEAF_INFO,
-        mote_abi::ABI_VERSION,
-        0,
-        tsc_khz,
-        0,
-    ));
     CpuId::from_entries(&entries).map_err(|_| Error::Internal("too many CPUID entries".into()))
 }
 
-/// The CPUID tables a vCPU may get.
-pub(crate) struct Cpuids {
+/// What every vCPU of this machine gets, learnt from the first one: the TSC frequency, and the
+/// CPUID tables that carry it.
+pub(crate) struct MachineInfo {
+    /// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).
+    pub tsc_khz: u32,
     /// With mote's hypervisor leaves.
-    pub mote: CpuId,
+    pub mote_cpuid: CpuId,
     /// Without them, for a plain boot that should not find mote.
-    pub plain: CpuId,
+    pub plain_cpuid: CpuId,
 }
 
-impl Cpuids {
-    pub(crate) fn new(kvm: &Kvm, tsc_khz: u32) -> Result<Self, Error> {
+impl MachineInfo {
+    pub(crate) fn new(supported: &CpuId, vcpu: &VcpuFd) -> Result<Self, Error> {
+        let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
         Ok(Self {
-            mote: guest_cpuid(kvm, tsc_khz, true)?,
-            plain: guest_cpuid(kvm, tsc_khz, false)?,
+            tsc_khz,
+            mote_cpuid: guest_cpuid(supported, tsc_khz, true)?,
+            plain_cpuid: guest_cpuid(supported, tsc_khz, false)?,
         })
     }
 }
@@ -136,47 +136,45 @@ struct Machine<'a> {
 }
 
 pub(crate) fn run(
-    reaper: &Reaper,
-    watchdog: &Watchdog,
-    kvm: &Kvm,
-    cpuids: &Cpuids,
-    tsc_khz: u32,
+    hypervisor: &Hypervisor,
     image: &GuestImage,
     config: &mut RunConfig,
 ) -> Result<Outcome, Error> {
     let mut stats = Stats::default();
 
     let start = Instant::now();
+    let vm = hypervisor
+        .kvm
+        .create_vm()
+        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+    let machine = hypervisor.machine_info(&vcpu)?;
+    stats.phases.vm = start.elapsed();
+
+    let start = Instant::now();
     let ram = GuestRam::from_ranges(&[(GuestAddress(0), config.memory_size as usize)])
         .map_err(|e| Error::Memory(e.to_string()))?;
     let options = LoadOptions {
         ramdisk: config.input.as_deref(),
-        tsc_khz: u64::from(tsc_khz),
+        tsc_khz: u64::from(machine.tsc_khz),
         plain: config.plain,
         framebuffer: config.framebuffer,
         acpi: config.acpi,
         aslr_seed: aslr_seed(image),
     };
     let loaded = image.prepared.load(&ram, &options).map_err(Error::Load)?;
+    register_memory(&vm, &ram)?;
     stats.phases.memory = start.elapsed();
 
     let start = Instant::now();
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
-    register_memory(&vm, &ram)?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
-    stats.phases.vm = start.elapsed();
-
-    let start = Instant::now();
-    let mut vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
     let cpuid = if config.plain {
-        &cpuids.plain
+        &machine.plain_cpuid
     } else {
-        &cpuids.mote
+        &machine.mote_cpuid
     };
     vcpu.set_cpuid2(cpuid)
         .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;
@@ -189,11 +187,15 @@ pub(crate) fn run(
 
     // The deadline counts from the first guest instruction.
     let started = Instant::now();
-    let armed = config.limits.timeout.map(|timeout| {
-        let run = vcpu.get_kvm_run();
-        let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
-        watchdog.arm(started + timeout, Kick::for_this_thread(immediate_exit))
-    });
+    let armed = match config.limits.timeout {
+        Some(timeout) => {
+            let watchdog = hypervisor.watchdog()?;
+            let run = vcpu.get_kvm_run();
+            let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
+            Some(watchdog.arm(started + timeout, Kick::for_this_thread(immediate_exit)))
+        }
+        None => None,
+    };
     let console = match config.console.as_deref_mut() {
         Some(out) => ConsoleSink::Stream(out),
         None => ConsoleSink::Capture(Vec::new()),
@@ -236,7 +238,7 @@ pub(crate) fn run(
     // Disarm before the vCPU (and the kvm_run page the watchdog would write) can go away.
     drop(armed);
     // The vCPU goes before the VM, the VM before its memory: the tuple drops in that order.
-    reaper.dispose(Box::new((vcpu, vm, ram)));
+    hypervisor.dispose(Box::new((vcpu, vm, ram)));
     Ok(Outcome {
         exit,
         stats,
@@ -277,17 +279,6 @@ fn aslr_seed(image: &GuestImage) -> Option<u64> {
     // valid boot.
     getrandom::fill(&mut seed).ok()?;
     Some(u64::from_le_bytes(seed))
-}
-
-/// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).
-pub(crate) fn tsc_khz(kvm: &Kvm) -> Result<u32, Error> {
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
-    Ok(vcpu.get_tsc_khz().unwrap_or(0))
 }
 
 fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {

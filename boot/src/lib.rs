@@ -54,9 +54,12 @@ pub enum BootError {
     /// The `.bootloader-config` section is malformed.
     #[error("invalid .bootloader-config section: {0}")]
     BadConfig(String),
-    /// The config asks for something mote does not do yet.
-    #[error("the kernel's boot config asks for {0}, which mote does not support yet")]
-    Unsupported(&'static str),
+    /// No 512 GiB slot of the address space is left for a dynamic mapping.
+    #[error(
+        "no free 512 GiB slot is left for {0}: the config's fixed addresses and dynamic range \
+         take them all"
+    )]
+    NoFreeSlot(&'static str),
     /// An address in the config or the ELF cannot be used.
     #[error("unusable virtual address {0:#x} (not canonical, misaligned or out of range)")]
     BadAddress(u64),
@@ -289,7 +292,7 @@ impl SlotAllocator {
     fn take(&mut self, what: &'static str, random: Option<&mut Random>) -> Result<u64, BootError> {
         let free: Vec<usize> = (0..512).filter(|&slot| !self.used[slot]).collect();
         if free.is_empty() {
-            return Err(BootError::Unsupported(what));
+            return Err(BootError::NoFreeSlot(what));
         }
         let slot = match random {
             Some(random) => free[random.below(free.len() as u64) as usize],

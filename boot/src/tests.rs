@@ -994,3 +994,24 @@ fn aslr_randomizes_each_load_only_when_the_config_asks() {
         offset + POINTER_TARGET
     );
 }
+
+#[test]
+fn dynamic_addresses_stay_inside_the_dynamic_range() {
+    let slot = |i: u64| i << 39;
+    let elf = TestElf::new().with_config(|c| {
+        c.mappings.dynamic_range_start = Some(slot(5));
+        c.mappings.dynamic_range_end = Some(slot(11) - 1);
+    });
+    let (image, memory, loaded) = load(&elf);
+    assert_eq!(image.kernel_offset() + CODE_VADDR, slot(5));
+    let info = boot_info(&memory, &loaded);
+    for address in [info.kernel_stack_bottom, loaded.vcpu.rdi] {
+        assert!((slot(5)..slot(11)).contains(&address), "{address:#x}");
+    }
+    let cramped = TestElf::new().with_config(|c| {
+        c.mappings.dynamic_range_start = Some(0x1000);
+        c.mappings.dynamic_range_end = Some(0x2000);
+    });
+    let error = PreparedImage::new(cramped.build()).unwrap_err();
+    assert!(matches!(error, BootError::NoFreeSlot(_)), "{error}");
+}

@@ -187,12 +187,17 @@ pub(crate) fn run(
 
     // The deadline counts from the first guest instruction.
     let started = Instant::now();
-    let armed = match config.limits.timeout {
-        Some(timeout) => {
+    // A deadline too far away to represent is no deadline.
+    let deadline = config
+        .limits
+        .timeout
+        .and_then(|timeout| started.checked_add(timeout));
+    let armed = match deadline {
+        Some(deadline) => {
             let watchdog = hypervisor.watchdog()?;
             let run = vcpu.get_kvm_run();
             let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
-            Some(watchdog.arm(started + timeout, Kick::for_this_thread(immediate_exit)))
+            Some(watchdog.arm(deadline, Kick::for_this_thread(immediate_exit)))
         }
         None => None,
     };

@@ -88,3 +88,12 @@ fn memory_is_a_limit_too() {
     assert!(RunConfig::default().memory_size(0).is_err());
     assert!(RunConfig::default().memory_size((8 << 20) + 1).is_err());
 }
+
+#[test]
+fn a_deadline_beyond_any_clock_is_no_deadline() {
+    let config = RunConfig::default().timeout(Duration::MAX).unwrap();
+    assert_eq!(
+        run_guest_with("hello", config).exit,
+        Exit::Guest { code: 0 }
+    );
+}

@@ -34,9 +34,6 @@ impl<E: Debug> Termination for Result<(), E> {
     }
 }
 
-/// The exit code of a guest that panicked where mote cannot take a structured report.
-const PANIC_EXIT_CODE: u32 = 101;
-
 /// Called by [`entry!`](crate::entry): sets up the runtime, runs `main`, exits.
 pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce() -> u32) -> ! {
     platform::detect();
@@ -131,7 +128,6 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     }
     println!("panicked at {file}:{line}:\n{}", info.message());
     console::flush();
-    let _ = PANIC_EXIT_CODE;
     debug_exit(false)
 }
 

@@ -116,7 +116,10 @@ impl ConsoleSink<'_> {
 
 /// A VM being run: its KVM handles, its memory and its devices.
 struct Machine<'a> {
-    // Field order is drop order: the vCPU goes before the VM, the VM before its memory.
+    // Field order is drop order, on every path out of a run: the deadline is disarmed before
+    // the vCPU (whose kvm_run page the watchdog writes) goes; the vCPU goes before the VM, the
+    // VM before its memory.
+    deadline: Option<Armed<'a>>,
     vcpu: VcpuFd,
     _vm: VmFd,
     ram: GuestRam,
@@ -206,6 +209,8 @@ pub(crate) fn run(
         None => ConsoleSink::Capture(Vec::new()),
     };
     let mut machine = Machine {
+        timed_out: armed.as_ref().map(Armed::fired_flag),
+        deadline: armed,
         vcpu,
         _vm: vm,
         ram,
@@ -214,7 +219,6 @@ pub(crate) fn run(
         console_bytes: 0,
         output: Vec::new(),
         limits: config.limits,
-        timed_out: armed.as_ref().map(Armed::fired_flag),
         host_functions: &config.host_functions,
         user_mode: loaded.user_mode,
         guard_pages: loaded.guard_pages,
@@ -232,6 +236,7 @@ pub(crate) fn run(
     tracing::debug!(outcome = %exit, stats = ?machine.stats, "guest ended");
     let framebuffer = loaded.framebuffer.map(|f| screen(&machine.ram, &f));
     let Machine {
+        deadline,
         vcpu,
         _vm: vm,
         ram,
@@ -241,7 +246,7 @@ pub(crate) fn run(
         ..
     } = machine;
     // Disarm before the vCPU (and the kvm_run page the watchdog would write) can go away.
-    drop(armed);
+    drop(deadline);
     // The vCPU goes before the VM, the VM before its memory: the tuple drops in that order.
     hypervisor.dispose(Box::new((vcpu, vm, ram)));
     Ok(Outcome {

@@ -231,8 +231,11 @@ impl ElfKernel {
         if file_size > mem_size {
             return Err(bad(format!("{} has more file bytes than memory", what())));
         }
+        // The end, rounded up to a page, must still be an address: nothing may reach the last
+        // page of the address space.
         let end = vaddr
             .checked_add(mem_size)
+            .filter(|&end| checked_page_ceil(end).is_some())
             .ok_or_else(|| bad(format!("{} wraps around the address space", what())))?;
         if !is_canonical(vaddr) || !is_canonical(end - 1) {
             return Err(bad(format!("{} is not at a canonical address", what())));
@@ -277,8 +280,8 @@ impl ElfKernel {
     /// The file offset of a link-time address inside a segment's file bytes.
     fn file_offset(&self, address: u64, len: u64) -> Option<usize> {
         let segment = self.segment_holding(address, len)?;
-        let offset = segment.file_range.start as u64 + (address - segment.vaddr);
-        (offset + len <= segment.file_range.end as u64).then_some(offset as usize)
+        let offset = (segment.file_range.start as u64).checked_add(address - segment.vaddr)?;
+        (offset.checked_add(len)? <= segment.file_range.end as u64).then_some(offset as usize)
     }
 
     fn read_relocations(
@@ -348,7 +351,10 @@ pub(crate) fn page_floor(address: u64) -> u64 {
 
 /// Rounds an address up to a page boundary (saturating at the top of the address space).
 pub(crate) fn page_ceil(address: u64) -> u64 {
-    address
-        .checked_add(PAGE_SIZE - 1)
-        .map_or(page_floor(u64::MAX), page_floor)
+    checked_page_ceil(address).unwrap_or(page_floor(u64::MAX))
+}
+
+/// Rounds an address up to a page boundary, if that is still an address.
+pub(crate) fn checked_page_ceil(address: u64) -> Option<u64> {
+    address.checked_add(PAGE_SIZE - 1).map(page_floor)
 }

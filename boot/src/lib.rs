@@ -23,7 +23,7 @@ pub use config::{BootConfig, Mapping};
 pub use vcpu::{DescriptorTable, Segment, SyscallMsrs, VcpuState, msr};
 
 use boot_info::{BOOT_INFO_SIZE, BootInfoFields, MEMORY_REGION_SIZE};
-use elf::{ElfKernel, page_ceil, page_floor};
+use elf::{ElfKernel, checked_page_ceil, page_ceil, page_floor};
 use mote_abi::note;
 use paging::{FrameAllocator, PAGE_SIZE, PageTableBuilder, flags};
 
@@ -67,7 +67,10 @@ pub enum BootError {
     #[error("two mappings collide at virtual address {0:#x}")]
     MappingConflict(u64),
     /// The guest memory is too small for the kernel and what mote adds.
-    #[error("guest memory too small: the boot layout needs at least {needed:#x} bytes")]
+    #[error(
+        "guest memory too small: the boot layout needs at least {needed:#x} bytes; give the \
+         guest more memory"
+    )]
     OutOfMemory {
         /// Bytes of guest-physical memory the layout reached.
         needed: u64,
@@ -334,14 +337,25 @@ impl Plan {
         let mut slots = SlotAllocator::new(config);
         let image_start = page_floor(kernel.segments[0].vaddr);
         let image_end = page_ceil(kernel.segments.iter().map(|s| s.end()).max().unwrap_or(0));
-        let stack_pages = page_ceil(config.kernel_stack_size) / PAGE_SIZE;
-        if stack_pages == 0 {
-            return Err(BootError::BadConfig("kernel_stack_size is 0".into()));
-        }
+        let stack_pages = checked_page_ceil(config.kernel_stack_size)
+            .map(|size| size / PAGE_SIZE)
+            .filter(|&pages| pages > 0)
+            .ok_or_else(|| {
+                BootError::BadConfig(format!(
+                    "kernel_stack_size {} is zero or beyond the address space",
+                    config.kernel_stack_size
+                ))
+            })?;
+        // The stack and its guard page, in bytes.
+        let stack_span = (stack_pages + 1)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(BootError::BadConfig(
+                "kernel_stack_size is too large".into(),
+            ))?;
         // Fixed mappings take their slots before any dynamic one is handed out. Sizes that
         // depend on the run (framebuffer, ramdisk) reserve the slot their start is in.
         let fixed_ranges = [
-            (Some(config.kernel_stack), (stack_pages + 1) * PAGE_SIZE),
+            (Some(config.kernel_stack), stack_span),
             (Some(config.boot_info), BOOT_INFO_MAX_SIZE),
             (Some(config.framebuffer), 1),
             (Some(config.ramdisk_memory), 1),
@@ -388,13 +402,21 @@ impl Plan {
                 .filter(|&a| paging::is_canonical(a))
                 .ok_or(BootError::BadAddress(address))
         };
-        let (image_start, image_end) = (relocated(image_start)?, relocated(image_end - 1)? + 1);
+        // The end of a range moved by the offset: its last byte moved, plus one, if that is still
+        // an address.
+        let relocated_end = |end: u64| {
+            relocated(end - 1)?
+                .checked_add(1)
+                .filter(|&end| checked_page_ceil(end).is_some())
+                .ok_or(BootError::BadAddress(end))
+        };
+        let (image_start, image_end) = (relocated(image_start)?, relocated_end(image_end)?);
         slots.reserve(image_start, image_end);
 
-        let segments = Self::relocate(file, kernel, kernel_offset, relocated)?;
+        let segments = Self::relocate(file, kernel, kernel_offset, relocated, relocated_end)?;
         let relro_pages = match &kernel.relro {
             Some(range) if !range.is_empty() => {
-                Some(page_floor(relocated(range.start)?)..page_ceil(relocated(range.end - 1)? + 1))
+                Some(page_floor(relocated(range.start)?)..page_ceil(relocated_end(range.end)?))
             }
             _ => None,
         };
@@ -414,6 +436,11 @@ impl Plan {
             Mapping::FixedAddress(address) => Err(BootError::BadAddress(address)),
         };
         let stack_guard = place(config.kernel_stack, PAGE_SIZE, "a slot for the stack")?;
+        // The whole stack (guard page first) must lie in canonical addresses.
+        stack_guard
+            .checked_add(stack_span)
+            .filter(|&end| paging::is_canonical(end - 1) && paging::is_canonical(stack_guard))
+            .ok_or(BootError::BadAddress(stack_guard))?;
         let framebuffer_address =
             place(config.framebuffer, PAGE_SIZE, "a slot for the framebuffer")?;
         let ramdisk_address = place(config.ramdisk_memory, PAGE_SIZE, "a slot for the ramdisk")?;
@@ -464,6 +491,7 @@ impl Plan {
         kernel: &ElfKernel,
         offset: u64,
         relocated: impl Fn(u64) -> Result<u64, BootError>,
+        relocated_end: impl Fn(u64) -> Result<u64, BootError>,
     ) -> Result<Vec<PreparedSegment>, BootError> {
         let mut segments: Vec<PreparedSegment> = kernel
             .segments
@@ -471,7 +499,7 @@ impl Plan {
             .map(|s| {
                 let start = relocated(s.vaddr)?;
                 let page = page_floor(start);
-                let end = relocated(s.end() - 1)? + 1;
+                let end = relocated_end(s.end())?;
                 let mut leaf_flags = flags::PRESENT;
                 if s.flags.writable {
                     leaf_flags |= flags::WRITABLE;
@@ -535,7 +563,7 @@ impl PreparedImage {
         let plan = &self.plan;
         let mut placements = vec![
             ("stack guard page", plan.stack_guard),
-            ("stack", plan.stack_guard + PAGE_SIZE),
+            ("stack", plan.stack_guard.saturating_add(PAGE_SIZE)),
             ("framebuffer", plan.framebuffer_address),
             ("ramdisk", plan.ramdisk_address),
             ("BootInfo", plan.boot_info_address),
@@ -671,7 +699,9 @@ impl PreparedImage {
             plan.stack_pages,
             flags::WRITABLE | flags::NO_EXECUTE | user,
         )?;
-        let stack_top = stack_bottom + self.config.kernel_stack_size;
+        let stack_top = stack_bottom
+            .checked_add(self.config.kernel_stack_size)
+            .ok_or(BootError::BadAddress(stack_bottom))?;
         // SysV function entry: RSP + 8 is 16-aligned, with a zero return address at [RSP].
         let rsp = (stack_top & !0xF) - 8;
         let mut guard_pages = vec![GuardPage {

@@ -1015,3 +1015,46 @@ fn dynamic_addresses_stay_inside_the_dynamic_range() {
     let error = PreparedImage::new(cramped.build()).unwrap_err();
     assert!(matches!(error, BootError::NoFreeSlot(_)), "{error}");
 }
+
+/// Configs and headers that reach the top of the address space: refused, never an arithmetic
+/// overflow (a panic in debug builds).
+#[test]
+fn addresses_at_the_top_of_the_address_space_are_refused() {
+    use bootloader_api::config::Mapping as M;
+    let huge_stack = TestElf::new().with_config(|c| c.kernel_stack_size = u64::MAX);
+    assert!(matches!(
+        PreparedImage::new(huge_stack.build()),
+        Err(BootError::BadConfig(_))
+    ));
+    let top_base = TestElf::new()
+        .with_config(|c| c.mappings.kernel_base = M::FixedAddress(0xFFFF_FFFF_FFFF_F000));
+    assert!(PreparedImage::new(top_base.build()).is_err());
+    for guard in [0xFFFF_FFFF_FFFF_F000, 0xFFFF_FFFF_FFFF_E000] {
+        let top_stack = TestElf::new().with_config(|c| {
+            c.kernel_stack_size = 4096;
+            c.mappings.kernel_stack = M::FixedAddress(guard);
+        });
+        let image = PreparedImage::new(top_stack.build());
+        assert!(matches!(image, Err(BootError::BadAddress(_))), "{image:?}");
+    }
+    // An ET_EXEC segment in the last page of the address space.
+    let mut last_page = TestElf {
+        e_type: object::elf::ET_EXEC,
+        ..TestElf::new()
+    }
+    .build();
+    let code_header = 0x40;
+    last_page[code_header + 16..code_header + 24]
+        .copy_from_slice(&0xFFFF_FFFF_FFFF_F000u64.to_le_bytes());
+    last_page[code_header + 40..code_header + 48].copy_from_slice(&0xFFFu64.to_le_bytes());
+    assert!(matches!(
+        PreparedImage::new(last_page),
+        Err(BootError::BadElf(_))
+    ));
+    // A relocation table whose address wraps when its length is added.
+    let mut wrapping_table = TestElf::new().build();
+    let dynamic = 0x2040;
+    wrapping_table[dynamic + 8..dynamic + 16]
+        .copy_from_slice(&0xFFFF_FFFF_FFFF_EFF8u64.to_le_bytes());
+    assert!(PreparedImage::new(wrapping_table).is_err());
+}

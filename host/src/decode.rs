@@ -19,7 +19,8 @@ pub struct PortAccess {
     pub size: usize,
 }
 
-/// A guest-virtual byte range named in a hypercall; it does not wrap around the address space.
+/// A guest-virtual byte range named in a hypercall. It does not wrap around the address space,
+/// except for the texts of an `abort`, which are read best-effort.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestBuffer {
     /// Guest-virtual address of the first byte.
@@ -32,6 +33,11 @@ impl GuestBuffer {
     fn new(address: u64, len: u64) -> Result<Self, HypercallError> {
         address.checked_add(len).ok_or(HypercallError::BadAddress)?;
         Ok(Self { address, len })
+    }
+
+    /// A range as the guest named it, possibly wrapping: only for texts read best-effort.
+    fn unchecked(address: u64, len: u64) -> Self {
+        Self { address, len }
     }
 
     /// The first `max` bytes of the buffer.
@@ -167,10 +173,12 @@ fn decode_hypercall(size: usize, number: u32, a: [u64; 6]) -> Result<Request, Hy
     Ok(match call {
         Hypercall::Exit => Request::Exit { code: small(a[0])? },
         Hypercall::ConsoleWrite => Request::ConsoleWrite(GuestBuffer::new(a[0], a[1])?),
+        // An abort always ends the run, whatever its arguments: a guest that asks to stop must
+        // not be left running. Bad texts are reported as unreadable, a bad line as u32::MAX.
         Hypercall::Abort => Request::Abort {
-            message: GuestBuffer::new(a[0], a[1])?,
-            file: GuestBuffer::new(a[2], a[3])?,
-            line: small(a[4])?,
+            message: GuestBuffer::unchecked(a[0], a[1]),
+            file: GuestBuffer::unchecked(a[2], a[3]),
+            line: u32::try_from(a[4]).unwrap_or(u32::MAX),
         },
         Hypercall::OutputWrite => Request::OutputWrite(GuestBuffer::new(a[0], a[1])?),
         Hypercall::WallClock => Request::WallClock,
@@ -289,7 +297,6 @@ mod tests {
             Hypercall::ConsoleWrite,
             Hypercall::OutputWrite,
             Hypercall::Random,
-            Hypercall::Abort,
         ] {
             assert_eq!(call(c, wrapping), Err(HypercallError::BadAddress), "{c:?}");
         }
@@ -301,9 +308,14 @@ mod tests {
             call(Hypercall::HostCall, [0, 4096, 0, 0, 0, 0]),
             Err(HypercallError::InvalidArgument)
         );
+        // An abort is never refused: it ends the run whatever its arguments.
         assert_eq!(
-            call(Hypercall::Abort, [0, 0, 0, 0, 1 << 33, 0]),
-            Err(HypercallError::InvalidArgument)
+            call(Hypercall::Abort, [u64::MAX - 1, 4, 0, 0, 1 << 33, 0]),
+            Ok(Request::Abort {
+                message: buffer(u64::MAX - 1, 4),
+                file: buffer(0, 0),
+                line: u32::MAX
+            })
         );
         assert_eq!(
             call(Hypercall::Exception, [32, 0, 0, 0, 0, 0]),

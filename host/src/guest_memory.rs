@@ -76,19 +76,30 @@ pub(crate) fn write_virtual(
     address: u64,
     bytes: &[u8],
 ) -> Result<(), HypercallError> {
-    let len = bytes.len() as u64;
-    for_each_page(ram, space, true, address, len, |physical, _, chunk| {
-        let in_ram = ram.check_range(GuestAddress(physical), chunk, vm_memory::Permissions::Write);
-        if in_ram {
+    // Translate everything first, then write exactly where the translation said: writing may
+    // change the guest's page tables (a buffer can overlap them), but not where this call writes.
+    let mut chunks = Vec::new();
+    for_each_page(
+        ram,
+        space,
+        true,
+        address,
+        bytes.len() as u64,
+        |physical, offset, chunk| {
+            let in_ram =
+                ram.check_range(GuestAddress(physical), chunk, vm_memory::Permissions::Write);
+            if !in_ram {
+                return Err(HypercallError::BadAddress);
+            }
+            chunks.push((physical, offset, chunk));
             Ok(())
-        } else {
-            Err(HypercallError::BadAddress)
-        }
-    })?;
-    for_each_page(ram, space, true, address, len, |physical, offset, chunk| {
+        },
+    )?;
+    for (physical, offset, chunk) in chunks {
         ram.write_slice(&bytes[offset..offset + chunk], GuestAddress(physical))
-            .map_err(|_| HypercallError::BadAddress)
-    })
+            .map_err(|_| HypercallError::BadAddress)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

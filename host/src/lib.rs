@@ -100,7 +100,7 @@ pub enum Error {
         source: mote_boot::BootError,
     },
     /// The image does not fit the configured guest memory.
-    #[error("cannot lay the guest out in its memory: {0}; give it more memory")]
+    #[error("cannot lay the guest out in its memory: {0}")]
     Load(mote_boot::BootError),
     /// Guest memory could not be reserved.
     #[error("cannot reserve guest memory: {0}")]

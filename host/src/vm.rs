@@ -145,6 +145,13 @@ pub(crate) fn run(
 ) -> Result<Outcome, Error> {
     let mut stats = Stats::default();
 
+    // Guest RAM is reserved first, so that it is released last, after the VM that maps it, on
+    // every path out of this function.
+    let reserved = Instant::now();
+    let ram = GuestRam::from_ranges(&[(GuestAddress(0), config.memory_size as usize)])
+        .map_err(|e| Error::Memory(e.to_string()))?;
+    let reserve_time = reserved.elapsed();
+
     let start = Instant::now();
     let vm = hypervisor
         .kvm
@@ -159,8 +166,6 @@ pub(crate) fn run(
     stats.phases.vm = start.elapsed();
 
     let start = Instant::now();
-    let ram = GuestRam::from_ranges(&[(GuestAddress(0), config.memory_size as usize)])
-        .map_err(|e| Error::Memory(e.to_string()))?;
     let options = LoadOptions {
         ramdisk: config.input.as_deref(),
         tsc_khz: u64::from(machine.tsc_khz),
@@ -171,7 +176,7 @@ pub(crate) fn run(
     };
     let loaded = image.prepared.load(&ram, &options).map_err(Error::Load)?;
     register_memory(&vm, &ram)?;
-    stats.phases.memory = start.elapsed();
+    stats.phases.memory = reserve_time + start.elapsed();
 
     let start = Instant::now();
     let cpuid = if config.plain {
@@ -303,8 +308,9 @@ fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {
             memory_size: region.len(),
             userspace_addr: host_address as u64,
         };
-        // SAFETY: the range is a live mapping owned by `ram`, which the caller keeps alive for
-        // as long as the VM: `Machine` drops the VM (and its vCPU) before the memory.
+        // SAFETY: the range is a live mapping owned by `ram`, which outlives the VM: `run`
+        // reserves the memory before creating the VM (so early returns drop the VM first), and
+        // `Machine` and the reaper drop the vCPU and the VM before the memory.
         unsafe { vm.set_user_memory_region(region_info) }
             .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
@@ -596,10 +602,17 @@ impl Machine<'_> {
             }
             Request::ConsoleWrite(buffer) => {
                 let buffer = buffer.truncated(TRANSFER_MAX);
-                if let Some(exceeded) = self.take_console(buffer.len) {
-                    return Served::Stop(exceeded);
+                match self.read(buffer) {
+                    // Only text the guest could really send counts against its limit.
+                    Ok(bytes) => {
+                        if let Some(exceeded) = self.take_console(buffer.len) {
+                            return Served::Stop(exceeded);
+                        }
+                        self.console.write(&bytes);
+                        Ok(buffer.len)
+                    }
+                    Err(error) => Err(error),
                 }
-                self.console_write(buffer)
             }
             Request::OutputWrite(buffer) => {
                 let buffer = buffer.truncated(TRANSFER_MAX);
@@ -637,12 +650,6 @@ impl Machine<'_> {
         ))
     }
 
-    fn console_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
-        let bytes = self.read(buffer)?;
-        self.console.write(&bytes);
-        Ok(buffer.len)
-    }
-
     fn output_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
         read_virtual(
             &self.ram,
@@ -674,7 +681,11 @@ impl Machine<'_> {
             .and_then(|name| self.host_functions.get(name))
             .ok_or(HypercallError::UnknownFunction)?
             .clone();
-        let request = self.read(request.truncated(TRANSFER_MAX))?;
+        // A request is passed whole or not at all: a cut one would look like a different request.
+        if request.len > TRANSFER_MAX {
+            return Err(HypercallError::InvalidArgument);
+        }
+        let request = self.read(request)?;
         let answer = function(&request).map_err(|_| HypercallError::HostFunctionFailed)?;
         let fits = answer.len().min(response.len as usize);
         self.write(response.address, &answer[..fits])?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -21,18 +21,25 @@ pub(crate) fn kick_signal() -> libc::c_int {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
-fn install_kick_handler() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
+/// Installs the do-nothing handler once per process; whether that worked.
+fn install_kick_handler() -> std::io::Result<()> {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| {
         // SAFETY: a zeroed sigaction is valid; the handler is an async-signal-safe function
         // that does nothing, and without SA_RESTART the interrupted KVM_RUN returns EINTR.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) == 0
         }
     });
+    if installed {
+        Ok(())
+    } else {
+        // Without the handler the kick would kill the whole process: refuse deadlines instead.
+        Err(std::io::Error::other("cannot install the SIGRTMIN handler"))
+    }
 }
 
 /// How to kick one vCPU.
@@ -117,7 +124,7 @@ impl Drop for Armed<'_> {
 
 impl Watchdog {
     pub(crate) fn start() -> std::io::Result<Self> {
-        install_kick_handler();
+        install_kick_handler()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),

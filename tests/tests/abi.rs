@@ -199,3 +199,28 @@ fn outside_mote_the_runtime_falls_back_to_com1_debug_exit_and_its_own_idt() {
     assert!(console.contains("exception 14 (page fault)"), "{console}");
     assert!(console.contains("cr2 0xdead0000"), "{console}");
 }
+
+#[test]
+fn a_host_call_request_over_the_transfer_limit_is_refused_not_cut() {
+    let config = RunConfig::default()
+        .memory_size(16 << 20)
+        .unwrap()
+        .input(vec![b'a'; (1 << 20) + 1])
+        .host_function("upper", Arc::new(|r: &[u8]| Ok(r.to_ascii_uppercase())));
+    let outcome = run_guest_with("hostcall", config);
+    assert_eq!(outcome.exit, Exit::Guest { code: 2 });
+    assert!(text(&outcome.console).contains("InvalidArgument"));
+}
+
+#[test]
+fn refused_console_writes_do_not_count_against_the_console_limit() {
+    // hypercall-errors makes console writes of up to 1 MiB that are refused; its real text is a
+    // few hundred bytes.
+    let outcome = run_guest_with("hypercall-errors", RunConfig::default().console_limit(4096));
+    assert_eq!(
+        outcome.exit,
+        Exit::Guest { code: 0 },
+        "{}",
+        text(&outcome.console)
+    );
+}

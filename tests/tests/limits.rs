@@ -84,7 +84,10 @@ fn memory_is_a_limit_too() {
     let image = mote_host::GuestImage::from_file(mote_tests::guest_path("echo")).unwrap();
     // A 3 MiB input does not fit in 2 MiB of guest memory: a clear error, not a crash.
     let error = mote_tests::hypervisor().run(&image, config).unwrap_err();
-    assert!(error.to_string().contains("give it more memory"), "{error}");
+    assert!(
+        error.to_string().contains("give the guest more memory"),
+        "{error}"
+    );
     assert!(RunConfig::default().memory_size(0).is_err());
     assert!(RunConfig::default().memory_size((8 << 20) + 1).is_err());
 }

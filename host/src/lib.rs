@@ -44,6 +44,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod console;
 #[doc(hidden)]
 pub mod decode;
 mod guest_memory;
@@ -247,7 +248,8 @@ impl RunConfig {
     }
 
     /// Streams console text to `out` as the guest writes it, instead of collecting it in
-    /// [`Outcome::console`].
+    /// [`Outcome::console`]. A thread of the run does the writing, so a reader that stops
+    /// reading cannot hold the guest past its deadline.
     pub fn console_to(mut self, out: Box<dyn Write + Send>) -> Self {
         self.console = Some(out);
         self
@@ -338,8 +340,9 @@ impl RunConfig {
 ///
 /// A finished VM is destroyed on a background thread, off the caller's path; dropping the
 /// `Hypervisor` waits until every VM it ran is gone. Deadlines ([`RunConfig::timeout`]) kick a
-/// vCPU out of the guest with the first real-time signal (`SIGRTMIN`), for which mote installs a
-/// handler that does nothing.
+/// vCPU out of the guest with the first real-time signal (`SIGRTMIN`): mote installs a handler
+/// for it that does nothing, and a run with a deadline keeps it blocked on the calling thread
+/// except inside `KVM_RUN` (the thread's signal mask is restored when the run returns).
 pub struct Hypervisor {
     // Dropped first: no deadline outlives the runs, and pending tear-downs finish while KVM is
     // still open. Both threads start when first needed.

@@ -1,6 +1,6 @@
 //! One VM: create it, set up its vCPU, run it to an outcome.
 
-use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,10 +13,11 @@ use mote_abi::{ABORT_TEXT_MAX, HypercallError, TRANSFER_MAX};
 use mote_boot::{GuardPage, LoadOptions, Segment, VcpuState, msr};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::console::{Console, DeadlinePassed};
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, GuestRam, read_virtual, write_virtual};
 use crate::serial::Serial;
-use crate::watchdog::{Armed, Kick};
+use crate::watchdog::{Armed, Kick, Kickable};
 use crate::{
     Error, Exit, GuestImage, HostFunctions, Hypervisor, Limit, Limits, Outcome, RunConfig, Screen,
     Stats,
@@ -89,42 +90,18 @@ impl MachineInfo {
     }
 }
 
-/// Where console bytes go during a run.
-enum ConsoleSink<'a> {
-    Capture(Vec<u8>),
-    Stream(&'a mut (dyn Write + Send)),
-}
-
-impl ConsoleSink<'_> {
-    fn write(&mut self, bytes: &[u8]) {
-        match self {
-            ConsoleSink::Capture(buffer) => buffer.extend_from_slice(bytes),
-            // A console nobody reads (a closed pipe) must not stop the guest.
-            ConsoleSink::Stream(out) => {
-                let _ = out.write_all(bytes).and_then(|()| out.flush());
-            }
-        }
-    }
-
-    fn into_captured(self) -> Vec<u8> {
-        match self {
-            ConsoleSink::Capture(buffer) => buffer,
-            ConsoleSink::Stream(_) => Vec::new(),
-        }
-    }
-}
-
 /// A VM being run: its KVM handles, its memory and its devices.
 struct Machine<'a> {
-    // Field order is drop order, on every path out of a run: the deadline is disarmed before
-    // the vCPU (whose kvm_run page the watchdog writes) goes; the vCPU goes before the VM, the
-    // VM before its memory.
+    // Field order is drop order, on every path out of a run: the deadline is disarmed before the
+    // thread's signal mask is restored; the vCPU goes before the VM, the VM before its memory.
     deadline: Option<Armed<'a>>,
+    /// Takes back a late kick and restores the thread's signal mask, once disarmed.
+    _kickable: Option<Kickable>,
     vcpu: VcpuFd,
     _vm: VmFd,
     ram: GuestRam,
     serial: Serial,
-    console: ConsoleSink<'a>,
+    console: Console,
     console_bytes: u64,
     output: Vec<u8>,
     limits: Limits,
@@ -200,22 +177,21 @@ pub(crate) fn run(
         .limits
         .timeout
         .and_then(|timeout| started.checked_add(timeout));
-    let armed = match deadline {
+    let (kickable, armed) = match deadline {
         Some(deadline) => {
             let watchdog = hypervisor.watchdog()?;
-            let run = vcpu.get_kvm_run();
-            let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
-            Some(watchdog.arm(deadline, Kick::for_this_thread(immediate_exit)))
+            let kickable = Kickable::enter(vcpu.as_raw_fd())
+                .map_err(|e| Error::Internal(format!("cannot prepare the deadline: {e}")))?;
+            let armed = watchdog.arm(deadline, Kick::for_this_thread());
+            (Some(kickable), Some(armed))
         }
-        None => None,
+        None => (None, None),
     };
-    let console = match config.console.as_deref_mut() {
-        Some(out) => ConsoleSink::Stream(out),
-        None => ConsoleSink::Capture(Vec::new()),
-    };
+    let console = Console::new(config.console.take());
     let mut machine = Machine {
         timed_out: armed.as_ref().map(Armed::fired_flag),
         deadline: armed,
+        _kickable: kickable,
         vcpu,
         _vm: vm,
         ram,
@@ -242,6 +218,7 @@ pub(crate) fn run(
     let framebuffer = loaded.framebuffer.map(|f| screen(&machine.ram, &f));
     let Machine {
         deadline,
+        _kickable: kickable,
         vcpu,
         _vm: vm,
         ram,
@@ -250,14 +227,16 @@ pub(crate) fn run(
         stats,
         ..
     } = machine;
-    // Disarm before the vCPU (and the kvm_run page the watchdog would write) can go away.
+    // Disarm, then take back a kick that came too late.
     drop(deadline);
+    drop(kickable);
     // The vCPU goes before the VM, the VM before its memory: the tuple drops in that order.
     hypervisor.dispose(Box::new((vcpu, vm, ram)));
+    let console = console.finish(matches!(exit, Exit::Timeout { .. }));
     Ok(Outcome {
         exit,
         stats,
-        console: console.into_captured(),
+        console,
         output,
         framebuffer,
     })
@@ -421,9 +400,7 @@ impl Machine<'_> {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // The watchdog's kick, or some other signal: only the first ends the run.
                 return Ok(match &self.timed_out {
-                    Some(fired) if fired.load(Ordering::SeqCst) => Step::Stop(Exit::Timeout {
-                        limit: self.limits.timeout.unwrap_or_default(),
-                    }),
+                    Some(fired) if fired.load(Ordering::SeqCst) => Step::Stop(self.timeout()),
                     _ => Step::Continue,
                 });
             }
@@ -521,7 +498,9 @@ impl Machine<'_> {
                     if let Some(exceeded) = self.take_console(1) {
                         return Ok(Some(exceeded));
                     }
-                    self.console.write(&[byte]);
+                    if self.console_out(&[byte]).is_err() {
+                        return Ok(Some(self.timeout()));
+                    }
                 }
                 Ok(None)
             }
@@ -608,7 +587,9 @@ impl Machine<'_> {
                         if let Some(exceeded) = self.take_console(buffer.len) {
                             return Served::Stop(exceeded);
                         }
-                        self.console.write(&bytes);
+                        if self.console_out(&bytes).is_err() {
+                            return Served::Stop(self.timeout());
+                        }
                         Ok(buffer.len)
                     }
                     Err(error) => Err(error),
@@ -640,6 +621,18 @@ impl Machine<'_> {
             Request::Nop => Ok(0),
         };
         Served::Result(result)
+    }
+
+    /// Sends console text on, waiting for a slow reader no longer than the deadline.
+    fn console_out(&mut self, bytes: &[u8]) -> Result<(), DeadlinePassed> {
+        self.console.write(bytes, self.timed_out.as_deref())
+    }
+
+    /// The outcome of a run stopped at its deadline.
+    fn timeout(&self) -> Exit {
+        Exit::Timeout {
+            limit: self.limits.timeout.unwrap_or_default(),
+        }
     }
 
     /// Counts `bytes` more console bytes; the outcome, if that passes the limit.

@@ -1,13 +1,17 @@
 //! Wall-clock deadlines: a guest spinning with interrupts off never exits by itself, so a thread
 //! of mote's kicks its vCPU out of `KVM_RUN` when its time is up.
 //!
-//! The kick is KVM's: set `immediate_exit` in the vCPU's shared `kvm_run` page (so a vCPU between
-//! two `KVM_RUN`s does not re-enter the guest) and send its thread a signal (so a vCPU inside
-//! `KVM_RUN` leaves it with `EINTR`). The thread sleeps on a condition variable until the next
-//! deadline: there is no polling loop.
+//! The kick is a signal to the vCPU's thread. That thread keeps the signal blocked, except inside
+//! `KVM_RUN`, where KVM applies the signal mask set with `KVM_SET_SIGNAL_MASK`: a kick that lands
+//! during `KVM_RUN` ends it with `EINTR`, and one that lands between two `KVM_RUN`s stays pending
+//! and makes the next one return `EINTR` at once (the role `kvm_run.immediate_exit` plays in
+//! other VMMs, without another thread writing into the vCPU's `kvm_run` page). Outside `KVM_RUN`
+//! the signal never interrupts anything (host functions, console writes). The thread sleeps on
+//! a condition variable until the next deadline: there is no polling loop.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -44,24 +48,15 @@ fn install_kick_handler() -> std::io::Result<()> {
 
 /// How to kick one vCPU.
 pub(crate) struct Kick {
-    /// `kvm_run.immediate_exit` of the vCPU.
-    immediate_exit: *mut u8,
     /// The thread running the vCPU.
     thread: libc::pthread_t,
     fired: Arc<AtomicBool>,
 }
 
-// SAFETY: the pointer is only used by the watchdog thread while the entry is armed, and
-// `Armed::drop` disarms it (under the lock the watchdog fires under) before the vCPU, and so its
-// `kvm_run` page, can go away.
-unsafe impl Send for Kick {}
-
 impl Kick {
-    /// A kick for a vCPU run on the calling thread, whose `kvm_run.immediate_exit` is at
-    /// `immediate_exit`.
-    pub(crate) fn for_this_thread(immediate_exit: *mut u8) -> Self {
+    /// A kick for the vCPU run on the calling thread.
+    pub(crate) fn for_this_thread() -> Self {
         Self {
-            immediate_exit,
             // SAFETY: pthread_self has no preconditions.
             thread: unsafe { libc::pthread_self() },
             fired: Arc::new(AtomicBool::new(false)),
@@ -69,12 +64,91 @@ impl Kick {
     }
 
     fn fire(&self) {
-        // SAFETY: the entry is armed, so the vCPU and its kvm_run mapping are alive (see the
-        // `Send` impl); the byte is written atomically, as KVM reads it from another context.
-        unsafe { AtomicU8::from_ptr(self.immediate_exit).store(1, Ordering::SeqCst) };
         self.fired.store(true, Ordering::SeqCst);
-        // SAFETY: the thread is alive: it is inside `run`, which disarms before returning.
+        // SAFETY: the thread is alive: it is inside `run`, which disarms (under the lock this
+        // runs under) before it returns.
         unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+    }
+}
+
+/// `KVM_SET_SIGNAL_MASK`: `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`, a 4-byte struct (the
+/// mask follows it). kvm-ioctls has no wrapper for it.
+const KVM_SET_SIGNAL_MASK: libc::c_ulong = (1 << 30) | (4 << 16) | (0xAE << 8) | 0x8B;
+
+/// `struct kvm_signal_mask` followed by the kernel's 64-bit signal set.
+#[repr(C, align(8))]
+struct KvmSignalMask {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+/// The kick signal alone, as a `sigset_t`.
+fn kick_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds a valid signal number.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        set
+    }
+}
+
+/// While alive, the calling thread (a vCPU's) can be kicked: the kick signal is blocked except
+/// inside `KVM_RUN`. Dropping it takes back a kick that came too late and restores the
+/// thread's signal mask.
+pub(crate) struct Kickable {
+    old_mask: libc::sigset_t,
+}
+
+impl Kickable {
+    pub(crate) fn enter(vcpu: RawFd) -> std::io::Result<Self> {
+        let kick = kick_set();
+        // SAFETY: a zeroed sigset_t is a valid out-parameter for pthread_sigmask.
+        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid; this changes only the calling thread's mask.
+        let error = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &kick, &mut old_mask) };
+        if error != 0 {
+            return Err(std::io::Error::from_raw_os_error(error));
+        }
+        let entered = Self { old_mask };
+        // Inside KVM_RUN: the thread's own mask, with the kick let through.
+        let mut blocked: u64 = 0;
+        for signal in 1..=64 {
+            // SAFETY: `old_mask` was filled in by pthread_sigmask; sigismember only reads it.
+            let member = unsafe { libc::sigismember(&entered.old_mask, signal) } == 1;
+            if member && signal != kick_signal() {
+                blocked |= 1 << (signal - 1);
+            }
+        }
+        let mask = KvmSignalMask {
+            len: 8,
+            sigset: blocked.to_le_bytes(),
+        };
+        // SAFETY: `vcpu` is a vCPU descriptor and `mask` a kvm_signal_mask with `len` bytes of
+        // signal set after it, alive for the call; the ioctl only reads it.
+        let result = unsafe { libc::ioctl(vcpu, KVM_SET_SIGNAL_MASK, &mask) };
+        if result != 0 {
+            // Dropping `entered` restores the mask.
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(entered)
+    }
+}
+
+impl Drop for Kickable {
+    fn drop(&mut self) {
+        let kick = kick_set();
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid sets and timeout; sigtimedwait takes a pending kick off this thread (a
+        // kick that fired after the vCPU's last exit), and pthread_sigmask restores the mask
+        // this thread had before the run.
+        unsafe {
+            while libc::sigtimedwait(&kick, std::ptr::null_mut(), &now) == kick_signal() {}
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
+        }
     }
 }
 

@@ -100,3 +100,61 @@ fn a_deadline_beyond_any_clock_is_no_deadline() {
         Exit::Guest { code: 0 }
     );
 }
+
+/// A console writer that never returns, like a reader that stopped reading a pipe.
+struct StalledReader;
+
+impl std::io::Write for StalledReader {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stalled_console_reader_cannot_hold_a_guest_past_its_deadline() {
+    let config = RunConfig::default()
+        .console_to(Box::new(StalledReader))
+        .timeout(Duration::from_millis(200))
+        .unwrap();
+    let outcome = run_guest_with("flood", config.input(b"console".to_vec()));
+    assert_eq!(
+        outcome.exit,
+        Exit::Timeout {
+            limit: Duration::from_millis(200)
+        }
+    );
+}
+
+/// Whether the calling thread has the kick signal (SIGRTMIN) blocked or pending.
+fn kick_blocked_or_pending() -> (bool, bool) {
+    // SAFETY: plain queries of this thread's signal state into zeroed sets.
+    unsafe {
+        let mut blocked: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut blocked);
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        (
+            libc::sigismember(&blocked, libc::SIGRTMIN()) == 1,
+            libc::sigismember(&pending, libc::SIGRTMIN()) == 1,
+        )
+    }
+}
+
+#[test]
+fn a_deadline_leaves_the_callers_thread_as_it_found_it() {
+    assert_eq!(kick_blocked_or_pending(), (false, false));
+    let config = RunConfig::default()
+        .timeout(Duration::from_millis(50))
+        .unwrap();
+    assert!(matches!(
+        run_guest_with("spin", config).exit,
+        Exit::Timeout { .. }
+    ));
+    assert_eq!(kick_blocked_or_pending(), (false, false));
+}

@@ -159,7 +159,7 @@ impl GuestImage {
         Ok(Self { prepared })
     }
 
-    /// The kernel's relocated entry point.
+    /// The kernel's relocated entry point (for a kernel with ASLR, where it would be without).
     pub fn entry(&self) -> u64 {
         self.prepared.entry()
     }
@@ -169,7 +169,8 @@ impl GuestImage {
         self.prepared.config()
     }
 
-    /// What the image is and where a run puts things (`mote inspect`).
+    /// What the image is and where a run puts things (`mote inspect`); for a kernel with ASLR,
+    /// where a run would put them without it.
     pub fn describe(&self) -> Description {
         self.prepared.describe()
     }

@@ -65,13 +65,6 @@ stubs! {
     29 vector_29 error_code; 30 vector_30 error_code; 31 vector_31;
 }
 
-/// The CPL0 half of a user-mode hypercall: the caller put the call in eax, the port in dx and
-/// the arguments in their registers; make the `out` and go back.
-#[unsafe(naked)]
-unsafe extern "C" fn syscall_entry() {
-    naked_asm!("out dx, eax", "sysretq");
-}
-
 /// The runtime note (layout: `mote_abi::note`). The addresses in it are fixed up by the
 /// kernel's own relocations; mote reads it after relocating.
 #[repr(C)]
@@ -80,7 +73,8 @@ struct RuntimeNote {
     version: u32,
     flags: u32,
     kernel_stack_size: u64,
-    syscall_entry: unsafe extern "C" fn(),
+    /// No syscall stub: hypercalls are a direct `out` (`crate::hypercall`).
+    syscall_entry: Option<unsafe extern "C" fn()>,
     exception_handlers: [unsafe extern "C" fn(); EXCEPTION_VECTORS],
     /// Written by mote before the guest starts.
     host_abi_version: AtomicU32,
@@ -91,7 +85,7 @@ struct RuntimeNote {
 
 const _: () = assert!(core::mem::size_of::<RuntimeNote>() == note::SIZE);
 
-/// Stack for exception handlers and the syscall stub, allocated by mote.
+/// Stack for exception handlers, allocated by mote.
 const KERNEL_STACK_SIZE: u64 = 16 * 1024;
 
 #[unsafe(link_section = ".mote_runtime")]
@@ -101,7 +95,7 @@ static RUNTIME_NOTE: RuntimeNote = RuntimeNote {
     version: note::VERSION,
     flags: 0,
     kernel_stack_size: KERNEL_STACK_SIZE,
-    syscall_entry,
+    syscall_entry: None,
     exception_handlers: STUBS,
     host_abi_version: AtomicU32::new(0),
     reserved: AtomicU32::new(0),

@@ -1,24 +1,11 @@
 //! Raw hypercalls. See `docs/abi.md`.
 //!
-//! A hypercall is one 32-bit `out` to mote's port. From user mode (CPL3, how mote runs a
-//! mote-guest kernel) the runtime can make that `out` itself (IOPL is 3) or `syscall` into a
-//! two-instruction CPL0 stub that makes it; which is faster depends on the machine, so the
-//! runtime uses [`PREFER_SYSCALL`], chosen by measurement (`docs/abi.md`). At CPL0 (exception
-//! handlers, or a kernel booted without mote's user mode) it is always the `out`.
-
-use core::sync::atomic::{AtomicBool, Ordering};
+//! A hypercall is one 32-bit `out` to mote's port, made directly at any privilege level: from
+//! user mode (CPL3, how mote runs a mote-guest kernel) the TSS's I/O bitmap allows it. The
+//! alternative, `syscall` into a CPL0 stub that makes the `out`, was measured and fails on
+//! kvm_pvm (`docs/decisions.md`), so the runtime carries no such stub.
 
 use mote_abi::{HYPERCALL_PORT, Hypercall, HypercallError};
-
-/// Whether user-mode hypercalls go through `syscall` when mote set it up.
-pub const PREFER_SYSCALL: bool = false;
-
-/// Set at start-up when mote runs this guest in user mode with the syscall stub installed.
-static SYSCALL_READY: AtomicBool = AtomicBool::new(false);
-
-pub(crate) fn enable_syscall() {
-    SYSCALL_READY.store(true, Ordering::Relaxed);
-}
 
 /// The current privilege level.
 #[inline(always)]
@@ -37,7 +24,7 @@ pub fn cpl() -> u16 {
 /// The arguments must be what `call` expects: an address argument must point at memory the
 /// guest owns for the call's length, writable if the call writes it.
 #[inline(always)]
-pub unsafe fn raw_out(call: u32, args: [u64; 6]) -> u64 {
+pub unsafe fn raw(call: u32, args: [u64; 6]) -> u64 {
     let result: u64;
     // SAFETY: an `out` to mote's port; the host reads the argument registers and writes rax,
     // nothing else. The caller vouches for what the arguments point at.
@@ -56,50 +43,6 @@ pub unsafe fn raw_out(call: u32, args: [u64; 6]) -> u64 {
         );
     }
     result
-}
-
-/// Makes hypercall `call` through `syscall` and mote's CPL0 stub; returns `rax`.
-///
-/// # Safety
-/// As for [`raw_out`]; and the guest must run in user mode with the syscall stub installed.
-#[inline(always)]
-pub unsafe fn raw_syscall(call: u32, args: [u64; 6]) -> u64 {
-    let result: u64;
-    // SAFETY: `syscall` enters the runtime's stub, which makes the `out` and returns with
-    // `sysretq`; rcx and r11 are clobbered by the instruction pair.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            in("dx") HYPERCALL_PORT,
-            inlateout("rax") u64::from(call) => result,
-            in("rdi") args[0],
-            in("rsi") args[1],
-            in("r8") args[2],
-            in("r9") args[3],
-            in("r10") args[4],
-            in("r12") args[5],
-            out("rcx") _,
-            out("r11") _,
-            options(nostack),
-        );
-    }
-    result
-}
-
-/// Makes hypercall `call` the fastest way available; returns `rax`.
-///
-/// # Safety
-/// As for [`raw_out`].
-#[inline(always)]
-pub unsafe fn raw(call: u32, args: [u64; 6]) -> u64 {
-    // SAFETY: forwarded; the syscall path is taken only at CPL3 with the stub installed.
-    unsafe {
-        if PREFER_SYSCALL && SYSCALL_READY.load(Ordering::Relaxed) && cpl() == 3 {
-            raw_syscall(call, args)
-        } else {
-            raw_out(call, args)
-        }
-    }
 }
 
 /// Splits a result into its success value or its error.

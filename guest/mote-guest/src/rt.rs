@@ -37,12 +37,8 @@ impl<E: Debug> Termination for Result<(), E> {
 /// Called by [`entry!`](crate::entry): sets up the runtime, runs `main`, exits.
 pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce() -> u32) -> ! {
     platform::detect();
-    if hypercall::cpl() == 3 {
-        // mote runs us in user mode: it built the IDT from our note and set up `syscall`.
-        if platform::under_mote() {
-            hypercall::enable_syscall();
-        }
-    } else {
+    // In user mode, mote built the IDT from our note; at CPL0 the IDT is ours to install.
+    if hypercall::cpl() != 3 {
         exceptions::install_own_idt();
     }
     if platform::under_mote() && platform::host_abi_version() != mote_abi::ABI_VERSION {

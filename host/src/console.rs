@@ -7,7 +7,6 @@
 //! queue only until the run's deadline.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,11 +44,11 @@ impl Console {
         }
     }
 
-    /// Queues `bytes`; waits while the queue is full, but not past the deadline (`fired`).
+    /// Queues `bytes`; waits while the queue is full, but not once `deadline_passed` says so.
     pub(crate) fn write(
         &mut self,
         bytes: &[u8],
-        fired: Option<&AtomicBool>,
+        deadline_passed: &dyn Fn() -> bool,
     ) -> Result<(), DeadlinePassed> {
         let stream = match self {
             Console::Capture(buffer) => {
@@ -69,7 +68,7 @@ impl Console {
                 // the guest.
                 Err(TrySendError::Disconnected(_)) => return Ok(()),
                 Err(TrySendError::Full(returned)) => {
-                    if fired.is_some_and(|fired| fired.load(Ordering::SeqCst)) {
+                    if deadline_passed() {
                         return Err(DeadlinePassed);
                     }
                     chunk = returned;

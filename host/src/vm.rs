@@ -1,8 +1,6 @@
 //! One VM: create it, set up its vCPU, run it to an outcome.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use kvm_bindings::{
@@ -105,8 +103,6 @@ struct Machine<'a> {
     console_bytes: u64,
     output: Vec<u8>,
     limits: Limits,
-    /// Set by the watchdog when the run's deadline passes.
-    timed_out: Option<Arc<AtomicBool>>,
     host_functions: &'a HostFunctions,
     /// The guest runs in user mode: every address it names must be USER.
     user_mode: bool,
@@ -189,7 +185,6 @@ pub(crate) fn run(
     };
     let console = Console::new(config.console.take());
     let mut machine = Machine {
-        timed_out: armed.as_ref().map(Armed::fired_flag),
         deadline: armed,
         _kickable: kickable,
         vcpu,
@@ -399,9 +394,10 @@ impl Machine<'_> {
             // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // The watchdog's kick, or some other signal: only the first ends the run.
-                return Ok(match &self.timed_out {
-                    Some(fired) if fired.load(Ordering::SeqCst) => Step::Stop(self.timeout()),
-                    _ => Step::Continue,
+                return Ok(if self.deadline_passed() {
+                    Step::Stop(self.timeout())
+                } else {
+                    Step::Continue
                 });
             }
             Err(e) => return Err(Error::kvm("KVM_RUN", e)),
@@ -625,7 +621,14 @@ impl Machine<'_> {
 
     /// Sends console text on, waiting for a slow reader no longer than the deadline.
     fn console_out(&mut self, bytes: &[u8]) -> Result<(), DeadlinePassed> {
-        self.console.write(bytes, self.timed_out.as_deref())
+        let deadline = &self.deadline;
+        self.console
+            .write(bytes, &|| deadline.as_ref().is_some_and(Armed::fired))
+    }
+
+    /// Whether the run has a deadline and it passed.
+    fn deadline_passed(&self) -> bool {
+        self.deadline.as_ref().is_some_and(Armed::fired)
     }
 
     /// The outcome of a run stopped at its deadline.

@@ -178,9 +178,9 @@ pub(crate) struct Armed<'w> {
 }
 
 impl Armed<'_> {
-    /// The flag the watchdog sets when the deadline passes and it kicks the vCPU.
-    pub(crate) fn fired_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.fired)
+    /// Whether the deadline passed and the vCPU was kicked.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 

@@ -101,11 +101,18 @@ pub enum Hypercall {
     /// Ends the run reporting a CPU exception (used by the runtime's exception handlers).
     /// Args: vector, error code, faulting instruction address, CR2. Does not return.
     Exception = 9,
+    /// Marks the end of the guest's initialisation and waits for the run's input: mote may
+    /// take a snapshot here, and every run restored from it returns from this call. No args.
+    /// Returns the run's generation in `rax` (0 in a cold run, 1 and up for runs restored from
+    /// a snapshot), [`SEED_BYTES`] fresh random bytes in [`READY_SEED_REGISTERS`], and the
+    /// input's length in [`READY_INPUT_LENGTH_REGISTER`]; the input itself is at the start of
+    /// the `bootloader_api` ramdisk. See [`RunStart`].
+    ReadyForInput = 10,
 }
 
 impl Hypercall {
     /// Every call, in number order.
-    pub const ALL: [Hypercall; 10] = [
+    pub const ALL: [Hypercall; 11] = [
         Hypercall::Exit,
         Hypercall::ConsoleWrite,
         Hypercall::Abort,
@@ -116,6 +123,7 @@ impl Hypercall {
         Hypercall::Ready,
         Hypercall::Nop,
         Hypercall::Exception,
+        Hypercall::ReadyForInput,
     ];
 
     /// The call with this number, if there is one.
@@ -124,6 +132,64 @@ impl Hypercall {
             Some(Self::ALL[number as usize])
         } else {
             None
+        }
+    }
+}
+
+/// How many bytes of fresh randomness [`Hypercall::ReadyForInput`] returns.
+pub const SEED_BYTES: usize = 32;
+
+/// The registers that carry [`Hypercall::ReadyForInput`]'s seed, 8 bytes each, little-endian,
+/// in order. They are results of that call only: every other call leaves them as they were.
+pub const READY_SEED_REGISTERS: [&str; 4] = ["rdi", "rsi", "r8", "r9"];
+
+/// The register that carries the input's length after [`Hypercall::ReadyForInput`].
+pub const READY_INPUT_LENGTH_REGISTER: &str = "r10";
+
+/// What [`Hypercall::ReadyForInput`] tells a guest about the run it is now in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunStart {
+    /// 0 in a cold run; in runs restored from a snapshot, a number that grows by one with every
+    /// restore of that snapshot.
+    pub generation: u64,
+    /// Fresh random bytes for this run: every run restored from one snapshot shares the
+    /// snapshot's memory, RNG states and address layout included, so a guest reseeds from these.
+    pub seed: [u8; SEED_BYTES],
+    /// The input's length in bytes. The input is at the start of the `bootloader_api` ramdisk
+    /// (`BootInfo::ramdisk_addr`), which a snapshot's guest gets as an empty window of the
+    /// snapshot's input capacity.
+    pub input_len: u64,
+}
+
+impl RunStart {
+    /// The registers as the host writes them: `rax`, then [`READY_SEED_REGISTERS`], then
+    /// [`READY_INPUT_LENGTH_REGISTER`].
+    pub fn to_registers(&self) -> [u64; 6] {
+        let word = |i: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&self.seed[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        [
+            self.generation,
+            word(0),
+            word(1),
+            word(2),
+            word(3),
+            self.input_len,
+        ]
+    }
+
+    /// Reads the registers back, as the guest sees them.
+    pub fn from_registers(registers: [u64; 6]) -> Self {
+        let mut seed = [0u8; SEED_BYTES];
+        for (i, word) in registers[1..5].iter().enumerate() {
+            seed[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        Self {
+            generation: registers[0],
+            seed,
+            input_len: registers[5],
         }
     }
 }
@@ -232,6 +298,20 @@ mod tests {
         }
         assert_eq!(Hypercall::from_number(Hypercall::ALL.len() as u32), None);
         assert_eq!(Hypercall::from_number(u32::MAX), None);
+    }
+
+    #[test]
+    fn run_start_round_trips_through_registers() {
+        let start = RunStart {
+            generation: 7,
+            seed: core::array::from_fn(|i| i as u8 * 3 + 1),
+            input_len: 1 << 40,
+        };
+        let registers = start.to_registers();
+        assert_eq!(registers[0], 7);
+        assert_eq!(registers[5], 1 << 40);
+        assert_eq!(registers[1] & 0xFF, 1);
+        assert_eq!(RunStart::from_registers(registers), start);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! | 24 | 8 | syscall entry address, or 0 for none |
 //! | 32 | 8 × 32 | exception handler addresses by vector, 0 for none |
 //! | 288 | 4 | written by mote at load: the host's [`ABI_VERSION`](crate::ABI_VERSION) |
-//! | 292 | 4 | written by mote at load: reserved, 0 |
+//! | 292 | 4 | written by mote at load: host flags ([`HOST_FLAG_SNAPSHOT`]) |
 //! | 296 | 8 | written by mote at load: TSC frequency in kHz, 0 if unknown |
 //!
 //! The last three fields are how a user-mode guest learns about its host: CPUID is not a
@@ -57,9 +57,17 @@ pub mod offsets {
     pub const EXCEPTION_HANDLERS: usize = 32;
     /// Host ABI version, u32, written by mote.
     pub const HOST_ABI_VERSION: usize = EXCEPTION_HANDLERS + 8 * super::EXCEPTION_VECTORS;
+    /// Host flags, u32, written by mote (was reserved and 0 before snapshots).
+    pub const HOST_FLAGS: usize = HOST_ABI_VERSION + 4;
     /// TSC frequency in kHz, u64, written by mote.
     pub const TSC_KHZ: usize = HOST_ABI_VERSION + 8;
 }
+
+/// Host flag: mote boots this guest to snapshot it, so the guest must call
+/// [`ReadyForInput`](crate::Hypercall::ReadyForInput) once it is initialised, and take its
+/// input from that call on. Without the flag (a cold run) the input is already in the ramdisk,
+/// and a guest may skip the call (and its exit).
+pub const HOST_FLAG_SNAPSHOT: u32 = 1 << 0;
 
 /// The largest kernel stack a note may ask for.
 pub const KERNEL_STACK_MAX: u64 = 1 << 20;

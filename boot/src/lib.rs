@@ -178,6 +178,17 @@ pub struct LoadedGuest {
     pub guard_pages: Vec<GuardPage>,
     /// The framebuffer, if the load made one.
     pub framebuffer: Option<Framebuffer>,
+    /// Where the ramdisk's frames are, if the load mapped one.
+    pub ramdisk: Option<RamdiskFrames>,
+}
+
+/// The physical frames behind the ramdisk: contiguous, mapped in order at its virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamdiskFrames {
+    /// Guest-physical address of its first byte.
+    pub physical: u64,
+    /// Bytes mapped (whole pages).
+    pub len: u64,
 }
 
 /// An unmapped page below a stack.
@@ -201,6 +212,9 @@ impl GuardPage {
 pub struct LoadOptions<'a> {
     /// Bytes to hand the kernel as its `bootloader_api` ramdisk (mote's input).
     pub ramdisk: Option<&'a [u8]>,
+    /// Map a ramdisk of at least this many bytes, even with fewer (or no) bytes to put in it:
+    /// the window a snapshot's guest finds each run's input in.
+    pub ramdisk_capacity: u64,
     /// The guest's TSC frequency in kHz (0 if unknown), told to a user-mode guest through its
     /// runtime note.
     pub tsc_khz: u64,
@@ -214,6 +228,9 @@ pub struct LoadOptions<'a> {
     /// Randomness for a kernel whose config asks for ASLR; without it (or without `aslr` in the
     /// config) addresses are the same at every load.
     pub aslr_seed: Option<u64>,
+    /// The guest is booted to be snapshotted: a user-mode guest is told so in its runtime note
+    /// ([`mote_abi::note::HOST_FLAG_SNAPSHOT`]).
+    pub snapshot: bool,
 }
 
 /// Where a load put the framebuffer, for reading it back (a screenshot).
@@ -676,6 +693,12 @@ impl PreparedImage {
         if let Some(runtime) = runtime {
             let mut info = [0u8; 16];
             info[..4].copy_from_slice(&mote_abi::ABI_VERSION.to_le_bytes());
+            let host_flags = if options.snapshot {
+                note::HOST_FLAG_SNAPSHOT
+            } else {
+                0
+            };
+            info[4..8].copy_from_slice(&host_flags.to_le_bytes());
             info[8..].copy_from_slice(&options.tsc_khz.to_le_bytes());
             let at = runtime.note_address + note::offsets::HOST_ABI_VERSION as u64;
             let kernel = paging::Access {
@@ -711,20 +734,29 @@ impl PreparedImage {
 
         // The ramdisk (mote's input): writable for a plain kernel, as the real loader maps it;
         // read-only for a user-mode guest, whose input is not its to change.
-        let ramdisk = match options.ramdisk {
-            Some(bytes) => {
-                let frame = layout.copy(bytes)?;
-                let pages = page_ceil(bytes.len() as u64) / PAGE_SIZE;
-                let writable = if user == 0 { flags::WRITABLE } else { 0 };
-                layout.map(
-                    plan.ramdisk_address,
-                    frame,
-                    pages,
-                    flags::NO_EXECUTE | writable | user,
-                )?;
-                Some((plan.ramdisk_address, bytes.len() as u64))
-            }
-            None => None,
+        let bytes = options.ramdisk.unwrap_or_default();
+        let window = checked_page_ceil(options.ramdisk_capacity.max(bytes.len() as u64))
+            .ok_or(BootError::OutOfMemory { needed: u64::MAX })?;
+        let (ramdisk, ramdisk_frames) = if options.ramdisk.is_some() || window > 0 {
+            let pages = window / PAGE_SIZE;
+            let frame = layout.frames.allocate(pages)?;
+            layout.write(bytes, frame)?;
+            let writable = if user == 0 { flags::WRITABLE } else { 0 };
+            layout.map(
+                plan.ramdisk_address,
+                frame,
+                pages,
+                flags::NO_EXECUTE | writable | user,
+            )?;
+            (
+                Some((plan.ramdisk_address, bytes.len() as u64)),
+                Some(RamdiskFrames {
+                    physical: frame,
+                    len: window,
+                }),
+            )
+        } else {
+            (None, None)
         };
 
         // The framebuffer, in mote's frames (so never Usable), mapped where the config says.
@@ -906,6 +938,7 @@ impl PreparedImage {
             user_mode: runtime.is_some(),
             guard_pages,
             framebuffer,
+            ramdisk: ramdisk_frames,
         })
     }
 }

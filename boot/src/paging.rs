@@ -22,11 +22,20 @@ pub mod flags {
     pub const WRITABLE: u64 = 1 << 1;
     /// CPL3 may access.
     pub const USER: u64 = 1 << 2;
+    /// The CPU has used the entry. Preset in every entry mote writes, so that the CPU's walks
+    /// do not write the tables (which would make every run from a snapshot dirty them).
+    pub const ACCESSED: u64 = 1 << 5;
+    /// The CPU has written through the (leaf) entry. Preset in every leaf mote writes, for the
+    /// same reason.
+    pub const DIRTY: u64 = 1 << 6;
     /// The entry maps a large page (in a PDPT or PD).
     pub const HUGE: u64 = 1 << 7;
     /// Instruction fetches are not allowed (needs EFER.NXE).
     pub const NO_EXECUTE: u64 = 1 << 63;
 }
+
+/// What every leaf entry mote writes carries besides the caller's flags.
+const LEAF_FLAGS: u64 = flags::PRESENT | flags::ACCESSED | flags::DIRTY;
 
 /// The physical-address bits of an entry.
 const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
@@ -130,7 +139,8 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
         if !is_canonical(virt) {
             return Err(BootError::BadAddress(virt));
         }
-        let table_flags = flags::PRESENT | flags::WRITABLE | if user { flags::USER } else { 0 };
+        let table_flags =
+            flags::PRESENT | flags::WRITABLE | flags::ACCESSED | if user { flags::USER } else { 0 };
         let mut table = self.root;
         for walked in (level + 1..=4).rev() {
             let slot = table + table_index(virt, walked) * 8;
@@ -168,7 +178,7 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
         if self.read_entry(slot)? & flags::PRESENT != 0 {
             return Err(BootError::MappingConflict(virt));
         }
-        self.write_entry(slot, phys | leaf_flags | flags::PRESENT)
+        self.write_entry(slot, phys | leaf_flags | LEAF_FLAGS)
     }
 
     /// Maps `count` 2 MiB pages at `virt` to the physical range at `phys` (both 2 MiB-aligned),
@@ -203,7 +213,7 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
             let entries: Vec<u8> = (0..in_this_directory)
                 .flat_map(|i| {
                     let frame = phys + (done + i) * LARGE_PAGE_SIZE;
-                    (frame | leaf_flags | flags::PRESENT | flags::HUGE).to_le_bytes()
+                    (frame | leaf_flags | LEAF_FLAGS | flags::HUGE).to_le_bytes()
                 })
                 .collect();
             self.memory
@@ -221,7 +231,8 @@ impl<'m, M: GuestMemoryBackend> PageTableBuilder<'m, M> {
             return Err(BootError::MappingConflict(index << 39));
         }
         self.recursive_slot = slot;
-        let entry = self.root | flags::PRESENT | flags::WRITABLE | flags::NO_EXECUTE;
+        let entry =
+            self.root | flags::PRESENT | flags::WRITABLE | flags::ACCESSED | flags::NO_EXECUTE;
         self.write_entry(slot, entry)
     }
 

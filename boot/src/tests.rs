@@ -1058,3 +1058,92 @@ fn addresses_at_the_top_of_the_address_space_are_refused() {
         .copy_from_slice(&0xFFFF_FFFF_FFFF_EFF8u64.to_le_bytes());
     assert!(PreparedImage::new(wrapping_table).is_err());
 }
+
+#[test]
+fn a_ramdisk_capacity_maps_an_empty_window_of_whole_pages() {
+    let options = LoadOptions {
+        ramdisk_capacity: 3 * PAGE_SIZE + 1,
+        tsc_khz: 1_000_000,
+        ..LoadOptions::default()
+    };
+    let (_, memory, loaded) = load_with(&user_elf(), &options);
+    let frames = loaded.ramdisk.expect("a window");
+    assert_eq!(frames.len, 4 * PAGE_SIZE);
+    let info = boot_info(&memory, &loaded);
+    let bootloader_api::info::Optional::Some(address) = info.ramdisk_addr else {
+        panic!("no ramdisk");
+    };
+    assert_eq!(info.ramdisk_len, 0, "nothing is in the window yet");
+    for page in 0..4 {
+        let virt = address + page * PAGE_SIZE;
+        let user_read = Access {
+            write: false,
+            user: true,
+        };
+        let physical = translate(&memory, loaded.vcpu.cr3, virt, user_read).unwrap();
+        assert_eq!(
+            physical,
+            frames.physical + page * PAGE_SIZE,
+            "contiguous, in order"
+        );
+    }
+    // Input shorter than the window goes at its start; longer input widens it.
+    let options = LoadOptions {
+        ramdisk: Some(&[7u8; 5000]),
+        ramdisk_capacity: PAGE_SIZE,
+        tsc_khz: 1_000_000,
+        ..LoadOptions::default()
+    };
+    let (_, memory, loaded) = load_with(&user_elf(), &options);
+    let frames = loaded.ramdisk.unwrap();
+    assert_eq!(frames.len, 2 * PAGE_SIZE);
+    assert_eq!(
+        memory
+            .read_obj::<u8>(GuestAddress(frames.physical + 4999))
+            .unwrap(),
+        7
+    );
+    assert_eq!(boot_info(&memory, &loaded).ramdisk_len, 5000);
+    // Neither input nor capacity: no ramdisk.
+    let (_, _, loaded) = load(&user_elf());
+    assert_eq!(loaded.ramdisk, None);
+}
+
+/// Every entry of the tables at `table` (a table of `level`), recursively.
+fn each_entry(memory: &GuestMemoryMmap, table: u64, level: u32, seen: &mut Vec<(u32, u64)>) {
+    for index in 0..512 {
+        let entry: u64 = memory.read_obj(GuestAddress(table + index * 8)).unwrap();
+        if entry & flags::PRESENT == 0 {
+            continue;
+        }
+        let next = entry & 0x000F_FFFF_FFFF_F000;
+        let leaf = level == 1 || entry & flags::HUGE != 0;
+        seen.push((if leaf { 0 } else { level }, entry));
+        // The recursive entry points back at the PML4: do not walk it again.
+        if !leaf && next != table {
+            each_entry(memory, next, level - 1, seen);
+        }
+    }
+}
+
+#[test]
+fn every_entry_has_its_accessed_bit_and_every_leaf_its_dirty_bit_preset() {
+    let options = LoadOptions {
+        ramdisk: Some(b"input"),
+        tsc_khz: 1_000_000,
+        ..LoadOptions::default()
+    };
+    let elf = user_elf().with_config(|c| {
+        c.mappings.physical_memory = Some(bootloader_api::config::Mapping::Dynamic);
+    });
+    let (_, memory, loaded) = load_with(&elf, &options);
+    let mut entries = Vec::new();
+    each_entry(&memory, loaded.vcpu.cr3, 4, &mut entries);
+    assert!(entries.iter().filter(|(level, _)| *level == 0).count() > 100);
+    for (level, entry) in entries {
+        assert_ne!(entry & flags::ACCESSED, 0, "level {level} entry {entry:#x}");
+        if level == 0 {
+            assert_ne!(entry & flags::DIRTY, 0, "leaf {entry:#x}");
+        }
+    }
+}

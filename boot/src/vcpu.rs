@@ -76,7 +76,7 @@ pub struct VcpuState {
     pub cr0: u64,
     /// CR3: the PML4.
     pub cr3: u64,
-    /// CR4: PAE.
+    /// CR4: PAE, OSFXSR and OSXMMEXCPT (SSE enabled).
     pub cr4: u64,
     /// EFER: long mode, no-execute (and syscall in user mode).
     pub efer: u64,
@@ -101,6 +101,10 @@ const CR0_NE: u64 = 1 << 5;
 const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
+/// FXSAVE/FXRSTOR and SSE instructions are allowed.
+const CR4_OSFXSR: u64 = 1 << 9;
+/// Unmasked SSE floating-point exceptions raise #XM.
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_SCE: u64 = 1 << 0;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
@@ -285,7 +289,9 @@ impl VcpuState {
             rflags: RFLAGS_FIXED,
             cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
             cr3,
-            cr4: CR4_PAE,
+            // SSE on, as UEFI firmware leaves it: kernels built soft-float never notice, and
+            // guests that use SSE (in assembly, or built with it) can.
+            cr4: CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT,
             efer: EFER_LME | EFER_LMA | EFER_NXE,
             code: flat_segment(0x08, 0, true),
             data: flat_segment(0x10, 0, false),

@@ -85,6 +85,8 @@ pub enum Request {
     },
     /// The guest finished initialising.
     Ready,
+    /// The guest finished initialising and waits for its run's input (a snapshot point).
+    ReadyForInput,
     /// Nothing.
     Nop,
     /// End the run reporting a CPU exception.
@@ -194,6 +196,7 @@ fn decode_hypercall(size: usize, number: u32, a: [u64; 6]) -> Result<Request, Hy
             }
         }
         Hypercall::Ready => Request::Ready,
+        Hypercall::ReadyForInput => Request::ReadyForInput,
         Hypercall::Nop => Request::Nop,
         Hypercall::Exception => {
             let vector: u8 = small(a[0])?;
@@ -263,6 +266,11 @@ mod tests {
             })
         );
         assert_eq!(call(Hypercall::Ready, a), Ok(Request::Ready));
+        assert_eq!(
+            call(Hypercall::ReadyForInput, a),
+            Ok(Request::ReadyForInput)
+        );
+
         assert_eq!(call(Hypercall::Nop, a), Ok(Request::Nop));
         assert_eq!(
             call(Hypercall::Exception, [14, 2, 0x1234, 0xdead, 0, 0]),

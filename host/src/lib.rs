@@ -48,9 +48,14 @@ mod console;
 #[doc(hidden)]
 pub mod decode;
 mod guest_memory;
+mod machine;
 mod outcome;
+mod pool;
+mod ram;
 mod reaper;
 mod serial;
+mod snapshot;
+mod vcpu_state;
 mod vm;
 mod watchdog;
 
@@ -58,14 +63,26 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use kvm_ioctls::Kvm;
 
+pub use mote_abi::RunStart;
 pub use mote_boot::{BootConfig, Description, Mapping};
 pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
+pub use pool::{Pool, PoolConfig};
+pub use snapshot::{DEFAULT_SNAPSHOT_TIMEOUT, Snapshot};
+
+use machine::{End, Finished, Purpose};
+use serial::Serial;
+use vm::{Booted, GuestFacts, Vm};
 
 /// The guest memory size used when none is given: 8 MiB.
 pub const DEFAULT_MEMORY_SIZE: u64 = 8 << 20;
+
+/// How much input a snapshot accepts per run unless told otherwise
+/// ([`RunConfig::input_capacity`]): 1 MiB.
+pub const DEFAULT_INPUT_CAPACITY: u64 = 1 << 20;
 
 /// The largest guest memory mote accepts: 3 GiB, below the range KVM reserves near 4 GiB.
 pub const MAX_MEMORY_SIZE: u64 = 3 << 30;
@@ -109,6 +126,41 @@ pub enum Error {
     /// A run configuration value is out of range.
     #[error("invalid run configuration: {0}")]
     Config(String),
+    /// The guest ended (or was stopped) before it called `ready_for_input`, so there is no
+    /// state to snapshot. The outcome says how it ended.
+    #[error(
+        "the guest never became ready for input, so there is nothing to snapshot: {}",
+        .0.exit
+    )]
+    NotReady(Box<Outcome>),
+    /// The run's input does not fit the snapshot's input window.
+    #[error(
+        "the input is {len} bytes, more than the {capacity} bytes the snapshot takes; take the \
+         snapshot with a larger input capacity"
+    )]
+    InputTooLarge {
+        /// The input's length.
+        len: u64,
+        /// The snapshot's input capacity.
+        capacity: u64,
+    },
+    /// Every VM of a pool stayed busy for as long as the pool lets a run wait.
+    #[error(
+        "all {vms} VMs of the pool stayed busy for {waited:?}; give the pool more VMs or a longer \
+         wait"
+    )]
+    PoolBusy {
+        /// The pool's size.
+        vms: usize,
+        /// How long the run waited.
+        waited: std::time::Duration,
+    },
+    /// The snapshot cannot be restored here.
+    #[error("cannot restore the snapshot: {0}")]
+    Incompatible(String),
+    /// The host lacks something mote needs for this.
+    #[error("not supported on this host: {0}")]
+    Unsupported(String),
     /// A bug in mote.
     #[error("internal error in mote: {0}")]
     Internal(String),
@@ -125,10 +177,15 @@ impl Error {
             Error::KvmUnavailable(_) => exit_status::KVM_UNAVAILABLE,
             Error::ReadGuest { .. } => exit_status::CANNOT_READ_GUEST,
             Error::BadImage { .. } => exit_status::BAD_GUEST_IMAGE,
-            Error::Config(_) => exit_status::USAGE,
-            Error::Kvm { .. } | Error::Load(_) | Error::Memory(_) | Error::Internal(_) => {
-                exit_status::HOST_ERROR
-            }
+            Error::Config(_) | Error::InputTooLarge { .. } => exit_status::USAGE,
+            Error::NotReady(outcome) => outcome.exit.process_exit_code(),
+            Error::Kvm { .. }
+            | Error::Load(_)
+            | Error::Memory(_)
+            | Error::Incompatible(_)
+            | Error::PoolBusy { .. }
+            | Error::Unsupported(_)
+            | Error::Internal(_) => exit_status::HOST_ERROR,
         }
     }
 }
@@ -208,26 +265,29 @@ impl Default for Limits {
 
 /// How to run one guest.
 pub struct RunConfig {
-    memory_size: u64,
+    /// `None`: the default for a boot, the snapshot's for a restore.
+    memory_size: Option<u64>,
     console: Option<Box<dyn Write + Send>>,
     input: Option<Vec<u8>>,
     host_functions: HostFunctions,
     plain: bool,
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
+    input_capacity: u64,
     limits: Limits,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            memory_size: DEFAULT_MEMORY_SIZE,
+            memory_size: None,
             console: None,
             input: None,
             host_functions: HashMap::new(),
             plain: false,
             framebuffer: None,
             acpi: false,
+            input_capacity: DEFAULT_INPUT_CAPACITY,
             limits: Limits::default(),
         }
     }
@@ -244,8 +304,46 @@ impl RunConfig {
                 "memory size {bytes} is not a multiple of 4 KiB between 2 MiB and 3 GiB"
             )));
         }
-        self.memory_size = bytes;
+        self.memory_size = Some(bytes);
         Ok(self)
+    }
+
+    /// Sets how much input a snapshot taken with this configuration accepts per run: the size
+    /// of the window its guest finds each run's input in (its `bootloader_api` ramdisk, taken
+    /// from guest memory). Default: [`DEFAULT_INPUT_CAPACITY`]. Only
+    /// [`Hypervisor::snapshot`] uses it; a cold run's ramdisk is as large as its input.
+    pub fn input_capacity(mut self, bytes: u64) -> Self {
+        self.input_capacity = bytes;
+        self
+    }
+
+    /// The guest memory size a boot gets.
+    fn boot_memory_size(&self) -> u64 {
+        self.memory_size.unwrap_or(DEFAULT_MEMORY_SIZE)
+    }
+
+    /// Refuses what a run restored from `snapshot` cannot change: how the guest was laid out.
+    fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        if let Some(size) = self.memory_size
+            && size != snapshot.memory_size()
+        {
+            return Err(Error::Config(format!(
+                "the snapshot's guest has {} bytes of memory; a run restored from it cannot \
+                 have {size}",
+                snapshot.memory_size()
+            )));
+        }
+        let fixed = [
+            (self.plain, "a plain boot"),
+            (self.framebuffer.is_some(), "a framebuffer"),
+            (self.acpi, "ACPI tables"),
+        ];
+        if let Some((_, what)) = fixed.iter().find(|(set, _)| *set) {
+            return Err(Error::Config(format!(
+                "{what} is set when a snapshot is taken, not when it is restored"
+            )));
+        }
+        Ok(())
     }
 
     /// Streams console text to `out` as the guest writes it, instead of collecting it in
@@ -339,12 +437,20 @@ impl RunConfig {
 
 /// A process-wide handle on KVM: open it once, run many guests through it, from many threads.
 ///
-/// A finished VM is destroyed on a background thread, off the caller's path; dropping the
-/// `Hypervisor` waits until every VM it ran is gone. Deadlines ([`RunConfig::timeout`]) kick a
-/// vCPU out of the guest with the first real-time signal (`SIGRTMIN`): mote installs a handler
-/// for it that does nothing, and a run with a deadline keeps it blocked on the calling thread
-/// except inside `KVM_RUN` (the thread's signal mask is restored when the run returns).
+/// `Hypervisor` is cheap to clone: clones share one KVM handle and mote's helper threads.
+/// A finished VM is destroyed on a background thread, off the caller's path; dropping the last
+/// clone (pools hold one) waits until every VM it ran is gone. Deadlines
+/// ([`RunConfig::timeout`]) kick a vCPU out of the guest with the first real-time signal
+/// (`SIGRTMIN`): mote installs a handler for it that does nothing, and a run with a deadline
+/// keeps it blocked on the calling thread except inside `KVM_RUN` (the thread's signal mask is
+/// restored when the run returns).
+#[derive(Clone)]
 pub struct Hypervisor {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`Hypervisor`] shares.
+pub(crate) struct Shared {
     // Dropped first: no deadline outlives the runs, and pending tear-downs finish while KVM is
     // still open. Both threads start when first needed.
     watchdog: OnceLock<watchdog::Watchdog>,
@@ -353,9 +459,15 @@ pub struct Hypervisor {
     supported_cpuid: kvm_bindings::CpuId,
     /// Learnt from the first vCPU.
     machine: OnceLock<vm::MachineInfo>,
+    /// The MSRs a snapshot saves, learnt from the first vCPU that needs them.
+    saveable_msrs: OnceLock<Vec<u32>>,
 }
 
 impl Hypervisor {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Opens `/dev/kvm` and reads what it supports.
     pub fn open() -> Result<Self, Error> {
         let kvm = Kvm::new().map_err(|e| {
@@ -374,19 +486,124 @@ impl Hypervisor {
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         Ok(Self {
-            watchdog: OnceLock::new(),
-            reaper: OnceLock::new(),
-            kvm,
-            supported_cpuid,
-            machine: OnceLock::new(),
+            shared: Arc::new(Shared {
+                watchdog: OnceLock::new(),
+                reaper: OnceLock::new(),
+                kvm,
+                supported_cpuid,
+                machine: OnceLock::new(),
+                saveable_msrs: OnceLock::new(),
+            }),
         })
     }
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
-        vm::run(self, image, &mut config)
+        let shared = &*self.shared;
+        let reserved = Instant::now();
+        let ram = ram::anonymous(config.boot_memory_size())?;
+        let Booted {
+            mut vm,
+            guest,
+            stats,
+        } = vm::boot(shared, image, &config, ram, reserved.elapsed(), None)?;
+        let start = RunStart {
+            generation: 0,
+            seed: snapshot::fresh_seed()?,
+            input_len: config.input.as_ref().map_or(0, |input| input.len() as u64),
+        };
+        let result = machine::run(
+            shared,
+            &mut vm,
+            &guest,
+            Serial::default(),
+            &mut config,
+            Purpose::Run(start),
+            stats,
+        );
+        let outcome = result.and_then(|finished| outcome(finished, &vm, &guest));
+        shared.dispose(Box::new(vm));
+        outcome
     }
 
+    /// Boots `image` until it is ready for input (its `ready_for_input` hypercall, which
+    /// `mote-guest` makes just before `main`) and captures its whole state there.
+    ///
+    /// `config` sets how the guest is laid out (memory size, framebuffer, ACPI, a plain boot)
+    /// and what the boot may spend; a boot without a timeout gets
+    /// [`DEFAULT_SNAPSHOT_TIMEOUT`]. It must give no input: input belongs to each run. A guest
+    /// that ends before it is ready gives [`Error::NotReady`] with its outcome.
+    ///
+    /// ```
+    /// use mote_host::{Exit, GuestImage, Hypervisor, RunConfig};
+    ///
+    /// let hypervisor = Hypervisor::open()?;
+    /// let echo = GuestImage::from_file("../guest/target/x86_64-unknown-none/release/echo")?;
+    /// let snapshot = hypervisor.snapshot(&echo, RunConfig::default())?;
+    /// for word in ["one", "two"] {
+    ///     let config = RunConfig::default().input(word.as_bytes().to_vec());
+    ///     let outcome = hypervisor.run_snapshot(&snapshot, config)?;
+    ///     assert_eq!(outcome.exit, Exit::Guest { code: 0 });
+    ///     assert_eq!(outcome.output, word.as_bytes());
+    /// }
+    /// # Ok::<(), mote_host::Error>(())
+    /// ```
+    pub fn snapshot(&self, image: &GuestImage, config: RunConfig) -> Result<Snapshot, Error> {
+        snapshot::capture(&self.shared, image, config)
+    }
+
+    /// Runs `snapshot` in a fresh VM: the guest continues from its snapshot point with the
+    /// input, host functions and limits of `config`, and its memory maps the snapshot's
+    /// copy-on-write. `config` cannot change the layout fixed by the snapshot (memory size,
+    /// framebuffer, ACPI, plain boot).
+    pub fn run_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        mut config: RunConfig,
+    ) -> Result<Outcome, Error> {
+        config.check_restorable(snapshot)?;
+        let shared = &*self.shared;
+        let mut stats = Stats::default();
+        let mut vm = snapshot::new_vm(shared, snapshot, &mut stats.phases)?;
+        let started = Instant::now();
+        let input = config.input.take().unwrap_or_default();
+        let result = snapshot::start_run(snapshot, &mut vm, &input, true).and_then(|start| {
+            stats.phases.vcpu = started.elapsed();
+            let guest = &snapshot.inner.guest;
+            let serial = snapshot.inner.serial.clone();
+            machine::run(
+                shared,
+                &mut vm,
+                guest,
+                serial,
+                &mut config,
+                Purpose::Run(start),
+                stats,
+            )
+            .and_then(|finished| outcome(finished, &vm, guest))
+        });
+        shared.dispose(Box::new(vm));
+        result
+    }
+}
+
+/// The outcome of a finished run on `vm`.
+fn outcome(finished: Finished, vm: &Vm, guest: &GuestFacts) -> Result<Outcome, Error> {
+    let End::Exit(exit) = finished.end else {
+        return Err(Error::Internal("a run stopped at a snapshot point".into()));
+    };
+    Ok(Outcome {
+        exit,
+        console: finished.console,
+        output: finished.output,
+        framebuffer: guest
+            .framebuffer
+            .map(|framebuffer| machine::screen(&vm.ram, &framebuffer)),
+        stats: finished.stats,
+    })
+}
+
+impl Shared {
     /// What every vCPU gets, learnt from `vcpu` the first time.
     fn machine_info(&self, vcpu: &kvm_ioctls::VcpuFd) -> Result<&vm::MachineInfo, Error> {
         if let Some(info) = self.machine.get() {
@@ -394,6 +611,15 @@ impl Hypervisor {
         }
         let info = vm::MachineInfo::new(&self.supported_cpuid, vcpu)?;
         Ok(self.machine.get_or_init(|| info))
+    }
+
+    /// The MSRs a snapshot saves, learnt from `vcpu` the first time.
+    fn saveable_msrs(&self, vcpu: &kvm_ioctls::VcpuFd) -> Result<&[u32], Error> {
+        if let Some(msrs) = self.saveable_msrs.get() {
+            return Ok(msrs);
+        }
+        let msrs = vcpu_state::saveable_msrs(&self.kvm, vcpu)?;
+        Ok(self.saveable_msrs.get_or_init(|| msrs))
     }
 
     /// The deadline thread, started on first use.

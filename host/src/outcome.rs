@@ -280,6 +280,8 @@ pub struct Phases {
     pub run: Duration,
     /// From the first guest instruction to its `ready` hypercall, if it made one.
     pub ready: Option<Duration>,
+    /// Resetting a pooled VM after the run (zero for other runs): the outcome returns after it.
+    pub reset: Duration,
 }
 
 /// vCPU exits, by what they were.
@@ -300,6 +302,9 @@ pub struct Stats {
     pub phases: Phases,
     /// Exits by kind.
     pub exits: ExitCounts,
+    /// Pages of guest memory the run wrote (the guest, or mote on its behalf), which its pool
+    /// reset afterwards; `None` for runs not in a pool.
+    pub dirtied_pages: Option<u64>,
 }
 
 /// A framebuffer's pixels.

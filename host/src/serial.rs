@@ -27,7 +27,7 @@ const MSR_CONNECTED: u8 = 0x10 | 0x20 | 0x80;
 const FIFO_SIZE: usize = 16;
 
 /// The UART's registers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Serial {
     ier: u8,
     lcr: u8,

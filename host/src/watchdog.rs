@@ -135,6 +135,28 @@ impl Kickable {
     }
 }
 
+/// Removes the signal mask a run with a deadline gave `vcpu` (see [`Kickable::enter`]), so that
+/// a later run on another thread, without a deadline, keeps that thread's own mask inside
+/// `KVM_RUN`.
+pub(crate) fn clear_signal_mask(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), crate::Error> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: KVM_SET_SIGNAL_MASK with a null argument clears the vCPU's mask; it reads nothing.
+    let result = unsafe {
+        libc::ioctl(
+            vcpu.as_raw_fd(),
+            KVM_SET_SIGNAL_MASK,
+            std::ptr::null::<u8>(),
+        )
+    };
+    if result != 0 {
+        return Err(crate::Error::Internal(format!(
+            "cannot clear a vCPU's signal mask: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 impl Drop for Kickable {
     fn drop(&mut self) {
         let kick = kick_set();

@@ -21,10 +21,12 @@ struct ExceptionFrame {
     ss: u64,
 }
 
-/// Common tail of every stub: hand the frame to Rust on a 16-byte aligned stack.
+/// Common tail of every stub: hand the frame to Rust on a 16-byte aligned stack, with the
+/// direction flag clear as Rust code expects (an exception keeps whatever the guest had).
 #[unsafe(naked)]
 unsafe extern "C" fn exception_common() {
     naked_asm!(
+        "cld",
         "mov rdi, rsp",
         "and rsp, -16",
         "call {handler}",
@@ -78,7 +80,7 @@ struct RuntimeNote {
     exception_handlers: [unsafe extern "C" fn(); EXCEPTION_VECTORS],
     /// Written by mote before the guest starts.
     host_abi_version: AtomicU32,
-    reserved: AtomicU32,
+    host_flags: AtomicU32,
     /// Written by mote before the guest starts.
     tsc_khz: AtomicU64,
 }
@@ -98,16 +100,17 @@ static RUNTIME_NOTE: RuntimeNote = RuntimeNote {
     syscall_entry: None,
     exception_handlers: STUBS,
     host_abi_version: AtomicU32::new(0),
-    reserved: AtomicU32::new(0),
+    host_flags: AtomicU32::new(0),
     tsc_khz: AtomicU64::new(0),
 };
 
 /// What mote wrote into the note: its ABI version (0 if no mote filled it in) and the TSC
 /// frequency in kHz. Reading the note also keeps it in the linked kernel, which drops what
 /// nothing refers to.
-pub(crate) fn host_info() -> (u32, u64) {
+pub(crate) fn host_info() -> (u32, u32, u64) {
     (
         RUNTIME_NOTE.host_abi_version.load(Ordering::Relaxed),
+        RUNTIME_NOTE.host_flags.load(Ordering::Relaxed),
         RUNTIME_NOTE.tsc_khz.load(Ordering::Relaxed),
     )
 }

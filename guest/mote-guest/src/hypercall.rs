@@ -5,7 +5,7 @@
 //! alternative, `syscall` into a CPL0 stub that makes the `out`, was measured and fails on
 //! kvm_pvm (`docs/decisions.md`), so the runtime carries no such stub.
 
-use mote_abi::{HYPERCALL_PORT, Hypercall, HypercallError};
+use mote_abi::{HYPERCALL_PORT, Hypercall, HypercallError, RunStart};
 
 /// The current privilege level.
 #[inline(always)]
@@ -97,9 +97,35 @@ pub fn host_call(name: &str, request: &[u8], response: &mut [u8]) -> Result<usiz
     call(Hypercall::HostCall, args).map(|n| n as usize)
 }
 
-/// Tells the host the guest finished initialising.
+/// Tells the host the guest finished initialising (the bare marker of ABI v1; the runtime
+/// makes [`ready_for_input`] instead, which also counts).
 pub fn ready() {
     let _ = call(Hypercall::Ready, [0; 6]);
+}
+
+/// Tells the host the guest is ready for its input, and returns what the run starts with. The
+/// host may snapshot the guest here: then this returns once in every run restored from the
+/// snapshot, each time with a new generation, new seed and new input length.
+pub fn ready_for_input() -> RunStart {
+    let (rax, rdi, rsi, r8, r9, r10): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: an `out` to mote's port; the host writes rax and the five result registers
+    // (mote_abi::READY_SEED_REGISTERS, READY_INPUT_LENGTH_REGISTER), which are declared as
+    // outputs here, and nothing else.
+    unsafe {
+        core::arch::asm!(
+            "out dx, eax",
+            in("dx") HYPERCALL_PORT,
+            inlateout("rax") u64::from(Hypercall::ReadyForInput as u32) => rax,
+            inlateout("rdi") 0u64 => rdi,
+            inlateout("rsi") 0u64 => rsi,
+            inlateout("r8") 0u64 => r8,
+            inlateout("r9") 0u64 => r9,
+            inlateout("r10") 0u64 => r10,
+            in("r12") 0u64,
+            options(nostack, preserves_flags),
+        );
+    }
+    RunStart::from_registers([rax, rdi, rsi, r8, r9, r10])
 }
 
 /// A hypercall that does nothing: the cost of a round trip.

@@ -3,28 +3,83 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use mote_abi::HypercallError;
+use mote_abi::{HypercallError, RunStart};
 use spin::Once;
 
-use crate::hypercall;
+use crate::{console, hypercall, platform};
 
+/// Where the loader mapped the ramdisk, and its length: the input of a cold run, or the empty
+/// input window of a snapshot's guest.
+static RAMDISK: Once<(u64, u64)> = Once::new();
+/// The run's input, once the run has started.
 static INPUT: Once<&'static [u8]> = Once::new();
+static RUN_START: Once<RunStart> = Once::new();
 
 pub(crate) fn init(boot_info: &'static bootloader_api::BootInfo) {
-    INPUT.call_once(|| match boot_info.ramdisk_addr.into_option() {
-        // SAFETY: the loader mapped `ramdisk_len` bytes of ramdisk at `ramdisk_addr`, read-only
-        // for the life of the guest.
-        Some(address) => unsafe {
-            core::slice::from_raw_parts(address as *const u8, boot_info.ramdisk_len as usize)
-        },
-        None => &[],
+    RAMDISK.call_once(|| {
+        let address = boot_info.ramdisk_addr.into_option().unwrap_or(0);
+        (address, boot_info.ramdisk_len)
     });
 }
 
-/// The guest's input: the bytes the host handed it (`mote run --input`). Reading it costs no
-/// exit: it is mapped into the guest.
+/// The first `len` bytes of the ramdisk.
+fn ramdisk(len: u64) -> &'static [u8] {
+    match RAMDISK.get() {
+        // SAFETY: the loader mapped the ramdisk at `address`, read-only for the life of the
+        // guest; under mote it holds the run's input from `ready_for_input` on, `len` bytes
+        // long (mote checks that the input fits the window it mapped).
+        Some(&(address, _)) if address != 0 && len != 0 => unsafe {
+            core::slice::from_raw_parts(address as *const u8, len as usize)
+        },
+        _ => &[],
+    }
+}
+
+/// Ends initialisation. When mote boots the guest to snapshot it, tells mote the guest is
+/// ready for its input: mote snapshots it there, and every run restored from the snapshot
+/// continues from there with its own input in the ramdisk. In a cold run the input is in the
+/// ramdisk already, and the call (an exit) is saved.
+pub(crate) fn start_run() {
+    if !platform::under_mote() || !platform::snapshot_boot() {
+        let len = RAMDISK.get().map_or(0, |&(_, len)| len);
+        INPUT.call_once(|| ramdisk(len));
+        return;
+    }
+    // Text buffered during initialisation belongs to the boot, not to every restored run.
+    console::flush();
+    let start = hypercall::ready_for_input();
+    RUN_START.call_once(|| start);
+    INPUT.call_once(|| ramdisk(start.input_len));
+}
+
+/// The guest's input: the bytes the host handed this run (`mote run --input`). It is there from
+/// `main` on; during an `init` (see [`entry!`](crate::entry)) it is empty, because a snapshot
+/// taken after `init` serves many runs with different inputs.
 pub fn input() -> &'static [u8] {
     INPUT.get().copied().unwrap_or(&[])
+}
+
+/// What this run started with: its generation (0 in a cold run, 1 and up in runs restored from
+/// a snapshot) and fresh random bytes to seed anything random from. Every run restored from one
+/// snapshot shares the snapshot's memory, so an RNG seeded during `init` would repeat itself in
+/// every run: reseed it from [`RunStart::seed`]. `None` before `main`, and when not under mote.
+/// (In a cold run the first call costs one `random` hypercall.)
+pub fn run_start() -> Option<RunStart> {
+    let input_len = INPUT.get()?.len() as u64;
+    if !platform::under_mote() {
+        return None;
+    }
+    let start = RUN_START.call_once(|| {
+        let mut seed = [0u8; mote_abi::SEED_BYTES];
+        // The host's random source does not fail; should it, the seed stays zero.
+        let _ = random_bytes(&mut seed);
+        RunStart {
+            generation: 0,
+            seed,
+            input_len,
+        }
+    });
+    Some(*start)
 }
 
 /// Appends `bytes` to the guest's output (the function's result).
@@ -78,9 +133,4 @@ pub fn host_call_into(
         return Err(HostCallError::ResponseTooLarge(len));
     }
     Ok(len)
-}
-
-/// Tells the host the guest finished initialising; snapshots will start from here.
-pub fn ready() {
-    hypercall::ready();
 }

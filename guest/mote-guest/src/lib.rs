@@ -43,9 +43,9 @@ pub mod time;
 pub use bootloader_api;
 pub use io::{
     HOST_CALL_RESPONSE_MAX, HostCallError, host_call, host_call_into, input, output, random_bytes,
-    ready,
+    run_start,
 };
-pub use mote_abi::HypercallError;
+pub use mote_abi::{HypercallError, RunStart};
 pub use platform::under_mote;
 pub use rt::{Termination, exit};
 
@@ -57,18 +57,42 @@ pub const BOOT_CONFIG: bootloader_api::BootloaderConfig = {
     config
 };
 
-/// Declares the guest's `main`.
+/// Declares the guest's `main`, and optionally an `init` that runs once before it.
 ///
-/// `main` takes no argument and returns `()`, a `u32` exit code or a `Result<(), E>` with
-/// `E: Debug`; see [`Termination`]. The runtime sets up the console and the heap, calls `main`,
-/// flushes the console and exits with `main`'s code.
+/// `main` returns `()`, a `u32` exit code or a `Result<(), E>` with `E: Debug`; see
+/// [`Termination`]. The runtime sets up the console and the heap, runs `init` if there is one,
+/// tells mote the guest is ready for its input, calls `main`, flushes the console and exits
+/// with `main`'s code.
+///
+/// mote can snapshot a guest at the moment it is ready for input and restore that snapshot
+/// for each run (`mote snapshot`, `Hypervisor::snapshot`, pools): whatever `init` builds (a
+/// parsed table, a warmed-up cache) is then built once, not per run. `init` returns a state
+/// that `main` takes:
+///
+/// ```ignore
+/// mote_guest::entry!(main, init = load_table);
+///
+/// fn load_table() -> Table { Table::parse(TABLE_BYTES) }
+///
+/// fn main(table: Table) -> Result<(), mote_guest::HypercallError> {
+///     mote_guest::output(table.lookup(mote_guest::input()))
+/// }
+/// ```
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
+        $crate::entry!(@start || (), |()| $main());
+    };
+    ($main:path, init = $init:path) => {
+        $crate::entry!(@start $init, $main);
+    };
+    (@start $init:expr, $main:expr) => {
         $crate::bootloader_api::entry_point!(__mote_guest_start, config = &$crate::BOOT_CONFIG);
 
         fn __mote_guest_start(boot_info: &'static mut $crate::bootloader_api::BootInfo) -> ! {
-            $crate::rt::start(boot_info, || $crate::Termination::exit_code($main()))
+            $crate::rt::start(boot_info, $init, |state| {
+                $crate::Termination::exit_code(($main)(state))
+            })
         }
     };
 }

@@ -12,10 +12,15 @@ use crate::{exceptions, hypercall};
 static UNDER_MOTE: AtomicBool = AtomicBool::new(false);
 static HOST_ABI_VERSION: AtomicU32 = AtomicU32::new(0);
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+static SNAPSHOT_BOOT: AtomicBool = AtomicBool::new(false);
 
 /// Finds out whether mote runs this guest, and what it says about the machine.
 pub(crate) fn detect() {
-    let (host_abi, note_tsc_khz) = exceptions::host_info();
+    let (host_abi, host_flags, note_tsc_khz) = exceptions::host_info();
+    // At CPL0 the guest cannot tell a cold run from a snapshot boot: it always makes the call.
+    let snapshot_boot =
+        hypercall::cpl() != 3 || host_flags & mote_abi::note::HOST_FLAG_SNAPSHOT != 0;
+    SNAPSHOT_BOOT.store(snapshot_boot, Ordering::Relaxed);
     let (abi, tsc_khz) = if hypercall::cpl() == 3 {
         (host_abi, note_tsc_khz)
     } else {
@@ -35,6 +40,12 @@ pub(crate) fn detect() {
 /// Whether the guest runs under mote.
 pub fn under_mote() -> bool {
     UNDER_MOTE.load(Ordering::Relaxed)
+}
+
+/// Whether mote may snapshot this boot, so that the guest must ask for its input
+/// (`ready_for_input`) rather than find it in the ramdisk.
+pub(crate) fn snapshot_boot() -> bool {
+    SNAPSHOT_BOOT.load(Ordering::Relaxed)
 }
 
 /// The hypercall ABI version mote reported (0 when not under mote).

@@ -34,8 +34,13 @@ impl<E: Debug> Termination for Result<(), E> {
     }
 }
 
-/// Called by [`entry!`](crate::entry): sets up the runtime, runs `main`, exits.
-pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce() -> u32) -> ! {
+/// Called by [`entry!`](crate::entry): sets up the runtime, runs `init`, starts the run (the
+/// snapshot point), runs `main`, exits.
+pub fn start<S>(
+    boot_info: &'static mut bootloader_api::BootInfo,
+    init: impl FnOnce() -> S,
+    main: impl FnOnce(S) -> u32,
+) -> ! {
     platform::detect();
     // In user mode, mote built the IDT from our note; at CPL0 the IDT is ours to install.
     if hypercall::cpl() != 3 {
@@ -52,7 +57,11 @@ pub fn start(boot_info: &'static mut bootloader_api::BootInfo, main: impl FnOnce
     time::init();
     io::init(boot_info);
     heap::init();
-    let code = main();
+    let state = init();
+    io::start_run();
+    // Time counts from the start of the run, in a restored run as in a cold one.
+    time::init();
+    let code = main(state);
     exit(code)
 }
 

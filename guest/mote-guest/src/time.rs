@@ -34,7 +34,7 @@ pub fn ticks_to_duration(ticks: u64) -> Duration {
     }
 }
 
-/// Time since the guest started, from the TSC: no exit.
+/// Time since the run started (since `main` was entered), from the TSC: no exit.
 pub fn monotonic() -> Duration {
     ticks_to_duration(tsc().wrapping_sub(TSC_AT_START.load(Ordering::Relaxed)))
 }

@@ -17,7 +17,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn main() -> Result<(), mote_guest::HypercallError> {
-    mote_guest::ready();
+    mote_guest::hypercall::ready();
     let wall = time::wall_clock().map_or(0, |t| t.as_nanos());
     let before = time::monotonic();
     let mut spin = 0u64;

@@ -1,0 +1,549 @@
+//! Running a VM: its exits, its hypercalls and its limits, until an outcome.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
+
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use mote_abi::{ABORT_TEXT_MAX, HypercallError, RunStart, TRANSFER_MAX};
+use vm_memory::GuestAddress;
+
+use crate::console::{Console, DeadlinePassed};
+use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
+use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
+use crate::ram::GuestRam;
+use crate::serial::Serial;
+use crate::vm::{GuestFacts, Vm};
+use crate::watchdog::{Armed, Kick, Kickable};
+use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Screen, Shared, Stats};
+
+/// The guest's RFLAGS.IF bit.
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// What a run is for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Purpose {
+    /// Run to an outcome; `ready_for_input` answers with this.
+    Run(RunStart),
+    /// Boot to the guest's snapshot point (`ready_for_input`) and stop there.
+    Capture,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// With an outcome.
+    Exit(Exit),
+    /// At the snapshot point of a capture: the vCPU sits on the `ready_for_input` exit.
+    SnapshotPoint,
+}
+
+/// What a run left.
+pub(crate) struct Finished {
+    pub(crate) end: End,
+    pub(crate) console: Vec<u8>,
+    pub(crate) output: Vec<u8>,
+    pub(crate) stats: Stats,
+    pub(crate) serial: Serial,
+    /// The run had a deadline, so its vCPU carries a signal mask of this thread's.
+    pub(crate) had_deadline: bool,
+}
+
+/// A VM being run: its vCPU, its memory and its devices, and what the run may spend.
+struct Machine<'a> {
+    // Field order is drop order, on every path out of a run: the deadline is disarmed before the
+    // thread's signal mask is restored.
+    deadline: Option<Armed<'a>>,
+    /// Takes back a late kick and restores the thread's signal mask, once disarmed.
+    _kickable: Option<Kickable>,
+    vcpu: &'a mut VcpuFd,
+    ram: &'a GuestRam,
+    serial: Serial,
+    console: Console,
+    console_bytes: u64,
+    output: Vec<u8>,
+    limits: Limits,
+    host_functions: &'a HostFunctions,
+    guest: &'a GuestFacts,
+    purpose: Purpose,
+    started: Instant,
+    stats: Stats,
+}
+
+/// Runs `vm`, whose vCPU is set up to run `guest`, to an outcome (or, for a capture, to the
+/// snapshot point). `stats` holds what getting here cost.
+pub(crate) fn run(
+    shared: &Shared,
+    vm: &mut Vm,
+    guest: &GuestFacts,
+    serial: Serial,
+    config: &mut RunConfig,
+    purpose: Purpose,
+    stats: Stats,
+) -> Result<Finished, Error> {
+    // The deadline counts from the first guest instruction.
+    let started = Instant::now();
+    // A deadline too far away to represent is no deadline.
+    let deadline = config
+        .limits
+        .timeout
+        .and_then(|timeout| started.checked_add(timeout));
+    let (kickable, armed) = match deadline {
+        Some(deadline) => {
+            let watchdog = shared.watchdog()?;
+            let kickable = Kickable::enter(vm.vcpu.as_raw_fd())
+                .map_err(|e| Error::Internal(format!("cannot prepare the deadline: {e}")))?;
+            let armed = watchdog.arm(deadline, Kick::for_this_thread());
+            (Some(kickable), Some(armed))
+        }
+        None => (None, None),
+    };
+    let had_deadline = armed.is_some();
+    let console = Console::new(config.console.take());
+    let mut machine = Machine {
+        deadline: armed,
+        _kickable: kickable,
+        vcpu: &mut vm.vcpu,
+        ram: &vm.ram,
+        serial,
+        console,
+        console_bytes: 0,
+        output: Vec::new(),
+        limits: config.limits,
+        host_functions: &config.host_functions,
+        guest,
+        purpose,
+        started,
+        stats,
+    };
+    let end = machine.run_to_end()?;
+    machine.stats.phases.run = machine.started.elapsed();
+    tracing::debug!(end = ?end, stats = ?machine.stats, "guest stopped");
+    let Machine {
+        deadline,
+        _kickable: kickable,
+        serial,
+        console,
+        output,
+        stats,
+        ..
+    } = machine;
+    // Disarm, then take back a kick that came too late.
+    drop(deadline);
+    drop(kickable);
+    let timed_out = matches!(end, End::Exit(Exit::Timeout { .. }));
+    Ok(Finished {
+        end,
+        console: console.finish(timed_out),
+        output,
+        stats,
+        serial,
+        had_deadline,
+    })
+}
+
+/// The framebuffer's pixels, converted from the guest's BGRX to RGB.
+pub(crate) fn screen(ram: &GuestRam, framebuffer: &mote_boot::Framebuffer) -> Screen {
+    let mut bgrx = vec![0u8; framebuffer.len() as usize];
+    // The framebuffer lies in guest RAM (the loader placed it), so this read succeeds; were it
+    // to fail, the screen would just stay black.
+    let _ = vm_memory::Bytes::read_slice(ram, &mut bgrx, GuestAddress(framebuffer.physical));
+    let row = (framebuffer.stride * framebuffer.bytes_per_pixel) as usize;
+    let mut rgb = Vec::with_capacity((framebuffer.width * framebuffer.height * 3) as usize);
+    for line in bgrx.chunks(row).take(framebuffer.height as usize) {
+        for pixel in line.chunks(4).take(framebuffer.width as usize) {
+            rgb.extend_from_slice(&[pixel[2], pixel[1], pixel[0]]);
+        }
+    }
+    Screen {
+        width: framebuffer.width,
+        height: framebuffer.height,
+        rgb,
+    }
+}
+
+/// What an exit leaves to do after the `VcpuExit` borrow of the vCPU ends.
+enum Step {
+    Continue,
+    Port { access: PortAccess, value: u32 },
+    Stop(Exit),
+}
+
+impl Machine<'_> {
+    fn run_to_end(&mut self) -> Result<End, Error> {
+        loop {
+            let step = self.run_once()?;
+            self.stats.exits.total += 1;
+            match step {
+                Step::Continue => {}
+                Step::Stop(exit) => return Ok(End::Exit(exit)),
+                Step::Port { access, value } => {
+                    let r = self.vcpu.sync_regs().regs;
+                    let args = [r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r12];
+                    let event = decode::decode_out(access, value, args);
+                    tracing::trace!(?event, "exit");
+                    if let Some(end) = self.serve_out(access, event)? {
+                        return Ok(end);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the vCPU to its next exit and handles what needs the exit's borrowed data.
+    fn run_once(&mut self) -> Result<Step, Error> {
+        let exit = match self.vcpu.run() {
+            Ok(exit) => exit,
+            // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // The watchdog's kick, or some other signal: only the first ends the run.
+                return Ok(if self.deadline_passed() {
+                    Step::Stop(self.timeout())
+                } else {
+                    Step::Continue
+                });
+            }
+            Err(e) => return Err(Error::kvm("KVM_RUN", e)),
+        };
+        let step = match exit {
+            VcpuExit::IoOut(port, data) => Step::Port {
+                access: PortAccess {
+                    port,
+                    size: data.len(),
+                },
+                value: decode::out_value(data),
+            },
+            VcpuExit::IoIn(port, data) => {
+                let access = PortAccess {
+                    port,
+                    size: data.len(),
+                };
+                match decode::decode_in(access) {
+                    PortEvent::SerialRead { offset } => {
+                        self.stats.exits.serial += 1;
+                        data.fill(0);
+                        if let Some(first) = data.first_mut() {
+                            *first = self.serial.read(offset);
+                        }
+                        Step::Continue
+                    }
+                    _ => Step::Stop(Exit::UnservedPort {
+                        port,
+                        write: false,
+                        size: access.size,
+                    }),
+                }
+            }
+            VcpuExit::MmioRead(address, data) => Step::Stop(Exit::UnservedMmio {
+                address,
+                write: false,
+                size: data.len(),
+            }),
+            VcpuExit::MmioWrite(address, data) => Step::Stop(Exit::UnservedMmio {
+                address,
+                write: true,
+                size: data.len(),
+            }),
+            VcpuExit::Hlt => {
+                let regs = self.vcpu.sync_regs().regs;
+                Step::Stop(Exit::Halted {
+                    rip: regs.rip,
+                    interrupts_enabled: regs.rflags & RFLAGS_IF != 0,
+                })
+            }
+            VcpuExit::Shutdown => Step::Stop(Exit::Shutdown),
+            VcpuExit::InternalError => {
+                let rip = self.vcpu.sync_regs().regs.rip;
+                let run = self.vcpu.get_kvm_run();
+                // SAFETY: KVM filled the `internal` member of the union: the exit reason is
+                // KVM_EXIT_INTERNAL_ERROR, which is the member this reads.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Step::Stop(Exit::InternalError { suberror, rip })
+            }
+            VcpuExit::FailEntry(reason, _cpu) => Step::Stop(Exit::FailedEntry { reason }),
+            VcpuExit::Intr => Step::Continue,
+            other => Step::Stop(Exit::Unexpected {
+                reason: format!("{other:?}"),
+            }),
+        };
+        Ok(step)
+    }
+
+    /// Serves an `out`; returns the outcome if it ends the run.
+    fn serve_out(&mut self, access: PortAccess, event: PortEvent) -> Result<Option<End>, Error> {
+        let stop = |exit| Ok(Some(End::Exit(exit)));
+        match event {
+            PortEvent::Hypercall(request) => {
+                self.stats.exits.hypercalls += 1;
+                if self.stats.exits.hypercalls > self.limits.hypercalls {
+                    return stop(Exit::LimitExceeded(Limit::Hypercalls(
+                        self.limits.hypercalls,
+                    )));
+                }
+                let result = match request {
+                    Ok(request) => match self.serve(request) {
+                        Served::Result(result) => result,
+                        Served::Stop(exit) => return stop(exit),
+                        Served::SnapshotPoint => return Ok(Some(End::SnapshotPoint)),
+                        Served::Start(start) => {
+                            set_start_registers(self.vcpu, &start);
+                            return Ok(None);
+                        }
+                    },
+                    Err(error) => Err(error),
+                };
+                let rax = result.unwrap_or_else(HypercallError::to_result);
+                self.vcpu.sync_regs_mut().regs.rax = rax;
+                self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+                Ok(None)
+            }
+            PortEvent::SerialWrite { offset, value } => {
+                self.stats.exits.serial += 1;
+                if let Some(byte) = self.serial.write(offset, value) {
+                    if let Some(exceeded) = self.take_console(1) {
+                        return stop(exceeded);
+                    }
+                    if self.console_out(&[byte]).is_err() {
+                        return stop(self.timeout());
+                    }
+                }
+                Ok(None)
+            }
+            PortEvent::DebugExit { value } => stop(Exit::DebugExit { value }),
+            PortEvent::SerialRead { .. } | PortEvent::Unserved => stop(Exit::UnservedPort {
+                port: access.port,
+                write: true,
+                size: access.size,
+            }),
+        }
+    }
+
+    /// The guest's address space as its hypercalls see it.
+    fn address_space(&self) -> AddressSpace {
+        AddressSpace {
+            cr3: self.vcpu.sync_regs().sregs.cr3,
+            user: self.guest.user_mode,
+        }
+    }
+
+    fn read(&self, buffer: GuestBuffer) -> Result<Vec<u8>, HypercallError> {
+        let mut bytes = Vec::with_capacity(buffer.len as usize);
+        read_virtual(
+            self.ram,
+            self.address_space(),
+            buffer.address,
+            buffer.len,
+            &mut bytes,
+        )?;
+        Ok(bytes)
+    }
+
+    fn write(&self, address: u64, bytes: &[u8]) -> Result<(), HypercallError> {
+        write_virtual(self.ram, self.address_space(), address, bytes)
+    }
+
+    /// Guest text for a report: cut to `ABORT_TEXT_MAX` bytes, lossy UTF-8, and a placeholder
+    /// if the guest named memory it cannot read.
+    fn text(&self, buffer: GuestBuffer) -> String {
+        match self.read(buffer.truncated(ABORT_TEXT_MAX)) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(_) => format!("<unreadable guest memory at {:#x}>", buffer.address),
+        }
+    }
+
+    fn serve(&mut self, request: Request) -> Served {
+        let result = match request {
+            Request::Exit { code } => return Served::Stop(Exit::Guest { code }),
+            Request::Abort {
+                message,
+                file,
+                line,
+            } => {
+                return Served::Stop(Exit::Aborted {
+                    message: self.text(message),
+                    file: self.text(file),
+                    line,
+                });
+            }
+            Request::Exception {
+                vector,
+                error_code,
+                rip,
+                cr2,
+            } => {
+                let overflowed = self
+                    .guest
+                    .guard_pages
+                    .iter()
+                    .find(|guard| matches!(vector, 8 | 14) && guard.contains(cr2))
+                    .map(|guard| guard.stack);
+                return Served::Stop(Exit::Exception {
+                    vector,
+                    error_code,
+                    rip,
+                    cr2,
+                    stack_overflow: overflowed,
+                });
+            }
+            Request::ConsoleWrite(buffer) => {
+                let buffer = buffer.truncated(TRANSFER_MAX);
+                match self.read(buffer) {
+                    // Only text the guest could really send counts against its limit.
+                    Ok(bytes) => {
+                        if let Some(exceeded) = self.take_console(buffer.len) {
+                            return Served::Stop(exceeded);
+                        }
+                        if self.console_out(&bytes).is_err() {
+                            return Served::Stop(self.timeout());
+                        }
+                        Ok(buffer.len)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            Request::OutputWrite(buffer) => {
+                let buffer = buffer.truncated(TRANSFER_MAX);
+                if self.output.len() as u64 + buffer.len > self.limits.output_bytes {
+                    return Served::Stop(Exit::LimitExceeded(Limit::OutputBytes(
+                        self.limits.output_bytes,
+                    )));
+                }
+                self.output_write(buffer)
+            }
+            Request::WallClock => Ok(wall_clock_ns()),
+            Request::Random(buffer) => self.random(buffer),
+            Request::HostCall {
+                name,
+                request,
+                response,
+            } => self.host_call(name, request, response),
+            Request::Ready => {
+                self.mark_ready();
+                Ok(0)
+            }
+            Request::ReadyForInput => {
+                self.mark_ready();
+                return match self.purpose {
+                    Purpose::Capture => Served::SnapshotPoint,
+                    Purpose::Run(start) => Served::Start(start),
+                };
+            }
+
+            Request::Nop => Ok(0),
+        };
+        Served::Result(result)
+    }
+
+    /// Records when the guest was first ready.
+    fn mark_ready(&mut self) {
+        self.stats
+            .phases
+            .ready
+            .get_or_insert(self.started.elapsed());
+    }
+
+    /// Sends console text on, waiting for a slow reader no longer than the deadline.
+    fn console_out(&mut self, bytes: &[u8]) -> Result<(), DeadlinePassed> {
+        let deadline = &self.deadline;
+        self.console
+            .write(bytes, &|| deadline.as_ref().is_some_and(Armed::fired))
+    }
+
+    /// Whether the run has a deadline and it passed.
+    fn deadline_passed(&self) -> bool {
+        self.deadline.as_ref().is_some_and(Armed::fired)
+    }
+
+    /// The outcome of a run stopped at its deadline.
+    fn timeout(&self) -> Exit {
+        Exit::Timeout {
+            limit: self.limits.timeout.unwrap_or_default(),
+        }
+    }
+
+    /// Counts `bytes` more console bytes; the outcome, if that passes the limit.
+    fn take_console(&mut self, bytes: u64) -> Option<Exit> {
+        self.console_bytes += bytes;
+        (self.console_bytes > self.limits.console_bytes).then_some(Exit::LimitExceeded(
+            Limit::ConsoleBytes(self.limits.console_bytes),
+        ))
+    }
+
+    fn output_write(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
+        read_virtual(
+            self.ram,
+            self.address_space(),
+            buffer.address,
+            buffer.len,
+            &mut self.output,
+        )?;
+        Ok(buffer.len)
+    }
+
+    fn random(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {
+        let buffer = buffer.truncated(TRANSFER_MAX);
+        let mut bytes = vec![0u8; buffer.len as usize];
+        getrandom::fill(&mut bytes).map_err(|_| HypercallError::HostFunctionFailed)?;
+        self.write(buffer.address, &bytes)?;
+        Ok(buffer.len)
+    }
+
+    fn host_call(
+        &mut self,
+        name: GuestBuffer,
+        request: GuestBuffer,
+        response: GuestBuffer,
+    ) -> Result<u64, HypercallError> {
+        let name = self.read(name)?;
+        let function = std::str::from_utf8(&name)
+            .ok()
+            .and_then(|name| self.host_functions.get(name))
+            .ok_or(HypercallError::UnknownFunction)?
+            .clone();
+        // A request is passed whole or not at all: a cut one would look like a different request.
+        if request.len > TRANSFER_MAX {
+            return Err(HypercallError::InvalidArgument);
+        }
+        let request = self.read(request)?;
+        let answer = function(&request).map_err(|_| HypercallError::HostFunctionFailed)?;
+        let fits = answer.len().min(response.len as usize);
+        self.write(response.address, &answer[..fits])?;
+        Ok(answer.len() as u64)
+    }
+}
+
+/// What serving a request leads to.
+enum Served {
+    /// Answer the guest with this result.
+    Result(Result<u64, HypercallError>),
+    /// Answer `ready_for_input` with what the run starts with.
+    Start(RunStart),
+    /// Stop at the snapshot point.
+    SnapshotPoint,
+    /// End the run.
+    Stop(Exit),
+}
+
+/// Writes the registers `ready_for_input` returns (see `mote_abi::RunStart`) through the synced
+/// registers: they reach the vCPU with the next `KVM_RUN`.
+fn set_start_registers(vcpu: &mut VcpuFd, start: &RunStart) {
+    let regs = vcpu.sync_regs().regs;
+    vcpu.sync_regs_mut().regs = with_start_registers(regs, start);
+    vcpu.set_sync_dirty_reg(SyncReg::Register);
+}
+
+/// The general registers `ready_for_input` returns, over `regs`.
+pub(crate) fn with_start_registers(
+    mut regs: kvm_bindings::kvm_regs,
+    start: &RunStart,
+) -> kvm_bindings::kvm_regs {
+    let [rax, rdi, rsi, r8, r9, r10] = start.to_registers();
+    (regs.rax, regs.rdi, regs.rsi, regs.r8, regs.r9, regs.r10) = (rax, rdi, rsi, r8, r9, r10);
+    regs
+}
+
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as u64
+}

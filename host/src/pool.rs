@@ -1,0 +1,429 @@
+//! Pools: VMs restored from one snapshot ahead of time, each reset after a run and used again.
+//!
+//! A run takes an idle VM, starts it from the snapshot's state and runs it; afterwards the VM is
+//! reset so that nothing of the run is left, and goes back to the pool. Resetting costs what the
+//! run changed: the pages it wrote (found by `ram::written_ranges`, dropped by `ram::discard`)
+//! and the vCPU's state, which is put back whole before the next run.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::machine::{self, End, Purpose};
+use crate::snapshot::{self, Snapshot};
+use crate::vm::Vm;
+use crate::{Error, Exit, Hypervisor, Outcome, RunConfig, Stats, ram, vcpu_state, watchdog};
+
+/// How a [`Pool`] sizes itself.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    min_idle: usize,
+    max_vms: usize,
+    idle_timeout: Duration,
+    max_wait: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_idle: 1,
+            max_vms: 64,
+            idle_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Keeps at least `count` VMs ready while the pool is idle, made ahead on a thread of the
+    /// pool's. Default: 1.
+    pub fn min_idle(mut self, count: usize) -> Self {
+        self.min_idle = count;
+        self
+    }
+
+    /// Holds at most `count` VMs, busy and idle together (at least 1). Under load the pool
+    /// grows up to this; a run that finds every VM busy waits for one. Default: 64.
+    pub fn max_vms(mut self, count: usize) -> Self {
+        self.max_vms = count.max(1);
+        self
+    }
+
+    /// Destroys VMs beyond [`min_idle`](Self::min_idle) that have been idle this long.
+    /// Default: 30 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a run waits for a VM when all [`max_vms`](Self::max_vms) are busy before it
+    /// fails with [`Error::PoolBusy`]; zero fails at once. Default: 10 s.
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+}
+
+/// VMs restored ahead of time from one [`Snapshot`], for runs that cost little more than their
+/// exits and the pages they write.
+///
+/// [`Pool::run`] takes an idle VM (or makes one, up to [`PoolConfig::max_vms`]), starts it from
+/// the snapshot's state with the run's input, runs it to an outcome, then resets it (drops the
+/// pages the run wrote, puts every vCPU register back) and returns it to the pool. After a run
+/// that ended in a way that may leave the vCPU in a state KVM does not describe (a KVM internal
+/// error, a failed entry, a triple fault, an unexpected exit, a host error) the VM is destroyed
+/// instead, and the pool makes another in the background. A pool is `Send + Sync`; use it from
+/// as many threads as it has VMs.
+///
+/// ```
+/// use mote_host::{Exit, GuestImage, Hypervisor, Pool, PoolConfig, RunConfig};
+///
+/// let hypervisor = Hypervisor::open()?;
+/// let echo = GuestImage::from_file("../guest/target/x86_64-unknown-none/release/echo")?;
+/// let snapshot = hypervisor.snapshot(&echo, RunConfig::default())?;
+/// let pool = Pool::new(&hypervisor, &snapshot, PoolConfig::default().max_vms(4))?;
+/// let outcome = pool.run(RunConfig::default().input(b"ping".to_vec()))?;
+/// assert_eq!(outcome.exit, Exit::Guest { code: 0 });
+/// assert_eq!(outcome.output, b"ping");
+/// # Ok::<(), mote_host::Error>(())
+/// ```
+pub struct Pool {
+    shared: Arc<PoolShared>,
+    maker: Option<JoinHandle<()>>,
+}
+
+struct PoolShared {
+    hypervisor: Hypervisor,
+    snapshot: Snapshot,
+    config: PoolConfig,
+    state: Mutex<PoolState>,
+    /// A VM came back, or the maker has work.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Ready VMs, most recently used last (its pages are the likeliest to be cached).
+    idle: Vec<IdleVm>,
+    busy: usize,
+    creating: usize,
+    stopping: bool,
+}
+
+struct IdleVm {
+    vm: Vm,
+    since: Instant,
+    /// Just created: its vCPU has never been given the snapshot's state.
+    fresh: bool,
+}
+
+impl PoolState {
+    fn total(&self) -> usize {
+        self.idle.len() + self.busy + self.creating
+    }
+}
+
+impl Pool {
+    /// Makes a pool of VMs restored from `snapshot`. The first VM is made here, so that a
+    /// snapshot this host cannot restore fails now; the rest are made in the background.
+    pub fn new(
+        hypervisor: &Hypervisor,
+        snapshot: &Snapshot,
+        config: PoolConfig,
+    ) -> Result<Self, Error> {
+        let shared = Arc::new(PoolShared {
+            hypervisor: hypervisor.clone(),
+            snapshot: snapshot.clone(),
+            config,
+            state: Mutex::new(PoolState::default()),
+            changed: Condvar::new(),
+        });
+        let mut first = shared.new_vm()?;
+        // Restoring once checks what only a vCPU can tell (the TSC, the MSRs); the state is
+        // put in again before the first run.
+        snapshot::start_run(snapshot, &mut first, &[], true)?;
+        shared.lock().idle.push(IdleVm {
+            vm: first,
+            since: Instant::now(),
+            fresh: false,
+        });
+        let maker_shared = Arc::clone(&shared);
+        let maker = std::thread::Builder::new()
+            .name("mote-pool".into())
+            .spawn(move || maker_shared.make_and_trim())
+            .map_err(|e| Error::Internal(format!("cannot start the pool's thread: {e}")))?;
+        Ok(Self {
+            shared,
+            maker: Some(maker),
+        })
+    }
+
+    /// Runs the snapshot's guest once, with `config`'s input, host functions and limits, on a
+    /// VM of the pool. `config` cannot change what the snapshot fixed (memory size, framebuffer,
+    /// ACPI, plain boot).
+    pub fn run(&self, mut config: RunConfig) -> Result<Outcome, Error> {
+        let shared = &*self.shared;
+        config.check_restorable(&shared.snapshot)?;
+        let mut stats = Stats::default();
+        let taken = Instant::now();
+        let IdleVm { mut vm, fresh, .. } = shared.take()?;
+        stats.phases.vm = taken.elapsed();
+
+        let started = Instant::now();
+        let input = config.input.take().unwrap_or_default();
+        let result =
+            snapshot::start_run(&shared.snapshot, &mut vm, &input, fresh).and_then(|start| {
+                stats.phases.vcpu = started.elapsed();
+                let guest = &shared.snapshot.inner.guest;
+                let serial = shared.snapshot.inner.serial.clone();
+                machine::run(
+                    shared.hypervisor.shared(),
+                    &mut vm,
+                    guest,
+                    serial,
+                    &mut config,
+                    Purpose::Run(start),
+                    stats,
+                )
+            });
+        let finished = match result {
+            Ok(finished) => finished,
+            Err(error) => {
+                shared.give_back(None);
+                shared.hypervisor.shared().dispose(Box::new(vm));
+                return Err(error);
+            }
+        };
+        let guest = &shared.snapshot.inner.guest;
+        let framebuffer = guest
+            .framebuffer
+            .map(|framebuffer| machine::screen(&vm.ram, &framebuffer));
+        let End::Exit(exit) = finished.end else {
+            shared.give_back(None);
+            shared.hypervisor.shared().dispose(Box::new(vm));
+            return Err(Error::Internal("a run stopped at a snapshot point".into()));
+        };
+        let mut stats = finished.stats;
+        let reset = Instant::now();
+        let kept = if reusable(&exit) {
+            match reset_vm(&mut vm, finished.had_deadline) {
+                Ok(pages) => {
+                    stats.dirtied_pages = Some(pages);
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a pooled VM could not be reset; it is replaced");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        stats.phases.reset = reset.elapsed();
+        if kept {
+            shared.give_back(Some(vm));
+        } else {
+            shared.give_back(None);
+            shared.hypervisor.shared().dispose(Box::new(vm));
+        }
+        Ok(Outcome {
+            exit,
+            console: finished.console,
+            output: finished.output,
+            framebuffer,
+            stats,
+        })
+    }
+
+    /// VMs in the pool now: (idle, busy).
+    pub fn size(&self) -> (usize, usize) {
+        let state = self.shared.lock();
+        (state.idle.len(), state.busy)
+    }
+}
+
+/// Whether a VM that ended this way can be reset and used again: every outcome the guest
+/// brought about itself, and limits mote enforced. Not after KVM failed to run the guest, or
+/// the guest shut the CPU down: KVM's API leaves the vCPU's state undefined there.
+fn reusable(exit: &Exit) -> bool {
+    !matches!(
+        exit,
+        Exit::InternalError { .. }
+            | Exit::FailedEntry { .. }
+            | Exit::Shutdown
+            | Exit::Unexpected { .. }
+    )
+}
+
+/// Resets `vm` after a run: completes the instruction KVM may still be completing, then drops
+/// every page the run wrote. (The vCPU's state is put back whole when the next run starts.)
+/// Returns how many pages were reset.
+fn reset_vm(vm: &mut Vm, had_deadline: bool) -> Result<u64, Error> {
+    if !vcpu_state::settle(&mut vm.vcpu)? {
+        return Err(Error::Internal(
+            "the vCPU did not settle after its run".into(),
+        ));
+    }
+    if had_deadline {
+        // The run gave KVM the signal mask of its thread; the next run may be on another.
+        watchdog::clear_signal_mask(&vm.vcpu)?;
+    }
+    let written = ram::written_ranges(&vm.ram)?;
+    ram::discard(&vm.ram, &written)?;
+    Ok(ram::page_count(&written))
+}
+
+impl PoolShared {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_vm(&self) -> Result<Vm, Error> {
+        let mut phases = crate::Phases::default();
+        let vm = snapshot::new_vm(self.hypervisor.shared(), &self.snapshot, &mut phases)?;
+        Ok(vm)
+    }
+
+    /// An idle VM, made here if the pool may grow, else the next one given back.
+    fn take(&self) -> Result<IdleVm, Error> {
+        let deadline = Instant::now().checked_add(self.config.max_wait);
+        let mut state = self.lock();
+        loop {
+            if let Some(idle) = state.idle.pop() {
+                state.busy += 1;
+                if state.idle.len() < self.config.min_idle {
+                    self.changed.notify_all();
+                }
+                return Ok(idle);
+            }
+            if state.total() < self.config.max_vms {
+                state.creating += 1;
+                drop(state);
+                let made = self.new_vm();
+                let mut state = self.lock();
+                state.creating -= 1;
+                return match made {
+                    Ok(vm) => {
+                        state.busy += 1;
+                        Ok(IdleVm {
+                            vm,
+                            since: Instant::now(),
+                            fresh: true,
+                        })
+                    }
+                    Err(error) => Err(error),
+                };
+            }
+            let now = Instant::now();
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
+                return Err(Error::PoolBusy {
+                    vms: self.config.max_vms,
+                    waited: self.config.max_wait,
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Ends a run's hold on its VM: back to the idle ones, or gone.
+    fn give_back(&self, vm: Option<Vm>) {
+        let mut state = self.lock();
+        state.busy -= 1;
+        if let Some(vm) = vm {
+            state.idle.push(IdleVm {
+                vm,
+                since: Instant::now(),
+                fresh: false,
+            });
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The pool's thread: keeps `min_idle` VMs ready and destroys those idle too long.
+    fn make_and_trim(&self) {
+        let mut state = self.lock();
+        loop {
+            if state.stopping {
+                return;
+            }
+            let wanted = self.config.min_idle.min(self.config.max_vms);
+            if state.idle.len() + state.creating < wanted && state.total() < self.config.max_vms {
+                state.creating += 1;
+                drop(state);
+                let made = self.new_vm();
+                state = self.lock();
+                state.creating -= 1;
+                match made {
+                    Ok(vm) => {
+                        state.idle.insert(
+                            0,
+                            IdleVm {
+                                vm,
+                                since: Instant::now(),
+                                fresh: true,
+                            },
+                        );
+                        self.changed.notify_all();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the pool cannot make a VM; it tries again later");
+                        state = self
+                            .changed
+                            .wait_timeout(state, RETRY_AFTER)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+                continue;
+            }
+            // Idle VMs beyond the minimum that have waited too long go; the oldest are first.
+            let now = Instant::now();
+            while state.idle.len() > wanted
+                && now.duration_since(state.idle[0].since) >= self.config.idle_timeout
+            {
+                let old = state.idle.remove(0);
+                self.hypervisor.shared().dispose(Box::new(old.vm));
+            }
+            let next_expiry = state
+                .idle
+                .first()
+                .filter(|_| state.idle.len() > wanted)
+                .map(|oldest| {
+                    (oldest.since + self.config.idle_timeout).saturating_duration_since(now)
+                })
+                .unwrap_or(Duration::MAX);
+            state = self
+                .changed
+                .wait_timeout(state, next_expiry.min(MAX_SLEEP))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// How long the pool's thread waits before it tries again to make a VM that failed.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// The longest the pool's thread sleeps without looking (a bound for condition-variable waits).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+impl Drop for Pool {
+    /// Stops the pool's thread and destroys the idle VMs (off the caller's path).
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.changed.notify_all();
+        if let Some(maker) = self.maker.take() {
+            let _ = maker.join();
+        }
+        let idle = std::mem::take(&mut self.shared.lock().idle);
+        for old in idle {
+            self.shared.hypervisor.shared().dispose(Box::new(old.vm));
+        }
+    }
+}

@@ -55,6 +55,8 @@ mod ram;
 mod reaper;
 mod serial;
 mod snapshot;
+#[doc(hidden)]
+pub mod snapshot_file;
 mod vcpu_state;
 mod vm;
 mod watchdog;
@@ -72,6 +74,7 @@ pub use mote_boot::{BootConfig, Description, Mapping};
 pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
 pub use snapshot::{DEFAULT_SNAPSHOT_TIMEOUT, Snapshot};
+pub use snapshot_file::SnapshotFileError;
 
 use machine::{End, Finished, Purpose};
 use serial::Serial;
@@ -155,6 +158,14 @@ pub enum Error {
         /// How long the run waited.
         waited: std::time::Duration,
     },
+    /// A snapshot file cannot be read or written.
+    #[error("{path}: {source}")]
+    SnapshotFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        source: SnapshotFileError,
+    },
     /// The snapshot cannot be restored here.
     #[error("cannot restore the snapshot: {0}")]
     Incompatible(String),
@@ -177,7 +188,17 @@ impl Error {
             Error::KvmUnavailable(_) => exit_status::KVM_UNAVAILABLE,
             Error::ReadGuest { .. } => exit_status::CANNOT_READ_GUEST,
             Error::BadImage { .. } => exit_status::BAD_GUEST_IMAGE,
+            Error::SnapshotFile {
+                source: SnapshotFileError::Io(_),
+                ..
+            } => exit_status::CANNOT_READ_GUEST,
+            Error::SnapshotFile { .. } => exit_status::BAD_GUEST_IMAGE,
             Error::Config(_) | Error::InputTooLarge { .. } => exit_status::USAGE,
+            // The guest's own exit code would read as success, or as its verdict; the snapshot
+            // failed either way.
+            Error::NotReady(outcome) if outcome.exit.guest_code().is_some() => {
+                exit_status::BAD_GUEST_IMAGE
+            }
             Error::NotReady(outcome) => outcome.exit.process_exit_code(),
             Error::Kvm { .. }
             | Error::Load(_)
@@ -552,6 +573,14 @@ impl Hypervisor {
         snapshot::capture(&self.shared, image, config)
     }
 
+    /// Reads a snapshot file that [`Snapshot::save`] wrote (on this machine, with this mote
+    /// version). Whether this host can restore it (the same CPU, a TSC that has not gone
+    /// backwards since) is checked when it is first restored: a host that cannot gives
+    /// [`Error::Incompatible`].
+    pub fn load_snapshot(&self, path: impl AsRef<Path>) -> Result<Snapshot, Error> {
+        Snapshot::load(path.as_ref())
+    }
+
     /// Runs `snapshot` in a fresh VM: the guest continues from its snapshot point with the
     /// input, host functions and limits of `config`, and its memory maps the snapshot's
     /// copy-on-write. `config` cannot change the layout fixed by the snapshot (memory size,
@@ -567,21 +596,22 @@ impl Hypervisor {
         let mut vm = snapshot::new_vm(shared, snapshot, &mut stats.phases)?;
         let started = Instant::now();
         let input = config.input.take().unwrap_or_default();
-        let result = snapshot::start_run(snapshot, &mut vm, &input, true).and_then(|start| {
-            stats.phases.vcpu = started.elapsed();
-            let guest = &snapshot.inner.guest;
-            let serial = snapshot.inner.serial.clone();
-            machine::run(
-                shared,
-                &mut vm,
-                guest,
-                serial,
-                &mut config,
-                Purpose::Run(start),
-                stats,
-            )
-            .and_then(|finished| outcome(finished, &vm, guest))
-        });
+        let result =
+            snapshot::start_run(shared, snapshot, &mut vm, &input, true).and_then(|start| {
+                stats.phases.vcpu = started.elapsed();
+                let guest = &snapshot.inner.guest;
+                let serial = snapshot.inner.serial.clone();
+                machine::run(
+                    shared,
+                    &mut vm,
+                    guest,
+                    serial,
+                    &mut config,
+                    Purpose::Run(start),
+                    stats,
+                )
+                .and_then(|finished| outcome(finished, &vm, guest))
+            });
         shared.dispose(Box::new(vm));
         result
     }

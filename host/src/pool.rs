@@ -141,7 +141,7 @@ impl Pool {
         let mut first = shared.new_vm()?;
         // Restoring once checks what only a vCPU can tell (the TSC, the MSRs); the state is
         // put in again before the first run.
-        snapshot::start_run(snapshot, &mut first, &[], true)?;
+        snapshot::start_run(hypervisor.shared(), snapshot, &mut first, &[], true)?;
         shared.lock().idle.push(IdleVm {
             vm: first,
             since: Instant::now(),
@@ -171,21 +171,27 @@ impl Pool {
 
         let started = Instant::now();
         let input = config.input.take().unwrap_or_default();
-        let result =
-            snapshot::start_run(&shared.snapshot, &mut vm, &input, fresh).and_then(|start| {
-                stats.phases.vcpu = started.elapsed();
-                let guest = &shared.snapshot.inner.guest;
-                let serial = shared.snapshot.inner.serial.clone();
-                machine::run(
-                    shared.hypervisor.shared(),
-                    &mut vm,
-                    guest,
-                    serial,
-                    &mut config,
-                    Purpose::Run(start),
-                    stats,
-                )
-            });
+        let result = snapshot::start_run(
+            shared.hypervisor.shared(),
+            &shared.snapshot,
+            &mut vm,
+            &input,
+            fresh,
+        )
+        .and_then(|start| {
+            stats.phases.vcpu = started.elapsed();
+            let guest = &shared.snapshot.inner.guest;
+            let serial = shared.snapshot.inner.serial.clone();
+            machine::run(
+                shared.hypervisor.shared(),
+                &mut vm,
+                guest,
+                serial,
+                &mut config,
+                Purpose::Run(start),
+                stats,
+            )
+        });
         let finished = match result {
             Ok(finished) => finished,
             Err(error) => {

@@ -120,6 +120,45 @@ impl SnapshotMemory {
     pub(crate) fn size(&self) -> u64 {
         self.size
     }
+
+    /// Reads `buffer.len()` bytes at `offset`.
+    pub(crate) fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buffer, offset)
+    }
+
+    /// Writes `bytes` at `offset` (before sealing).
+    pub(crate) fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, offset)
+    }
+
+    /// The ranges of the file that hold data, in order: holes (never-written pages) read as
+    /// zero and need not be copied.
+    pub(crate) fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
+        let fd = self.file.as_raw_fd();
+        let mut ranges = Vec::new();
+        let mut at = 0i64;
+        let size = self.size as i64;
+        while at < size {
+            // SAFETY: lseek on a descriptor this value owns; it moves only the file offset.
+            let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+            if data < 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::ENXIO) {
+                    break; // no data past `at`
+                }
+                return Err(error);
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let end = hole.min(size);
+            ranges.push(data as u64..end as u64);
+            at = end;
+        }
+        Ok(ranges)
+    }
 }
 
 /// Guest-physical ranges (page-aligned, ascending, coalesced) that a copy-on-write mapping of a
@@ -393,5 +432,15 @@ mod tests {
         );
         assert_eq!(ram.read_obj::<u8>(GuestAddress(6 * PAGE_SIZE)).unwrap(), 0);
         assert_eq!(written_ranges(&ram).unwrap(), []);
+    }
+
+    #[test]
+    fn data_ranges_skip_holes() {
+        let memory = snapshot_with(&[(0, 1), (1, 1), (10, 1)]);
+        let ranges = memory.data_ranges().unwrap();
+        let pages: u64 = ranges.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum();
+        assert!(ranges.iter().all(|r| r.start % PAGE_SIZE == 0));
+        assert!((3..=64).contains(&pages), "{ranges:?}");
+        assert!(ranges.iter().any(|r| r.contains(&(10 * PAGE_SIZE))));
     }
 }

@@ -40,7 +40,57 @@ pub(crate) struct Serial {
     received: VecDeque<u8>,
 }
 
+/// The most bytes [`Serial::to_bytes`] makes: seven registers, a count, a full FIFO.
+pub(crate) const SERIAL_STATE_MAX: usize = 8 + FIFO_SIZE;
+
 impl Serial {
+    /// The registers, for a snapshot file: IER, LCR, MCR, scratch, divisor low and high, FIFO
+    /// enabled, then the count and bytes of the receive FIFO.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = vec![
+            self.ier,
+            self.lcr,
+            self.mcr,
+            self.scratch,
+            self.divisor_low,
+            self.divisor_high,
+            u8::from(self.fifo_enabled),
+            self.received.len() as u8,
+        ];
+        bytes.extend(&self.received);
+        bytes
+    }
+
+    /// The registers from [`Serial::to_bytes`]'s bytes; `None` if they cannot be the UART's.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (
+            &[
+                ier,
+                lcr,
+                mcr,
+                scratch,
+                divisor_low,
+                divisor_high,
+                fifo,
+                count,
+            ],
+            received,
+        ) = bytes.split_first_chunk::<8>()?;
+        if usize::from(count) != received.len() || received.len() > FIFO_SIZE || fifo > 1 {
+            return None;
+        }
+        Some(Self {
+            ier: ier & 0x0F,
+            lcr,
+            mcr: mcr & 0x1F,
+            scratch,
+            divisor_low,
+            divisor_high,
+            fifo_enabled: fifo == 1,
+            received: received.iter().copied().collect(),
+        })
+    }
+
     fn dlab(&self) -> bool {
         self.lcr & LCR_DLAB != 0
     }
@@ -117,6 +167,33 @@ impl Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registers_round_trip_through_bytes_and_bad_bytes_are_refused() {
+        let mut serial = Serial::default();
+        serial.write(offset::SCRATCH, 0x42);
+        serial.write(offset::LCR, 0x03);
+        serial.write(offset::IIR_FCR, 0x01);
+        serial.write(offset::MCR, MCR_LOOPBACK);
+        serial.write(offset::DATA, b'z');
+        let bytes = serial.to_bytes();
+        assert!(bytes.len() <= SERIAL_STATE_MAX);
+        let mut back = Serial::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.read(offset::DATA), b'z');
+        assert_eq!(back.read(offset::SCRATCH), 0x42);
+        for bad in [
+            &[][..],
+            &[0; 7],
+            &[0, 0, 0, 0, 0, 0, 0, 1],
+            &[0, 0, 0, 0, 0, 0, 2, 0],
+        ] {
+            assert!(Serial::from_bytes(bad).is_none(), "{bad:?}");
+        }
+        let mut overfull = vec![0u8, 0, 0, 0, 0, 0, 0, 17];
+        overfull.extend([0u8; 17]);
+        assert!(Serial::from_bytes(&overfull).is_none());
+    }
 
     #[test]
     fn transmits_data_writes_unless_in_loopback() {

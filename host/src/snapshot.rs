@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use mote_abi::{RunStart, SEED_BYTES};
 
+use std::path::Path;
+
 use crate::machine::{self, End, Purpose, with_start_registers};
 use crate::ram::SnapshotMemory;
 use crate::serial::Serial;
+use crate::snapshot_file::{self, SnapshotFileError};
 use crate::vcpu_state::{self, MSR_IA32_TSC, SavedVcpu};
 use crate::vm::{self, Booted, GuestFacts, Vm};
 use crate::{Error, GuestImage, Outcome, Phases, RunConfig, Shared};
@@ -29,12 +32,22 @@ pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `docs/snapshots.md`: in short, input, host functions and limits belong to each run; memory
 /// contents (an RNG's state, the address layout) are the snapshot's, and a guest reseeds from the
 /// fresh bytes `ready_for_input` returns.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Snapshot {
     pub(crate) inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("memory_size", &self.memory_size())
+            .field("user_mode", &self.user_mode())
+            .field("input_capacity", &self.input_capacity())
+            .field("vcpu", &self.inner.vcpu)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) memory: SnapshotMemory,
     pub(crate) vcpu: SavedVcpu,
@@ -42,10 +55,12 @@ pub(crate) struct Inner {
     pub(crate) guest: GuestFacts,
     /// The CPUID table the guest saw when it booted.
     pub(crate) cpuid: CpuId,
+    /// The TSC frequency it was told.
+    pub(crate) tsc_khz: u32,
     /// Restores so far.
     generations: AtomicU64,
-    /// Whether a restored vCPU was seen not to run its TSC backwards.
-    tsc_checked: AtomicBool,
+    /// Whether this host was seen able to restore the snapshot (same CPU, TSC not behind).
+    host_checked: AtomicBool,
 }
 
 impl Snapshot {
@@ -55,6 +70,7 @@ impl Snapshot {
         serial: Serial,
         guest: GuestFacts,
         cpuid: CpuId,
+        tsc_khz: u32,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -63,8 +79,9 @@ impl Snapshot {
                 serial,
                 guest,
                 cpuid,
+                tsc_khz,
                 generations: AtomicU64::new(0),
-                tsc_checked: AtomicBool::new(false),
+                host_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -78,7 +95,152 @@ impl Snapshot {
     pub fn user_mode(&self) -> bool {
         self.inner.guest.user_mode
     }
+
+    /// Whether the guest has a framebuffer (its contents come back in each outcome).
+    pub fn has_framebuffer(&self) -> bool {
+        self.inner.guest.framebuffer.is_some()
+    }
+
+    /// How much input a run may hand the guest, in bytes.
+    pub fn input_capacity(&self) -> u64 {
+        self.inner.guest.input_window.map_or(0, |window| window.len)
+    }
+
+    /// Writes the snapshot to `path` (see `docs/snapshots.md` for the format), replacing it
+    /// whole: the file appears only once it is complete. Only pages that hold something are
+    /// stored.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let fail = |source: std::io::Error| Error::SnapshotFile {
+            path: path.display().to_string(),
+            source: SnapshotFileError::Io(source),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| fail(std::io::Error::other("the path names no file")))?;
+        let temporary = path.with_file_name(format!(
+            ".{}.{}.partial",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let written = std::fs::File::create(&temporary).and_then(|file| {
+            let inner = &self.inner;
+            let parts = snapshot_file::Described {
+                memory_size: inner.memory.size(),
+                tsc_khz: inner.tsc_khz,
+                guest: &inner.guest,
+                cpuid: inner.cpuid.as_slice(),
+                vcpu: &inner.vcpu,
+                serial: &inner.serial,
+            };
+            let mut out = std::io::BufWriter::new(&file);
+            snapshot_file::write(&mut out, &parts, stored_pages(&inner.memory)?)?;
+            drop(out);
+            file.sync_all()
+        });
+        match written.and_then(|()| std::fs::rename(&temporary, path)) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let _ = std::fs::remove_file(&temporary);
+                Err(fail(error))
+            }
+        }
+    }
+
+    /// Reads a snapshot file written by [`Snapshot::save`]. The pages are copied into memory
+    /// of mote's own, checked against the file's checksum as they are; the file is not used
+    /// again. A file another mote version wrote, or that is truncated, corrupt or not a
+    /// snapshot at all, is refused with [`Error::SnapshotFile`]. Whether this host can restore
+    /// it (the same CPU, a TSC not behind the snapshot's) is checked when it is first restored.
+    pub(crate) fn load(path: &Path) -> Result<Self, Error> {
+        let fail = |source: SnapshotFileError| Error::SnapshotFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(|e| fail(SnapshotFileError::Io(e)))?;
+        if !file
+            .metadata()
+            .map_err(|e| fail(SnapshotFileError::Io(e)))?
+            .is_file()
+        {
+            return Err(fail(SnapshotFileError::Io(std::io::Error::other(
+                "not a regular file",
+            ))));
+        }
+        let mut memory = None;
+        let parts = snapshot_file::read(
+            std::io::BufReader::new(file),
+            mote_boot::MIN_MEMORY,
+            crate::MAX_MEMORY_SIZE,
+            |size, address, bytes| {
+                let memory = match &mut memory {
+                    Some(memory) => memory,
+                    None => memory.insert(
+                        SnapshotMemory::empty(size)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?,
+                    ),
+                };
+                memory.write_at(bytes, address)
+            },
+        )
+        .map_err(fail)?;
+        let memory = match memory {
+            Some(memory) => memory,
+            None => SnapshotMemory::empty(parts.memory_size)?,
+        };
+        memory.seal()?;
+        let cpuid = CpuId::from_entries(&parts.cpuid)
+            .map_err(|_| fail(SnapshotFileError::Corrupt("the CPUID table".into())))?;
+        Ok(Snapshot::new(
+            memory,
+            parts.vcpu,
+            parts.serial,
+            parts.guest,
+            cpuid,
+            parts.tsc_khz,
+        ))
+    }
 }
+
+/// The snapshot's pages that hold something, in ascending runs of at most 256 pages.
+fn stored_pages(
+    memory: &SnapshotMemory,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<(u64, Vec<u8>)>> + '_> {
+    const RUN_PAGES: usize = 256;
+    let ranges = memory.data_ranges()?;
+    let pages = ranges.into_iter().flat_map(|range| {
+        (range.start / PAGE_SIZE..range.end.div_ceil(PAGE_SIZE)).map(|p| p * PAGE_SIZE)
+    });
+    let mut pages = pages.peekable();
+    Ok(std::iter::from_fn(move || {
+        let mut run: Option<(u64, Vec<u8>)> = None;
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        while let Some(&address) = pages.peek() {
+            if let Some((first, bytes)) = &run
+                && (first + bytes.len() as u64 != address
+                    || bytes.len() >= RUN_PAGES * PAGE_SIZE as usize)
+            {
+                break;
+            }
+            pages.next();
+            if let Err(error) = memory.read_at(&mut page, address) {
+                return Some(Err(error));
+            }
+            if page.iter().all(|&b| b == 0) {
+                if run.is_some() {
+                    break;
+                }
+                continue;
+            }
+            run.get_or_insert_with(|| (address / PAGE_SIZE, Vec::new()))
+                .1
+                .extend_from_slice(&page);
+        }
+        run.map(Ok)
+    }))
+}
+
+const PAGE_SIZE: u64 = 4096;
 
 /// Boots `image` until it is ready for input and captures it.
 pub(crate) fn capture(
@@ -137,12 +299,19 @@ pub(crate) fn capture(
     }
     let saved = SavedVcpu::capture(&vm.vcpu, shared.saveable_msrs(&vm.vcpu)?)?;
     let machine = shared.machine_info(&vm.vcpu)?;
-    let cpuid = machine.cpuid(guest.plain).clone();
+    let (cpuid, tsc_khz) = (machine.cpuid(guest.plain).clone(), machine.tsc_khz);
     // The shared mapping must be gone before the memory can be sealed.
     drop(vm);
     memory.seal()?;
     tracing::debug!(vcpu = ?saved, "snapshot taken");
-    Ok(Snapshot::new(memory, saved, finished.serial, guest, cpuid))
+    Ok(Snapshot::new(
+        memory,
+        saved,
+        finished.serial,
+        guest,
+        cpuid,
+        tsc_khz,
+    ))
 }
 
 /// A new VM mapping `snapshot`'s memory, with the CPUID its guest saw; its vCPU state is set by
@@ -166,6 +335,7 @@ pub(crate) fn new_vm(
 /// snapshot's vCPU state into the vCPU (just created if `fresh`), with `ready_for_input`'s
 /// results for this run.
 pub(crate) fn start_run(
+    shared: &Shared,
     snapshot: &Snapshot,
     vm: &mut Vm,
     input: &[u8],
@@ -197,17 +367,33 @@ pub(crate) fn start_run(
         &with_start_registers(inner.vcpu.regs, &start),
         fresh,
     )?;
-    if !inner.tsc_checked.load(Ordering::Relaxed) {
-        check_tsc(inner, vm)?;
-        inner.tsc_checked.store(true, Ordering::Relaxed);
+    if !inner.host_checked.load(Ordering::Relaxed) {
+        check_host(shared, inner, vm)?;
+        inner.host_checked.store(true, Ordering::Relaxed);
     }
     Ok(start)
 }
 
-/// Refuses to go on if the restored vCPU's TSC is behind the snapshot's: some hosts ignore
-/// writes to `IA32_TSC` and offer no TSC offset, so after the host restarted a guest would see
-/// time run backwards.
-fn check_tsc(inner: &Inner, vm: &Vm) -> Result<(), Error> {
+/// Refuses to restore a snapshot (one read from a file: one taken here passes) on a host that
+/// would show its guest another machine: another CPU (the CPUID table differs), another TSC
+/// frequency, or a TSC behind the snapshot's. Some hosts ignore writes to `IA32_TSC` and offer
+/// no TSC offset, so after the host restarted a guest would see time run backwards.
+fn check_host(shared: &Shared, inner: &Inner, vm: &Vm) -> Result<(), Error> {
+    let machine = shared.machine_info(&vm.vcpu)?;
+    if machine.tsc_khz != inner.tsc_khz {
+        return Err(Error::Incompatible(format!(
+            "the snapshot's guest was told its TSC runs at {} kHz, and this host's runs at {} \
+             kHz; take the snapshot again on this host",
+            inner.tsc_khz, machine.tsc_khz
+        )));
+    }
+    if machine.cpuid(inner.guest.plain).as_slice() != inner.cpuid.as_slice() {
+        return Err(Error::Incompatible(
+            "the snapshot was taken on a CPU with other features (its CPUID differs from what \
+             this host offers); take the snapshot again on this host"
+                .into(),
+        ));
+    }
     let Some(saved) = inner.vcpu.msr(MSR_IA32_TSC) else {
         return Ok(());
     };

@@ -197,8 +197,8 @@ impl SavedVcpu {
         let expected = self.msrs.as_slice().len();
         if written != expected {
             let index = self.msrs.as_slice().get(written).map_or(0, |e| e.index);
-            return Err(Error::Internal(format!(
-                "KVM took {written} of {expected} MSRs (it refused MSR {index:#x})"
+            return Err(Error::Incompatible(format!(
+                "this host refuses MSR {index:#x}, which the snapshot holds"
             )));
         }
         let synced = vcpu.sync_regs_mut();

@@ -19,6 +19,11 @@ const KVM_TSS_ADDRESS: usize = 0xFFFB_D000;
 /// The CPUID table every vCPU gets: what KVM supports (`supported`), with mote's hypervisor
 /// leaves in place of KVM's own (or no hypervisor leaves at all, without `mote_leaves`).
 /// `tsc_khz` goes into the info leaf so the guest can time itself without exits.
+///
+/// KVM fills the APIC ID fields of the supported table with those of the host CPU the ioctl ran
+/// on (measured: leaf 1 EBX[31:24] and leaf 0xB EDX read 0 or 1 depending on the CPU), so they
+/// are set to the one vCPU's, 0: a guest sees the same table on every run, and a snapshot taken
+/// in one process matches the table of another.
 fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<CpuId, Error> {
     let mut entries: Vec<_> = supported
         .as_slice()
@@ -26,6 +31,13 @@ fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<Cpu
         .filter(|e| !(0x4000_0000..0x5000_0000).contains(&e.function))
         .copied()
         .collect();
+    for entry in &mut entries {
+        match entry.function {
+            0x1 => entry.ebx &= 0x00FF_FFFF,
+            0xB | 0x1F => entry.edx = 0,
+            _ => {}
+        }
+    }
     let [ebx, ecx, edx] = mote_abi::signature_registers();
     let leaf = |function, eax, ebx, ecx, edx| kvm_bindings::kvm_cpuid_entry2 {
         function,

@@ -266,6 +266,10 @@ const DEFAULT_FUZZ_SECONDS: u64 = 60;
 /// The fuzz targets whose inputs are kernel files, so the built guests make good seeds.
 const ELF_FUZZ_TARGETS: &[&str] = &["elf_loader"];
 
+/// The fuzz targets whose inputs are snapshot files, and the guests whose snapshots seed them.
+const SNAPSHOT_FUZZ_TARGETS: &[&str] = &["snapshot_file"];
+const SNAPSHOT_SEED_GUESTS: &[&str] = &["echo", "isolation-kernel"];
+
 fn fuzz_dir() -> PathBuf {
     root().join("fuzz")
 }
@@ -353,6 +357,26 @@ fn ensure_cargo_fuzz() -> Result<()> {
 /// guests and the toolchain, and binaries in git would go stale.
 fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if SNAPSHOT_FUZZ_TARGETS.contains(&target) {
+        cargo(&[
+            "build",
+            "--quiet",
+            "--package",
+            "mote-host",
+            "--bin",
+            "mote",
+        ])?;
+        let mote = root().join("target").join("debug").join("mote");
+        for name in SNAPSHOT_SEED_GUESTS {
+            let mut command = Command::new(&mote);
+            command
+                .args(["snapshot", "-q", "--input-capacity", "4K", "-o"])
+                .arg(dir.join(format!("{name}.snap")))
+                .arg(guest_bin_dir().join(name));
+            run_command(command)?;
+        }
+        return Ok(());
+    }
     if !ELF_FUZZ_TARGETS.contains(&target) {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
-use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig, exit_status};
+use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig, Snapshot, exit_status};
 
 const EXIT_CODES: &str = "\
 Exit codes of `mote run`:
@@ -42,14 +42,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a guest kernel ELF, show its console, exit with its exit code.
+    /// Boot a guest kernel ELF (or restore a snapshot), show its console, exit with its exit
+    /// code.
     ///
     /// The guest is any kernel built with `bootloader_api::entry_point!` for
-    /// x86_64-unknown-none. Its console (mote's console hypercall and COM1) goes to standard
-    /// output, then its output (the `output_write` hypercall); why the run ended goes to
-    /// standard error when that is not a clean exit 0.
+    /// x86_64-unknown-none, or a snapshot file `mote snapshot` wrote (the run then starts
+    /// where the snapshot was taken, with this run's input and limits). Its console (mote's
+    /// console hypercall and COM1) goes to standard output, then its output (the
+    /// `output_write` hypercall); why the run ended goes to standard error when that is not a
+    /// clean exit 0.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Boot a guest until it is ready for input and save its whole state to a snapshot file.
+    ///
+    /// `mote run FILE.snap` then starts from there instead of booting, with its own input,
+    /// timeout and limits. The guest marks the point with the `ready_for_input` hypercall,
+    /// which `mote-guest` makes just before `main`. A snapshot file is for this machine and
+    /// this mote version. The boot's console goes to standard output (unless -q).
+    #[command(after_help = EXIT_CODES)]
+    Snapshot(SnapshotArgs),
     /// Show a guest's boot configuration, its segments and where mote would map everything.
     Inspect {
         /// The guest kernel ELF file.
@@ -57,16 +68,66 @@ enum Command {
     },
 }
 
+/// How the guest is laid out: fixed when a snapshot is taken.
 #[derive(clap::Args)]
-struct RunArgs {
-    /// The guest kernel ELF file.
-    guest: PathBuf,
-    /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M.
-    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
-    mem: u64,
+struct LayoutArgs {
+    /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M
+    /// [default: 8M; a snapshot's own size when running a snapshot].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    mem: Option<u64>,
+    /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
+    framebuffer: Option<(u32, u32)>,
+    /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    #[arg(long)]
+    acpi: bool,
+}
+
+/// What a run (or the boot of a snapshot) may spend.
+#[derive(clap::Args)]
+struct LimitArgs {
     /// Stop the guest after this long (e.g. 500ms, 2s, 1m); it ends with code 125.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Stop the guest once its console passes this many bytes (e.g. 1M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    console_limit: Option<u64>,
+    /// Stop the guest once its output passes this many bytes (e.g. 16M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    output_limit: Option<u64>,
+    /// Stop the guest at its hypercall number N + 1.
+    #[arg(long, value_name = "N")]
+    hypercall_limit: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// The guest kernel ELF file.
+    guest: PathBuf,
+    /// The snapshot file to write (replaced whole, once complete).
+    #[arg(short, long, value_name = "FILE.snap")]
+    output: PathBuf,
+    /// How much input each run restored from the snapshot may have (e.g. 64K, 16M): the size
+    /// of the window the guest finds it in, taken from guest memory.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    input_capacity: u64,
+    #[command(flatten)]
+    layout: LayoutArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Do not show the boot's console.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The guest kernel ELF file, or a snapshot file.
+    guest: PathBuf,
+    #[command(flatten)]
+    layout: LayoutArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// The guest's input (its `bootloader_api` ramdisk): a file, or - for standard input.
     #[arg(long, value_name = "FILE", visible_alias = "ramdisk")]
     input: Option<PathBuf>,
@@ -80,24 +141,10 @@ struct RunArgs {
     /// Do not show the guest's console.
     #[arg(short, long)]
     quiet: bool,
-    /// Stop the guest once its console passes this many bytes (e.g. 1M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    console_limit: Option<u64>,
-    /// Stop the guest once its output passes this many bytes (e.g. 16M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    output_limit: Option<u64>,
-    /// Stop the guest at its hypercall number N + 1.
-    #[arg(long, value_name = "N")]
-    hypercall_limit: Option<u64>,
-    /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
-    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
-    framebuffer: Option<(u32, u32)>,
-    /// Write the framebuffer's contents to this PNG file when the run ends.
-    #[arg(long, value_name = "FILE.png", requires = "framebuffer")]
+    /// Write the framebuffer's contents to this PNG file when the run ends (the guest needs
+    /// --framebuffer, or a snapshot taken with one).
+    #[arg(long, value_name = "FILE.png")]
     screenshot: Option<PathBuf>,
-    /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
-    #[arg(long)]
-    acpi: bool,
 }
 
 /// Parses `4096`, `64K`, `16M`, `1G` (binary units, optional trailing `iB` or `B`).
@@ -164,6 +211,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Snapshot(args) => snapshot(&args),
         Command::Inspect { guest } => inspect(&guest),
     }
 }
@@ -221,40 +269,53 @@ fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), Failure> {
     writer.finish().map_err(|e| fail(&e))
 }
 
-fn config(args: &RunArgs) -> Result<RunConfig, Failure> {
-    let mut config = RunConfig::default().memory_size(args.mem)?;
-    if !args.quiet {
-        let console: Box<dyn Write + Send> = if args.json {
-            Box::new(std::io::stderr())
-        } else {
-            Box::new(std::io::stdout())
-        };
-        config = config.console_to(console);
-    } else {
-        config = config.console_to(Box::new(std::io::sink()));
+/// A configuration with the layout, limits and console of the command line.
+fn config(
+    layout: &LayoutArgs,
+    limits: &LimitArgs,
+    console: Box<dyn Write + Send>,
+) -> Result<RunConfig, Failure> {
+    let mut config = RunConfig::default().console_to(console);
+    if let Some(bytes) = layout.mem {
+        config = config.memory_size(bytes)?;
     }
-    if let Some(path) = &args.input {
-        config = config.input(read_input(path)?);
-    }
-    if let Some(timeout) = args.timeout {
-        config = config.timeout(timeout)?;
-    }
-    if let Some(bytes) = args.console_limit {
-        config = config.console_limit(bytes);
-    }
-    if let Some(bytes) = args.output_limit {
-        config = config.output_limit(bytes);
-    }
-    if let Some(count) = args.hypercall_limit {
-        config = config.hypercall_limit(count);
-    }
-    if let Some((width, height)) = args.framebuffer {
+    if let Some((width, height)) = layout.framebuffer {
         config = config.framebuffer(width, height)?;
     }
-    if args.acpi {
+    if layout.acpi {
         config = config.acpi();
     }
+    if let Some(timeout) = limits.timeout {
+        config = config.timeout(timeout)?;
+    }
+    if let Some(bytes) = limits.console_limit {
+        config = config.console_limit(bytes);
+    }
+    if let Some(bytes) = limits.output_limit {
+        config = config.output_limit(bytes);
+    }
+    if let Some(count) = limits.hypercall_limit {
+        config = config.hypercall_limit(count);
+    }
     Ok(config)
+}
+
+/// Where the console goes: nowhere with -q, else standard output (standard error when
+/// standard output carries JSON).
+fn console(quiet: bool, json: bool) -> Box<dyn Write + Send> {
+    match (quiet, json) {
+        (true, _) => Box::new(std::io::sink()),
+        (false, true) => Box::new(std::io::stderr()),
+        (false, false) => Box::new(std::io::stdout()),
+    }
+}
+
+/// Whether the file at `path` is a snapshot file (else it is taken for a kernel ELF).
+fn is_snapshot(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| magic == mote_host::snapshot_file::MAGIC)
 }
 
 /// Delivers the guest's output where `--output` says.
@@ -305,10 +366,32 @@ fn json(outcome: &Outcome, include_output: bool) -> serde_json::Value {
 
 fn run(args: &RunArgs) -> ExitCode {
     let result = (|| -> Result<Outcome, Failure> {
-        let config = config(args)?;
-        let image = GuestImage::from_file(&args.guest)?;
+        let mut config = config(&args.layout, &args.limits, console(args.quiet, args.json))?;
+        if let Some(path) = &args.input {
+            config = config.input(read_input(path)?);
+        }
         let hypervisor = Hypervisor::open()?;
-        let outcome = hypervisor.run(&image, config)?;
+        let outcome = if is_snapshot(&args.guest) {
+            let snapshot = hypervisor.load_snapshot(&args.guest)?;
+            if args.screenshot.is_some() && !snapshot.has_framebuffer() {
+                return Err(usage(
+                    "--screenshot: the snapshot's guest has no framebuffer (take the snapshot \
+                     with --framebuffer)"
+                        .into(),
+                ));
+            }
+            hypervisor.run_snapshot(&snapshot, config)?
+        } else {
+            if args.screenshot.is_some() && args.layout.framebuffer.is_none() {
+                return Err(usage(
+                    "--screenshot needs --framebuffer WIDTHxHEIGHT: without one the guest has \
+                     no screen"
+                        .into(),
+                ));
+            }
+            let image = GuestImage::from_file(&args.guest)?;
+            hypervisor.run(&image, config)?
+        };
         deliver_output(args, &outcome.output)?;
         if let (Some(path), Some(screen)) = (&args.screenshot, &outcome.framebuffer) {
             write_png(path, screen)?;
@@ -325,6 +408,37 @@ fn run(args: &RunArgs) -> ExitCode {
                 eprintln!("mote: {}", outcome.exit);
             }
             ExitCode::from(code)
+        }
+        Err(failure) => {
+            eprintln!("mote: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn snapshot(args: &SnapshotArgs) -> ExitCode {
+    let result = (|| -> Result<Snapshot, Failure> {
+        let config = config(&args.layout, &args.limits, console(args.quiet, false))?
+            .input_capacity(args.input_capacity);
+        let image = GuestImage::from_file(&args.guest)?;
+        let hypervisor = Hypervisor::open()?;
+        let snapshot = hypervisor.snapshot(&image, config)?;
+        snapshot.save(&args.output)?;
+        Ok(snapshot)
+    })();
+    match result {
+        Ok(snapshot) => {
+            if !args.quiet {
+                eprintln!(
+                    "mote: snapshot of {} written to {} ({} MiB of guest memory, input up to {} \
+                     bytes)",
+                    args.guest.display(),
+                    args.output.display(),
+                    snapshot.memory_size() >> 20,
+                    snapshot.input_capacity()
+                );
+            }
+            ExitCode::SUCCESS
         }
         Err(failure) => {
             eprintln!("mote: error: {}", failure.message);

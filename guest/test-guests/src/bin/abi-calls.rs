@@ -1,5 +1,6 @@
 //! Exercises the calls whose results only the host can check: `ready`, the wall clock,
-//! monotonic time, random bytes and the input, and reports what it saw as its output.
+//! monotonic time, random bytes, the input and what the run started with (generation and
+//! seed), and reports what it saw as its output.
 #![no_std]
 #![no_main]
 
@@ -27,12 +28,16 @@ fn main() -> Result<(), mote_guest::HypercallError> {
     let after = time::monotonic();
     let mut random = [0u8; 32];
     mote_guest::random_bytes(&mut random)?;
+    let start = mote_guest::run_start().expect("under mote, main has a run start");
     let report = format!(
-        "wall_ns={wall}\ntsc_khz={}\nmonotonic_advanced={}\nrandom={}\ninput_len={}\n",
+        "wall_ns={wall}\ntsc_khz={}\nmonotonic_advanced={}\nrandom={}\ninput_len={}\n\
+         generation={}\nseed={}\n",
         time::tsc_khz().unwrap_or(0),
         u8::from(after > before),
         hex(&random),
         mote_guest::input().len(),
+        start.generation,
+        hex(&start.seed),
     );
     mote_guest::output(report.as_bytes())
 }

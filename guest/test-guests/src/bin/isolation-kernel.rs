@@ -2,7 +2,7 @@
 //! `bootloader_api` kernel (no mote runtime) that checks what only kernel code can change: its
 //! page tables (a page table entry pointing somewhere else), MSRs, debug registers, CR4, and its
 //! general registers and flags. A polluting run writes a secret into all of them. See
-//! `../isolation.rs` for the input. Kernel-mode code is emulated on some hosts, so the work per
+//! `../isolation.rs` for the input; `triple-fault` ends the run in a triple fault instead. Kernel-mode code is emulated on some hosts, so the work per
 //! run is kept small (and no SSE: some hosts cannot emulate it).
 #![no_std]
 #![no_main]
@@ -111,6 +111,9 @@ fn main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         report.expect(cr4 == CR4, "CR4");
     }
     output(report.text());
+    if input == b"triple-fault" {
+        triple_fault();
+    }
     let Some((secret, end)) = parse(input) else {
         exit(0)
     };
@@ -253,6 +256,13 @@ unsafe extern "C" fn report_exception() {
         call = const Hypercall::Exception as u32,
         port = const HYPERCALL_PORT,
     );
+}
+
+/// Faults with no IDT to take it: the CPU shuts down.
+fn triple_fault() -> ! {
+    let empty = [0u8; 10];
+    // SAFETY: deliberately fatal: an empty IDT, then an invalid opcode.
+    unsafe { asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn, nostack)) }
 }
 
 unsafe fn install_idt() {

@@ -97,8 +97,10 @@ struct PoolShared {
     snapshot: Snapshot,
     config: PoolConfig,
     state: Mutex<PoolState>,
-    /// A VM came back, or the maker has work.
-    changed: Condvar,
+    /// A VM came back (or was made) for a run that waits.
+    returned: Condvar,
+    /// The pool's thread has work: fewer idle VMs than it keeps, or the pool stops.
+    work: Condvar,
 }
 
 #[derive(Default)]
@@ -107,6 +109,12 @@ struct PoolState {
     idle: Vec<IdleVm>,
     busy: usize,
     creating: usize,
+    /// Runs waiting for a VM: only then does giving one back wake anyone (a wake-up is a
+    /// system call, and this is every run's path).
+    waiting: usize,
+    /// The pool's thread sleeps until the oldest idle VM beyond `min_idle` expires: a VM given
+    /// back need not wake it.
+    trim_scheduled: bool,
     stopping: bool,
 }
 
@@ -120,6 +128,12 @@ struct IdleVm {
 impl PoolState {
     fn total(&self) -> usize {
         self.idle.len() + self.busy + self.creating
+    }
+
+    /// Whether the pool's thread should make a VM: fewer are idle (or on their way) than it
+    /// keeps, and the pool may grow.
+    fn wants_more(&self, config: &PoolConfig) -> bool {
+        self.idle.len() + self.creating < config.min_idle && self.total() < config.max_vms
     }
 }
 
@@ -136,7 +150,8 @@ impl Pool {
             snapshot: snapshot.clone(),
             config,
             state: Mutex::new(PoolState::default()),
-            changed: Condvar::new(),
+            returned: Condvar::new(),
+            work: Condvar::new(),
         });
         let mut first = shared.new_vm()?;
         // Restoring once checks what only a vCPU can tell (the TSC, the MSRs); the state is
@@ -297,8 +312,8 @@ impl PoolShared {
         loop {
             if let Some(idle) = state.idle.pop() {
                 state.busy += 1;
-                if state.idle.len() < self.config.min_idle {
-                    self.changed.notify_all();
+                if state.wants_more(&self.config) {
+                    self.work.notify_one();
                 }
                 return Ok(idle);
             }
@@ -328,11 +343,13 @@ impl PoolShared {
                     waited: self.config.max_wait,
                 });
             }
+            state.waiting += 1;
             state = self
-                .changed
+                .returned
                 .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.waiting -= 1;
         }
     }
 
@@ -340,6 +357,9 @@ impl PoolShared {
     fn give_back(&self, vm: Option<Vm>) {
         let mut state = self.lock();
         state.busy -= 1;
+        let replace = vm.is_none() && state.wants_more(&self.config);
+        let trim =
+            vm.is_some() && !state.trim_scheduled && state.idle.len() + 1 > self.config.min_idle;
         if let Some(vm) = vm {
             state.idle.push(IdleVm {
                 vm,
@@ -347,8 +367,14 @@ impl PoolShared {
                 fresh: false,
             });
         }
+        let waiting = state.waiting > 0;
         drop(state);
-        self.changed.notify_all();
+        if waiting {
+            self.returned.notify_one();
+        }
+        if replace || trim {
+            self.work.notify_one();
+        }
     }
 
     /// The pool's thread: keeps `min_idle` VMs ready and destroys those idle too long.
@@ -359,7 +385,7 @@ impl PoolShared {
                 return;
             }
             let wanted = self.config.min_idle.min(self.config.max_vms);
-            if state.idle.len() + state.creating < wanted && state.total() < self.config.max_vms {
+            if state.wants_more(&self.config) {
                 state.creating += 1;
                 drop(state);
                 let made = self.new_vm();
@@ -375,12 +401,14 @@ impl PoolShared {
                                 fresh: true,
                             },
                         );
-                        self.changed.notify_all();
+                        if state.waiting > 0 {
+                            self.returned.notify_one();
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "the pool cannot make a VM; it tries again later");
                         state = self
-                            .changed
+                            .work
                             .wait_timeout(state, RETRY_AFTER)
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
@@ -404,8 +432,9 @@ impl PoolShared {
                     (oldest.since + self.config.idle_timeout).saturating_duration_since(now)
                 })
                 .unwrap_or(Duration::MAX);
+            state.trim_scheduled = next_expiry != Duration::MAX;
             state = self
-                .changed
+                .work
                 .wait_timeout(state, next_expiry.min(MAX_SLEEP))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -423,7 +452,7 @@ impl Drop for Pool {
     /// Stops the pool's thread and destroys the idle VMs (off the caller's path).
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
-        self.shared.changed.notify_all();
+        self.shared.work.notify_all();
         if let Some(maker) = self.maker.take() {
             let _ = maker.join();
         }

@@ -312,3 +312,61 @@ fn set_initial_state(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), Error> {
     vcpu.set_regs(&regs)
         .map_err(|e| Error::kvm("KVM_SET_REGS", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn leaf(function: u32, ebx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            ebx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_guest_table_names_vcpu_0_and_mote_whatever_cpu_kvm_answered_on() {
+        let supported = CpuId::from_entries(&[
+            leaf(0x1, 0x0102_0800, 0x78B_FBFF),
+            leaf(0xB, 0, 1),
+            leaf(0x1F, 0, 1),
+            leaf(0x4000_0000, 0x4B4D_564B, 0x4D),
+            leaf(0x8000_0001, 0x4000_0000, 7),
+        ])
+        .unwrap();
+        let table = guest_cpuid(&supported, 2_000_000, true).unwrap();
+        let find = |function| {
+            *table
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function)
+                .unwrap()
+        };
+        assert_eq!(
+            find(0x1).ebx,
+            0x0002_0800,
+            "initial APIC ID 0, the rest kept"
+        );
+        assert_eq!(find(0x1).edx, 0x78B_FBFF);
+        assert_eq!(find(0xB).edx, 0, "x2APIC ID 0");
+        assert_eq!(find(0x1F).edx, 0);
+        assert_eq!(find(0x8000_0001).edx, 7, "other leaves untouched");
+        let signature = find(mote_abi::CPUID_LEAF_SIGNATURE);
+        assert_eq!(
+            signature.ebx,
+            mote_abi::signature_registers()[0],
+            "KVM's leaves replaced"
+        );
+        assert_eq!(find(mote_abi::CPUID_LEAF_INFO).ecx, 2_000_000);
+        let plain = guest_cpuid(&supported, 2_000_000, false).unwrap();
+        assert!(
+            plain
+                .as_slice()
+                .iter()
+                .all(|e| e.function < 0x4000_0000 || e.function >= 0x5000_0000)
+        );
+    }
+}

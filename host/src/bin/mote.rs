@@ -350,7 +350,9 @@ fn json(outcome: &Outcome, include_output: bool) -> serde_json::Value {
             "vcpu": micros(phases.vcpu),
             "run": micros(phases.run),
             "ready": phases.ready.map(micros),
+            "reset": micros(phases.reset),
         },
+        "dirtied_pages": outcome.stats.dirtied_pages,
         "exits": {
             "total": exits.total,
             "hypercalls": exits.hypercalls,

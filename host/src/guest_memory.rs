@@ -6,10 +6,9 @@
 
 use mote_abi::HypercallError;
 use mote_boot::paging::{Access, PAGE_SIZE, translate};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-/// Guest RAM: one anonymous, lazily backed mapping starting at guest-physical 0.
-pub(crate) type GuestRam = GuestMemoryMmap;
+use crate::ram::{GuestRam, HostWrites};
 
 /// The guest's address space as a hypercall sees it: its page tables and its privilege.
 #[derive(Clone, Copy, Debug)]
@@ -69,12 +68,14 @@ pub(crate) fn read_virtual(
 }
 
 /// Writes `bytes` at guest-virtual `address`, which must be writable by the caller. The whole
-/// range is checked before the first byte is written.
+/// range is checked before the first byte is written. Each guest-physical range written is
+/// recorded in `written`.
 pub(crate) fn write_virtual(
     ram: &GuestRam,
     space: AddressSpace,
     address: u64,
     bytes: &[u8],
+    written: &mut HostWrites,
 ) -> Result<(), HypercallError> {
     // Translate everything first, then write exactly where the translation said: writing may
     // change the guest's page tables (a buffer can overlap them), but not where this call writes.
@@ -96,6 +97,7 @@ pub(crate) fn write_virtual(
         },
     )?;
     for (physical, offset, chunk) in chunks {
+        written.record(physical, chunk as u64);
         ram.write_slice(&bytes[offset..offset + chunk], GuestAddress(physical))
             .map_err(|_| HypercallError::BadAddress)?;
     }
@@ -164,7 +166,7 @@ mod tests {
         let (ram, space) = setup();
         // 0x40_0000 is read-only; 0x40_1000 is writable (USER implies nothing about W).
         assert_eq!(
-            write_virtual(&ram, space, 0x40_0000, b"x"),
+            write_virtual(&ram, space, 0x40_0000, b"x", &mut HostWrites::default()),
             Err(HypercallError::BadAddress)
         );
         let ram_rw = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
@@ -177,10 +179,12 @@ mod tests {
             cr3: tables.root(),
             user: false,
         };
-        write_virtual(&ram_rw, space, 0x40_0FFE, b"ab").unwrap();
+        let mut written = HostWrites::default();
+        write_virtual(&ram_rw, space, 0x40_0FFE, b"ab", &mut written).unwrap();
+        assert_eq!(written.take(), vec![0x8_0000..0x8_1000]);
         // Runs into the unmapped next page: nothing may be written.
         assert_eq!(
-            write_virtual(&ram_rw, space, 0x40_0FFC, b"wxyz12"),
+            write_virtual(&ram_rw, space, 0x40_0FFC, b"wxyz12", &mut written),
             Err(HypercallError::BadAddress)
         );
         let mut out = Vec::new();

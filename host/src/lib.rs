@@ -593,7 +593,7 @@ impl Hypervisor {
         config.check_restorable(snapshot)?;
         let shared = &*self.shared;
         let mut stats = Stats::default();
-        let mut vm = snapshot::new_vm(shared, snapshot, &mut stats.phases)?;
+        let mut vm = snapshot::new_vm(shared, snapshot, false, &mut stats.phases)?;
         let started = Instant::now();
         let input = config.input.take().unwrap_or_default();
         let result =

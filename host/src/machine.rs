@@ -10,7 +10,7 @@ use vm_memory::GuestAddress;
 use crate::console::{Console, DeadlinePassed};
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, HostWrites};
 use crate::serial::Serial;
 use crate::vm::{GuestFacts, Vm};
 use crate::watchdog::{Armed, Kick, Kickable};
@@ -57,6 +57,8 @@ struct Machine<'a> {
     _kickable: Option<Kickable>,
     vcpu: &'a mut VcpuFd,
     ram: &'a GuestRam,
+    /// Where mote's own writes into `ram` are noted.
+    host_writes: &'a mut HostWrites,
     serial: Serial,
     console: Console,
     console_bytes: u64,
@@ -104,6 +106,7 @@ pub(crate) fn run(
         _kickable: kickable,
         vcpu: &mut vm.vcpu,
         ram: &vm.ram,
+        host_writes: &mut vm.host_writes,
         serial,
         console,
         console_bytes: 0,
@@ -337,8 +340,9 @@ impl Machine<'_> {
         Ok(bytes)
     }
 
-    fn write(&self, address: u64, bytes: &[u8]) -> Result<(), HypercallError> {
-        write_virtual(self.ram, self.address_space(), address, bytes)
+    fn write(&mut self, address: u64, bytes: &[u8]) -> Result<(), HypercallError> {
+        let space = self.address_space();
+        write_virtual(self.ram, space, address, bytes, self.host_writes)
     }
 
     /// Guest text for a report: cut to `ABORT_TEXT_MAX` bytes, lossy UTF-8, and a placeholder

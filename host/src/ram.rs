@@ -1,14 +1,16 @@
 //! Guest RAM: anonymous memory for a cold run; for a snapshot, one sealed memfd that every VM
-//! restored from it maps copy-on-write, and the means to find and drop what a run wrote.
+//! restored from it maps copy-on-write; and what a pool needs to put a VM's memory back.
 //!
 //! A VM restored from a snapshot maps the snapshot's memfd `MAP_PRIVATE`: pages the guest only
 //! reads stay the snapshot's (one copy in the page cache, shared by every VM), and the first write
-//! to a page, by the guest or by mote on its behalf, gives that VM a private copy. The private
-//! copies are therefore exactly the pages a run changed, and the kernel can list them:
-//! `PAGEMAP_SCAN` (Linux 6.7) returns them as ranges, and `/proc/self/pagemap` page by page where
-//! the ioctl is missing. Both see guest writes and mote's own writes alike, which KVM's dirty log
-//! does not. `madvise(MADV_DONTNEED)` drops the copies: the next touch maps the snapshot's page
-//! again, and KVM's MMU notifier drops the VM's own mappings of them.
+//! to a page, by the guest or by mote on its behalf, gives that VM a copy of its own. A pool puts
+//! the snapshot's contents back into those copies ([`SnapshotMemory::copy_into`]), finding the
+//! pages from KVM's dirty log ([`dirty_ranges`]) and from mote's record of its own writes
+//! ([`HostWrites`]), or drops them (`madvise(MADV_DONTNEED)`, [`discard`]): the next touch maps
+//! the snapshot's page again, and KVM's MMU notifier drops the VM's own mappings of them. The
+//! kernel can also list a mapping's copies ([`written_ranges`]: `PAGEMAP_SCAN` (Linux 6.7) as
+//! ranges, `/proc/self/pagemap` page by page where the ioctl is missing), which sees the guest's
+//! writes and mote's alike: debug builds check the pool's record against it.
 
 use std::fs::File;
 use std::io;
@@ -124,6 +126,26 @@ impl SnapshotMemory {
     /// Reads `buffer.len()` bytes at `offset`.
     pub(crate) fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buffer, offset)
+    }
+
+    /// Copies the snapshot's contents of `ranges` (guest-physical) into `ram`, over whatever a
+    /// run left there.
+    pub(crate) fn copy_into(&self, ram: &GuestRam, ranges: &[Range<u64>]) -> Result<(), Error> {
+        let mut buffer = Vec::new();
+        for range in ranges {
+            if range.end > self.size || range.start >= range.end {
+                return Err(Error::Internal(format!("bad range {range:?} to restore")));
+            }
+            buffer.resize((range.end - range.start) as usize, 0);
+            self.file
+                .read_exact_at(&mut buffer, range.start)
+                .and_then(|()| {
+                    vm_memory::Bytes::write_slice(ram, &buffer, GuestAddress(range.start))
+                        .map_err(io::Error::other)
+                })
+                .map_err(|e| Error::Memory(format!("cannot restore guest memory: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Writes `bytes` at `offset` (before sealing).
@@ -348,6 +370,62 @@ pub(crate) fn page_count(ranges: &[Range<u64>]) -> u64 {
     ranges.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum()
 }
 
+/// The guest-physical pages mote itself wrote into a VM's memory during a run (input,
+/// `random` results, host-call replies): KVM's dirty log sees only the guest's own writes.
+#[derive(Debug, Default)]
+pub(crate) struct HostWrites {
+    ranges: Vec<Range<u64>>,
+}
+
+impl HostWrites {
+    /// Notes a write of `len` bytes at guest-physical `address`.
+    pub(crate) fn record(&mut self, address: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let start = address / PAGE_SIZE * PAGE_SIZE;
+        let end = address.saturating_add(len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        self.ranges.push(start..end);
+    }
+
+    /// The pages written since the last call, sorted and coalesced.
+    pub(crate) fn take(&mut self) -> Vec<Range<u64>> {
+        let mut ranges = std::mem::take(&mut self.ranges);
+        ranges.sort_by_key(|r| r.start);
+        union(&ranges, &[])
+    }
+}
+
+/// The pages a KVM dirty bitmap (one bit per page, from guest-physical 0) marks, as ranges.
+pub(crate) fn dirty_ranges(bitmap: &[u64]) -> Vec<Range<u64>> {
+    let mut ranges = Vec::new();
+    for (word_index, &word) in bitmap.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let bit = bits.trailing_zeros() as u64;
+            bits &= bits - 1;
+            let address = (word_index as u64 * 64 + bit) * PAGE_SIZE;
+            push_coalesced(&mut ranges, address..address + PAGE_SIZE);
+        }
+    }
+    ranges
+}
+
+/// The union of two lists of sorted ranges, sorted and coalesced (overlapping or adjacent
+/// ranges become one).
+pub(crate) fn union(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut all: Vec<Range<u64>> = a.iter().chain(b).cloned().collect();
+    all.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(all.len());
+    for range in all {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,5 +520,50 @@ mod tests {
         assert!(ranges.iter().all(|r| r.start % PAGE_SIZE == 0));
         assert!((3..=64).contains(&pages), "{ranges:?}");
         assert!(ranges.iter().any(|r| r.contains(&(10 * PAGE_SIZE))));
+    }
+
+    #[test]
+    fn host_writes_dirty_bits_and_unions_become_page_ranges() {
+        let mut writes = HostWrites::default();
+        writes.record(0x5FFF, 2);
+        writes.record(0x1000, 1);
+        writes.record(0x2000, 0);
+        writes.record(0x7000, 0x1000);
+        assert_eq!(writes.take(), vec![0x1000..0x2000, 0x5000..0x8000]);
+        assert_eq!(writes.take(), vec![]);
+        let bitmap = [0b1011u64, 1 << 63];
+        let dirty = dirty_ranges(&bitmap);
+        assert_eq!(dirty, vec![0..0x2000, 0x3000..0x4000, 0x7F000..0x80000]);
+        assert_eq!(
+            union(&dirty, &[0x1000..0x3000, 0x90000..0x91000]),
+            vec![0..0x4000, 0x7F000..0x80000, 0x90000..0x91000]
+        );
+    }
+
+    #[test]
+    fn copying_the_snapshot_back_restores_written_pages_in_place() {
+        let memory = snapshot_with(&[(2, 0x11)]);
+        let ram = memory.map_private().unwrap();
+        ram.write_obj(0x22u8, GuestAddress(2 * PAGE_SIZE)).unwrap();
+        ram.write_obj(0x33u8, GuestAddress(3 * PAGE_SIZE)).unwrap();
+        memory
+            .copy_into(&ram, std::slice::from_ref(&(2 * PAGE_SIZE..4 * PAGE_SIZE)))
+            .unwrap();
+        assert_eq!(
+            ram.read_obj::<u8>(GuestAddress(2 * PAGE_SIZE)).unwrap(),
+            0x11
+        );
+        assert_eq!(ram.read_obj::<u8>(GuestAddress(3 * PAGE_SIZE)).unwrap(), 0);
+        // The copies stay the VM's own: nothing to fault in on the next write.
+        assert_eq!(
+            written_ranges(&ram).unwrap(),
+            vec![2 * PAGE_SIZE..4 * PAGE_SIZE]
+        );
+        let beyond = 0..64 * PAGE_SIZE + 1;
+        assert!(
+            memory
+                .copy_into(&ram, std::slice::from_ref(&beyond))
+                .is_err()
+        );
     }
 }

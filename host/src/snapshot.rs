@@ -314,18 +314,19 @@ pub(crate) fn capture(
     ))
 }
 
-/// A new VM mapping `snapshot`'s memory, with the CPUID its guest saw; its vCPU state is set by
-/// [`start_run`]. `phases` gets the time spent.
+/// A new VM mapping `snapshot`'s memory, with the CPUID its guest saw (and KVM's dirty log, for
+/// a pool); its vCPU state is set by [`start_run`]. `phases` gets the time spent.
 pub(crate) fn new_vm(
     shared: &Shared,
     snapshot: &Snapshot,
+    dirty_log: bool,
     phases: &mut Phases,
 ) -> Result<Vm, Error> {
     let start = Instant::now();
     let ram = snapshot.inner.memory.map_private()?;
     phases.memory = start.elapsed();
     let start = Instant::now();
-    let vm = Vm::new(shared, ram)?;
+    let vm = Vm::new(shared, ram, dirty_log)?;
     vm.set_cpuid(&snapshot.inner.cpuid)?;
     phases.vm = start.elapsed();
     Ok(vm)
@@ -354,6 +355,7 @@ pub(crate) fn start_run(
     if let Some(window) = window
         && !input.is_empty()
     {
+        vm.host_writes.record(window.physical, input_len);
         vm_memory::Bytes::write_slice(&vm.ram, input, vm_memory::GuestAddress(window.physical))
             .map_err(|e| Error::Internal(format!("cannot write the input: {e}")))?;
     }

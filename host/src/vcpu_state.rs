@@ -21,6 +21,9 @@ pub(crate) const XSAVE_BYTES: usize = 4096;
 /// `IA32_TSC`.
 pub(crate) const MSR_IA32_TSC: u32 = 0x10;
 
+/// CR4's page global enable bit.
+const CR4_PGE: u64 = 1 << 7;
+
 /// Every state KVM gives for one vCPU.
 pub(crate) struct SavedVcpu {
     pub(crate) regs: kvm_regs,
@@ -168,8 +171,15 @@ impl SavedVcpu {
     ///
     /// The general and special registers and the pending events go through `kvm_run`'s synced
     /// registers, which KVM loads at the next `KVM_RUN`: every vCPU ioctl costs about 4.4 µs on
-    /// kvm_pvm however little it moves (measured), and these three would be three more. Loading
-    /// the special registers also makes KVM reload the guest's CR3 and its MMU context.
+    /// kvm_pvm however little it moves (measured), and these three would be three more.
+    ///
+    /// A vCPU that ran since must also forget every translation it cached: a pool puts memory
+    /// back behind KVM's back (see `pool::reset_vm`), page tables included, so a translation
+    /// the last run built from a page table entry it rewrote would outlive the entry. So the
+    /// special registers are loaded first with CR4.PGE flipped: a change of CR4.PGE flushes
+    /// every TLB entry, global ones included (Intel SDM vol. 3, 4.10.4.1), and KVM rebuilds a
+    /// vCPU's MMU context whenever its CR4 changes; the synced load then puts CR4 back, which
+    /// does it again.
     pub(crate) fn restore(
         &self,
         vcpu: &mut VcpuFd,
@@ -182,6 +192,13 @@ impl SavedVcpu {
             // state it was given at creation.
             vcpu.set_mp_state(self.mp_state)
                 .map_err(|e| Error::kvm("KVM_SET_MP_STATE", e))?;
+        } else {
+            let flipped = kvm_sregs {
+                cr4: self.sregs.cr4 ^ CR4_PGE,
+                ..self.sregs
+            };
+            vcpu.set_sregs(&flipped)
+                .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
         }
         // SAFETY: `xsave` is a whole `kvm_xsave` (4 KiB) read from a vCPU of this host by
         // KVM_GET_XSAVE, and this host's XSAVE state fits in it (checked by `check_xsave_size`

@@ -9,7 +9,7 @@ use kvm_ioctls::{SyncReg, VcpuFd, VmFd};
 use mote_boot::{GuardPage, LoadOptions, Segment, VcpuState, msr};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, HostWrites};
 use crate::{Error, GuestImage, RunConfig, Shared, Stats};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on Intel (`KVM_SET_TSS_ADDR`):
@@ -103,13 +103,19 @@ pub(crate) struct Vm {
     pub(crate) vcpu: VcpuFd,
     pub(crate) fd: VmFd,
     pub(crate) ram: GuestRam,
+    /// What mote wrote into `ram` since a pool last reset it.
+    pub(crate) host_writes: HostWrites,
+    /// The pages of `ram` this VM holds copies of its own (written since it was made or its
+    /// copies last dropped): a pool bounds them.
+    pub(crate) private: Vec<std::ops::Range<u64>>,
 }
 
 impl Vm {
     /// Creates a VM whose memory is `ram`, and its vCPU (without CPUID yet: that depends on the
     /// guest). Exits carry the registers along, so a hypercall costs no extra ioctl to read its
-    /// arguments or write its result.
-    pub(crate) fn new(shared: &Shared, ram: GuestRam) -> Result<Self, Error> {
+    /// arguments or write its result. With `dirty_log`, KVM logs the pages the guest writes
+    /// (`KVM_GET_DIRTY_LOG`): a pool resets by them.
+    pub(crate) fn new(shared: &Shared, ram: GuestRam, dirty_log: bool) -> Result<Self, Error> {
         let fd = shared
             .kvm
             .create_vm()
@@ -119,10 +125,16 @@ impl Vm {
         let mut vcpu = fd
             .create_vcpu(0)
             .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
-        register_memory(&fd, &ram)?;
+        register_memory(&fd, &ram, dirty_log)?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
         vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-        Ok(Self { vcpu, fd, ram })
+        Ok(Self {
+            vcpu,
+            fd,
+            ram,
+            host_writes: HostWrites::default(),
+            private: Vec::new(),
+        })
     }
 
     pub(crate) fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), Error> {
@@ -132,14 +144,18 @@ impl Vm {
     }
 }
 
-fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), Error> {
+fn register_memory(vm: &VmFd, ram: &GuestRam, dirty_log: bool) -> Result<(), Error> {
     for (slot, region) in ram.iter().enumerate() {
         let host_address = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| Error::Memory(e.to_string()))?;
         let region_info = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags: if dirty_log {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host_address as u64,
@@ -188,7 +204,7 @@ pub(crate) fn boot(
 ) -> Result<Booted, Error> {
     let mut stats = Stats::default();
     let start = Instant::now();
-    let vm = Vm::new(shared, ram)?;
+    let vm = Vm::new(shared, ram, false)?;
     let machine = shared.machine_info(&vm.vcpu)?;
     stats.phases.vm = start.elapsed();
 

@@ -26,7 +26,11 @@
 //!   first exit.
 //!
 //! Warm starts (snapshots and pools, `docs/snapshots.md`):
-//! - `snapshot_cold`: `Hypervisor::run_snapshot` of `hello`'s snapshot, a new VM each time.
+//! - `snapshot_cold`: `Hypervisor::run_snapshot` of `hello`'s snapshot, a new VM each time;
+//!   `snapshot_cold_phase_vm`: of that, mapping the snapshot and making the VM.
+//! - `warm_call_fault`: a pooled run of `fault` that ends in a CPU exception, after which the
+//!   pool resets its VM (`warm_fault_phase_reset`) rather than replace it (what a new VM costs:
+//!   `snapshot_cold_phase_vm`).
 //! - `kvm_floor_restore_cycle_<n>`: the raw floor of a pooled run that writes `n` pages: a floor
 //!   VM whose memory maps a sealed memfd copy-on-write runs a CPL3 loop that writes one byte to
 //!   each of `n` pages and does `out`; the host then drops those pages (`MADV_DONTNEED`).
@@ -784,7 +788,10 @@ fn main() {
             .unwrap();
         let elapsed = start.elapsed();
         assert_eq!(outcome.exit, Exit::Guest { code: 0 });
-        elapsed
+        (
+            elapsed,
+            outcome.stats.phases.memory + outcome.stats.phases.vm,
+        )
     };
     // Warm up page caches and KVM's own allocations.
     for _ in 0..5 {
@@ -821,10 +828,12 @@ fn main() {
         // `mote_once` hands its VM to the reaper thread: give it time to tear that down, so that
         // the snapshot run does not compete with it for a CPU.
         std::thread::sleep(Duration::from_millis(2));
+        let (elapsed, making_the_vm) = snapshot_once();
+        figures.entry("snapshot_cold").or_default().push(elapsed);
         figures
-            .entry("snapshot_cold")
+            .entry("snapshot_cold_phase_vm")
             .or_default()
-            .push(snapshot_once());
+            .push(making_the_vm);
     }
     // Whole processes: a cold `mote run`, `mote run` of a snapshot file, and `/bin/true`.
     let snapshot_file =
@@ -952,6 +961,39 @@ fn main() {
         }
     }
     drop((floor_vm, restore_floors, warm_pools));
+
+    // A pooled run that ends in a CPU exception: its VM is reset like any other. Against it,
+    // what replacing the VM instead would cost: making one (`snapshot_cold_phase_vm`).
+    let fault_snapshot = hypervisor
+        .snapshot(
+            &GuestImage::from_file(guest.with_file_name("fault")).expect("fault"),
+            RunConfig::default(),
+        )
+        .expect("a snapshot of fault");
+    let fault_pool = Pool::new(
+        &hypervisor,
+        &fault_snapshot,
+        PoolConfig::default().max_vms(1).min_idle(1),
+    )
+    .unwrap();
+    for _ in 0..EXIT_ROUNDS * WARM_SAMPLES_PER_ROUND {
+        let start = Instant::now();
+        let outcome = fault_pool
+            .run(RunConfig::default().input(b"invalid-opcode".to_vec()))
+            .unwrap();
+        let elapsed = start.elapsed();
+        assert!(
+            matches!(outcome.exit, Exit::Exception { vector: 6, .. }),
+            "the fault guest: {outcome:?}"
+        );
+        assert!(outcome.stats.dirtied_pages.is_some(), "the VM was kept");
+        figures.entry("warm_call_fault").or_default().push(elapsed);
+        figures
+            .entry("warm_fault_phase_reset")
+            .or_default()
+            .push(outcome.stats.phases.reset);
+    }
+    drop(fault_pool);
     for _ in 0..EXIT_ROUNDS {
         figures
             .entry("args_block_read")

@@ -354,6 +354,14 @@ impl Plan {
         let mut slots = SlotAllocator::new(config);
         let image_start = page_floor(kernel.segments[0].vaddr);
         let image_end = page_ceil(kernel.segments.iter().map(|s| s.end()).max().unwrap_or(0));
+        // Under 16 bytes the first stack pointer (16-aligned, less a return address) would lie
+        // in the guard page.
+        if config.kernel_stack_size < 16 {
+            return Err(BootError::BadConfig(format!(
+                "kernel_stack_size {} is under 16 bytes: the stack would start in its guard page",
+                config.kernel_stack_size
+            )));
+        }
         let stack_pages = checked_page_ceil(config.kernel_stack_size)
             .map(|size| size / PAGE_SIZE)
             .filter(|&pages| pages > 0)
@@ -449,7 +457,11 @@ impl Plan {
         // neither, so that one prepared image has one layout.
         let mut place = |mapping: Mapping, align: u64, what: &'static str| match mapping {
             Mapping::Dynamic => slots.take(what, random.as_deref_mut()),
-            Mapping::FixedAddress(address) if address.is_multiple_of(align) => Ok(address),
+            Mapping::FixedAddress(address)
+                if address.is_multiple_of(align) && paging::is_canonical(address) =>
+            {
+                Ok(address)
+            }
             Mapping::FixedAddress(address) => Err(BootError::BadAddress(address)),
         };
         let stack_guard = place(config.kernel_stack, PAGE_SIZE, "a slot for the stack")?;

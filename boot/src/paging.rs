@@ -279,6 +279,18 @@ pub enum WalkError {
     OutsideMemory(u64),
 }
 
+/// The bits of a present entry of `level` that must be zero besides those above the physical
+/// address: the page-size bit of a PML4 entry, and the low address bits of a large page (bit 12
+/// is its PAT bit).
+fn reserved_bits(level: u32, entry: u64) -> u64 {
+    match level {
+        4 => flags::HUGE,
+        3 if entry & flags::HUGE != 0 => 0x3FFF_E000,
+        2 if entry & flags::HUGE != 0 => 0x1F_E000,
+        _ => 0,
+    }
+}
+
 /// Translates a guest-virtual address to a guest-physical one through the tables at `cr3`.
 pub fn translate<M: GuestMemoryBackend>(
     memory: &M,
@@ -298,7 +310,8 @@ pub fn translate<M: GuestMemoryBackend>(
         let allowed = entry & flags::PRESENT != 0
             && (!access.write || entry & flags::WRITABLE != 0)
             && (!access.user || entry & flags::USER != 0);
-        if !allowed {
+        if !allowed || entry & reserved_bits(level, entry) != 0 {
+            // The CPU faults on an entry with a reserved bit set, as on one not present.
             return Err(WalkError::NotMapped(virt));
         }
         // A PDPT or PD entry may map a 1 GiB or 2 MiB page directly.
@@ -314,4 +327,51 @@ pub fn translate<M: GuestMemoryBackend>(
         return Err(WalkError::OutsideMemory(virt));
     }
     Ok(physical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    const READ: Access = Access {
+        write: false,
+        user: false,
+    };
+
+    /// A PML4 at 0x1000, a PDPT at 0x2000, a PD at 0x3000; `pdpt` and `pd` are written at the
+    /// slots that map address 0.
+    fn tables(pml4_flags: u64, pdpt: u64, pd: u64) -> GuestMemoryMmap {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        memory
+            .write_obj(0x2000 | flags::PRESENT | pml4_flags, GuestAddress(0x1000))
+            .unwrap();
+        memory.write_obj(pdpt, GuestAddress(0x2000)).unwrap();
+        memory.write_obj(pd, GuestAddress(0x3000)).unwrap();
+        memory
+    }
+
+    #[test]
+    fn large_pages_translate_and_reserved_bits_make_them_absent() {
+        let table = 0x3000 | flags::PRESENT;
+        let large = 0x20_0000 | flags::PRESENT | flags::HUGE;
+        let memory = tables(0, table, large);
+        assert_eq!(translate(&memory, 0x1000, 0x1234, READ), Ok(0x20_1234));
+        // The PAT bit of a large page is no reserved bit.
+        let memory = tables(0, table, large | 1 << 12);
+        assert_eq!(translate(&memory, 0x1000, 0x1234, READ), Ok(0x20_1234));
+        for bad in [
+            tables(0, table, large | 1 << 13),
+            tables(0, table, large | 1 << 20),
+            tables(0, 0x4000_0000 | flags::PRESENT | flags::HUGE | 1 << 13, 0),
+            tables(flags::HUGE, table, large),
+        ] {
+            assert_eq!(
+                translate(&bad, 0x1000, 0x1234, READ),
+                Err(WalkError::NotMapped(0x1234))
+            );
+        }
+        let gib = tables(0, 0x4000_0000 | flags::PRESENT | flags::HUGE, 0);
+        assert_eq!(translate(&gib, 0x1000, 0x1234, READ), Ok(0x4000_1234));
+    }
 }

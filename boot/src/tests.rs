@@ -1147,3 +1147,37 @@ fn every_entry_has_its_accessed_bit_and_every_leaf_its_dirty_bit_preset() {
         }
     }
 }
+
+#[test]
+fn a_stack_too_small_to_hold_its_first_frame_is_refused() {
+    for size in [1, 8, 15] {
+        let elf = TestElf::new().with_config(|c| c.kernel_stack_size = size);
+        let refused = PreparedImage::new(elf.build());
+        assert!(
+            matches!(&refused, Err(BootError::BadConfig(why)) if why.contains("guard page")),
+            "{size}: {refused:?}"
+        );
+    }
+    let elf = TestElf::new().with_config(|c| c.kernel_stack_size = 16);
+    let (_, _, loaded) = load(&elf);
+    assert_eq!(loaded.vcpu.rsp % 16, 8, "SysV entry alignment");
+}
+
+#[test]
+fn fixed_addresses_must_be_canonical() {
+    use bootloader_api::config::Mapping as Api;
+    // 512 GiB-aligned but in the non-canonical hole: it would have landed in some slot.
+    let hole = 0x0000_8000_0000_0000;
+    let edits: [fn(&mut bootloader_api::BootloaderConfig); 3] = [
+        |c| c.mappings.page_table_recursive = Some(Api::FixedAddress(0x0000_8000_0000_0000)),
+        |c| c.mappings.boot_info = Api::FixedAddress(0x0000_8000_0000_0000),
+        |c| c.mappings.ramdisk_memory = Api::FixedAddress(0x0000_8000_0000_0000),
+    ];
+    for edit in edits {
+        let refused = PreparedImage::new(TestElf::new().with_config(edit).build());
+        assert!(
+            matches!(refused, Err(BootError::BadAddress(a)) if a == hole),
+            "{refused:?}"
+        );
+    }
+}

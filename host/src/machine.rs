@@ -194,6 +194,13 @@ impl Machine<'_> {
 
     /// Runs the vCPU to its next exit and handles what needs the exit's borrowed data.
     fn run_once(&mut self) -> Result<Step, Error> {
+        // The watchdog marks a deadline fired before it kicks; the kick itself can be lost to
+        // this run (a run started inside a host function on this thread takes a pending kick
+        // for its own when it ends), the mark cannot. So the mark is looked at before every
+        // entry: a guest whose deadline passed is not entered again.
+        if self.deadline_passed() {
+            return Ok(Step::Stop(self.timeout()));
+        }
         let exit = match self.vcpu.run() {
             Ok(exit) => exit,
             // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.

@@ -92,6 +92,28 @@ pub enum Exit {
     },
 }
 
+/// Text from a guest, as mote prints it on the guest's behalf: control characters (which could
+/// move a terminal's cursor, clear a line or forge one of mote's own messages) and the
+/// invisible characters that reorder text are shown escaped, as `\n`, `\u{1b}` and the like.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            let hidden = matches!(
+                c,
+                '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            );
+            if c.is_control() || hidden {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A limit on what a guest can make the host spend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
@@ -231,7 +253,12 @@ impl fmt::Display for Exit {
                 message,
                 file,
                 line,
-            } => write!(f, "guest panicked at {file}:{line}: {message}"),
+            } => write!(
+                f,
+                "guest panicked at {}:{line}: {}",
+                Escaped(file),
+                Escaped(message)
+            ),
             Exit::Exception {
                 vector,
                 error_code,
@@ -337,6 +364,30 @@ pub struct Outcome {
 mod tests {
     use super::*;
     use exit_status::*;
+
+    #[test]
+    fn guest_text_is_printed_with_its_control_characters_escaped() {
+        let forged = Exit::Aborted {
+            message: "\r\x1b[2Kmote: guest exited with code 0\u{202E}".into(),
+            file: "a\nb".into(),
+            line: 3,
+        };
+        let shown = forged.to_string();
+        assert_eq!(
+            shown,
+            "guest panicked at a\\nb:3: \\r\\u{1b}[2Kmote: guest exited with code 0\\u{202e}"
+        );
+        assert!(!shown.chars().any(char::is_control));
+        let plain = Exit::Aborted {
+            message: "ordinary text, ünïcode".into(),
+            file: "src/main.rs".into(),
+            line: 9,
+        };
+        assert_eq!(
+            plain.to_string(),
+            "guest panicked at src/main.rs:9: ordinary text, ünïcode"
+        );
+    }
 
     #[test]
     fn guest_codes_pass_through_and_mote_codes_are_reserved() {

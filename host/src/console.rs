@@ -3,12 +3,13 @@
 //!
 //! Streaming on the vCPU thread would let a stalled reader (a paused pager on a pipe) stop the
 //! guest's host, deadline or not: a write blocked in the kernel ignores the deadline's kick. So a
-//! writer thread does the writing, behind a bounded queue, and the vCPU thread waits on a full
-//! queue only until the run's deadline.
+//! writer thread does the writing, behind a bounded queue; the vCPU thread waits on a full queue
+//! only until the run's deadline, and once the run is over it waits for the writer only
+//! [`DRAIN_GRACE`]. A writer that fails (a pipe whose reader has gone) ends the run.
 
-use std::io::Write;
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
+use std::io::{ErrorKind, Write};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Console chunks that may wait for the writer.
@@ -17,8 +18,19 @@ const QUEUE: usize = 64;
 /// How long the vCPU thread sleeps between looks at a full queue (and at its deadline).
 const FULL_QUEUE_WAIT: Duration = Duration::from_micros(200);
 
-/// The guest ran into its deadline while waiting for the console's reader.
-pub(crate) struct DeadlinePassed;
+/// How long a finished run waits for its writer to hand the last text on. A reader that takes
+/// longer (one that stopped reading) does not hold the caller: the writer goes on in the
+/// background and ends when its write does.
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Why console text could not be handed on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// The run's deadline passed while the queue was full.
+    DeadlinePassed,
+    /// The writer failed: its reader has gone, or its output is broken.
+    Closed(ErrorKind),
+}
 
 pub(crate) enum Console {
     Capture(Vec<u8>),
@@ -29,7 +41,10 @@ pub(crate) enum Console {
 pub(crate) struct Stream {
     out: Option<Box<dyn Write + Send>>,
     sender: Option<SyncSender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
+    /// Receives once the writer has written everything (or failed).
+    done: Option<Receiver<()>>,
+    /// Why the writer failed, once it has.
+    failure: Arc<Mutex<Option<ErrorKind>>>,
 }
 
 impl Console {
@@ -38,7 +53,8 @@ impl Console {
             Some(out) => Console::Stream(Stream {
                 out: Some(out),
                 sender: None,
-                writer: None,
+                done: None,
+                failure: Arc::new(Mutex::new(None)),
             }),
             None => Console::Capture(Vec::new()),
         }
@@ -49,7 +65,7 @@ impl Console {
         &mut self,
         bytes: &[u8],
         deadline_passed: &dyn Fn() -> bool,
-    ) -> Result<(), DeadlinePassed> {
+    ) -> Result<(), Stopped> {
         let stream = match self {
             Console::Capture(buffer) => {
                 buffer.extend_from_slice(bytes);
@@ -64,12 +80,17 @@ impl Console {
         loop {
             match sender.try_send(chunk) {
                 Ok(()) => return Ok(()),
-                // The writer is gone (its output failed): a console nobody reads must not stop
-                // the guest.
-                Err(TrySendError::Disconnected(_)) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => {
+                    let kind = stream
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or(ErrorKind::BrokenPipe);
+                    return Err(Stopped::Closed(kind));
+                }
                 Err(TrySendError::Full(returned)) => {
                     if deadline_passed() {
-                        return Err(DeadlinePassed);
+                        return Err(Stopped::DeadlinePassed);
                     }
                     chunk = returned;
                     std::thread::sleep(FULL_QUEUE_WAIT);
@@ -78,18 +99,15 @@ impl Console {
         }
     }
 
-    /// What was collected; waits for a stream's writer to finish unless the run timed out (a
-    /// stalled reader must not hold the caller past the deadline; the writer then ends when its
-    /// write does).
-    pub(crate) fn finish(self, timed_out: bool) -> Vec<u8> {
+    /// What was collected; for a stream, waits up to [`DRAIN_GRACE`] for the writer to hand
+    /// everything on.
+    pub(crate) fn finish(self) -> Vec<u8> {
         match self {
             Console::Capture(buffer) => buffer,
             Console::Stream(mut stream) => {
                 drop(stream.sender.take());
-                if let Some(writer) = stream.writer.take()
-                    && !timed_out
-                {
-                    let _ = writer.join();
+                if let Some(done) = stream.done.take() {
+                    let _ = done.recv_timeout(DRAIN_GRACE);
                 }
                 Vec::new()
             }
@@ -103,19 +121,111 @@ impl Stream {
         if self.sender.is_none() {
             let mut out = self.out.take()?;
             let (sender, receiver) = sync_channel::<Vec<u8>>(QUEUE);
-            let writer = std::thread::Builder::new()
+            let (finished, done) = sync_channel::<()>(1);
+            let failure = Arc::clone(&self.failure);
+            std::thread::Builder::new()
                 .name("mote-console".into())
                 .spawn(move || {
                     for chunk in receiver {
-                        if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
-                            return;
+                        if let Err(error) = out.write_all(&chunk).and_then(|()| out.flush()) {
+                            *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.kind());
+                            break;
                         }
                     }
+                    let _ = finished.send(());
                 })
                 .ok()?;
             self.sender = Some(sender);
-            self.writer = Some(writer);
+            self.done = Some(done);
         }
         self.sender.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A writer whose reader stopped reading: every write blocks until `release`.
+    struct Stalled(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Write for Stalled {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let (lock, wake) = &*self.0;
+            let mut released = lock.lock().unwrap();
+            while !*released {
+                released = wake.wait(released).unwrap();
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_holds_a_finished_run_only_for_the_grace() {
+        let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let mut console = Console::new(Some(Box::new(Stalled(Arc::clone(&release)))));
+        console.write(b"text nobody reads", &|| false).unwrap();
+        let start = Instant::now();
+        assert!(console.finish().is_empty());
+        let waited = start.elapsed();
+        assert!(
+            waited >= DRAIN_GRACE && waited < DRAIN_GRACE * 3,
+            "{waited:?}"
+        );
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+    }
+
+    #[test]
+    fn a_reader_that_went_away_stops_the_console() {
+        let mut console = Console::new(Some(Box::new(Broken)));
+        console.write(b"first", &|| false).unwrap();
+        let start = Instant::now();
+        let stopped = loop {
+            match console.write(b"more", &|| false) {
+                Ok(()) if start.elapsed() < Duration::from_secs(5) => std::thread::yield_now(),
+                result => break result,
+            }
+        };
+        assert_eq!(stopped, Err(Stopped::Closed(ErrorKind::BrokenPipe)));
+    }
+
+    #[test]
+    fn a_full_queue_gives_up_at_the_deadline() {
+        let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let mut console = Console::new(Some(Box::new(Stalled(Arc::clone(&release)))));
+        let mut result = Ok(());
+        for _ in 0..QUEUE + 2 {
+            result = console.write(b"x", &|| true);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(Stopped::DeadlinePassed));
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+    }
+
+    #[test]
+    fn captured_text_is_all_returned() {
+        let mut console = Console::new(None);
+        console.write(b"one ", &|| true).unwrap();
+        console.write(b"two", &|| true).unwrap();
+        assert_eq!(console.finish(), b"one two");
     }
 }

@@ -48,6 +48,7 @@ mod console;
 #[doc(hidden)]
 pub mod decode;
 mod guest_memory;
+mod host_function;
 mod machine;
 mod outcome;
 mod pool;
@@ -69,6 +70,7 @@ use std::time::Instant;
 
 use kvm_ioctls::Kvm;
 
+pub use host_function::run_deadline;
 pub use mote_abi::RunStart;
 pub use mote_boot::{BootConfig, Description, Mapping};
 pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
@@ -255,7 +257,9 @@ impl GuestImage {
 }
 
 /// A function the embedder lets a guest call by name: request bytes in, response bytes out.
-/// An `Err` reaches the guest as `HostFunctionFailed`; its text is not passed on.
+/// An `Err` reaches the guest as `HostFunctionFailed`; its text is not passed on. It runs on the
+/// thread of the run that calls it, and mote cannot preempt it: one that may block should give
+/// up by [`run_deadline`]. One that panics ends the run with [`Exit::HostFunctionPanicked`].
 pub type HostFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// Host functions by name.

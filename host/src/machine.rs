@@ -7,7 +7,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use mote_abi::{ABORT_TEXT_MAX, HypercallError, RunStart, TRANSFER_MAX};
 use vm_memory::GuestAddress;
 
-use crate::console::{Console, DeadlinePassed};
+use crate::console::{self, Console};
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
 use crate::ram::{GuestRam, HostWrites};
@@ -133,10 +133,9 @@ pub(crate) fn run(
     // Disarm, then take back a kick that came too late.
     drop(deadline);
     drop(kickable);
-    let timed_out = matches!(end, End::Exit(Exit::Timeout { .. }));
     Ok(Finished {
         end,
-        console: console.finish(timed_out),
+        console: console.finish(),
         output,
         stats,
         serial,
@@ -312,8 +311,8 @@ impl Machine<'_> {
                     if let Some(exceeded) = self.take_console(1) {
                         return stop(exceeded);
                     }
-                    if self.console_out(&[byte]).is_err() {
-                        return stop(self.timeout());
+                    if let Err(stopped) = self.console_out(&[byte]) {
+                        return stop(stopped);
                     }
                 }
                 Ok(None)
@@ -403,8 +402,8 @@ impl Machine<'_> {
                         if let Some(exceeded) = self.take_console(buffer.len) {
                             return Served::Stop(exceeded);
                         }
-                        if self.console_out(&bytes).is_err() {
-                            return Served::Stop(self.timeout());
+                        if let Err(stopped) = self.console_out(&bytes) {
+                            return Served::Stop(stopped);
                         }
                         Ok(buffer.len)
                     }
@@ -426,7 +425,10 @@ impl Machine<'_> {
                 name,
                 request,
                 response,
-            } => self.host_call(name, request, response),
+            } => match self.host_call(name, request, response) {
+                Ok(result) => result,
+                Err(panicked) => return Served::Stop(panicked),
+            },
             Request::Ready => {
                 self.mark_ready();
                 Ok(0)
@@ -452,11 +454,20 @@ impl Machine<'_> {
             .get_or_insert(self.started.elapsed());
     }
 
-    /// Sends console text on, waiting for a slow reader no longer than the deadline.
-    fn console_out(&mut self, bytes: &[u8]) -> Result<(), DeadlinePassed> {
+    /// Sends console text on, waiting for a slow reader no longer than the deadline; the
+    /// outcome that ends the run if it cannot.
+    fn console_out(&mut self, bytes: &[u8]) -> Result<(), Exit> {
         let deadline = &self.deadline;
-        self.console
+        match self
+            .console
             .write(bytes, &|| deadline.as_ref().is_some_and(Armed::fired))
+        {
+            Ok(()) => Ok(()),
+            Err(console::Stopped::DeadlinePassed) => Err(self.timeout()),
+            Err(console::Stopped::Closed(kind)) => Err(Exit::ConsoleClosed {
+                error: kind.to_string(),
+            }),
+        }
     }
 
     /// Whether the run has a deadline and it passed.
@@ -498,27 +509,51 @@ impl Machine<'_> {
         Ok(buffer.len)
     }
 
+    /// Calls a host function for the guest: its result for the guest, or the outcome that ends
+    /// the run if the function panicked.
     fn host_call(
         &mut self,
         name: GuestBuffer,
         request: GuestBuffer,
         response: GuestBuffer,
-    ) -> Result<u64, HypercallError> {
-        let name = self.read(name)?;
-        let function = std::str::from_utf8(&name)
+    ) -> Result<Result<u64, HypercallError>, Exit> {
+        let name = match self.read(name) {
+            Ok(name) => name,
+            Err(error) => return Ok(Err(error)),
+        };
+        let Some((name, function)) = std::str::from_utf8(&name)
             .ok()
-            .and_then(|name| self.host_functions.get(name))
-            .ok_or(HypercallError::UnknownFunction)?
-            .clone();
+            .and_then(|name| self.host_functions.get_key_value(name))
+        else {
+            return Ok(Err(HypercallError::UnknownFunction));
+        };
         // A request is passed whole or not at all: a cut one would look like a different request.
         if request.len > TRANSFER_MAX {
-            return Err(HypercallError::InvalidArgument);
+            return Ok(Err(HypercallError::InvalidArgument));
         }
-        let request = self.read(request)?;
-        let answer = function(&request).map_err(|_| HypercallError::HostFunctionFailed)?;
+        let request = match self.read(request) {
+            Ok(request) => request,
+            Err(error) => return Ok(Err(error)),
+        };
+        let deadline = self
+            .limits
+            .timeout
+            .and_then(|timeout| self.started.checked_add(timeout));
+        let answer = match crate::host_function::call(function, &request, deadline) {
+            Ok(answer) => answer,
+            Err(crate::host_function::Panicked) => {
+                return Err(Exit::HostFunctionPanicked {
+                    function: name.clone(),
+                });
+            }
+        };
+        let Ok(answer) = answer else {
+            return Ok(Err(HypercallError::HostFunctionFailed));
+        };
         let fits = answer.len().min(response.len as usize);
-        self.write(response.address, &answer[..fits])?;
-        Ok(answer.len() as u64)
+        Ok(self
+            .write(response.address, &answer[..fits])
+            .map(|()| answer.len() as u64))
     }
 }
 

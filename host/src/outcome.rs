@@ -85,6 +85,18 @@ pub enum Exit {
     },
     /// The guest used up one of the run's limits and was stopped.
     LimitExceeded(Limit),
+    /// The console's writer failed (its reader went away: a closed pipe), so the guest's
+    /// console text had nowhere to go; the run ends there rather than run on unseen.
+    ConsoleClosed {
+        /// What the writer reported.
+        error: String,
+    },
+    /// A host function the guest called panicked; the run ends there. (The panic is the
+    /// embedder's bug, but a guest may trigger it on purpose: it ends only this run.)
+    HostFunctionPanicked {
+        /// The function's name.
+        function: String,
+    },
     /// KVM stopped the vCPU for a reason mote does not expect.
     Unexpected {
         /// KVM's name for it.
@@ -198,6 +210,7 @@ impl Exit {
             Exit::Exception { .. } => GUEST_EXCEPTION,
             Exit::Timeout { .. } => TIMEOUT,
             Exit::LimitExceeded(_) => LIMIT_EXCEEDED,
+            Exit::HostFunctionPanicked { .. } | Exit::ConsoleClosed { .. } => HOST_ERROR,
             Exit::Unexpected { .. } | Exit::Guest { .. } | Exit::DebugExit { .. } => {
                 UNEXPECTED_EXIT
             }
@@ -289,6 +302,16 @@ impl fmt::Display for Exit {
                  it needs more time)"
             ),
             Exit::LimitExceeded(limit) => write!(f, "guest used up {limit} and was stopped"),
+            Exit::ConsoleClosed { error } => write!(
+                f,
+                "the console's reader went away ({error}); the guest was stopped"
+            ),
+            Exit::HostFunctionPanicked { function } => write!(
+                f,
+                "host function `{}` panicked (a bug in the embedder's function, which the \
+                 guest called)",
+                Escaped(function)
+            ),
             Exit::Unexpected { reason } => write!(f, "unexpected vCPU exit: {reason}"),
         }
     }

@@ -70,3 +70,114 @@ fn guest_text_mote_prints_cannot_drive_the_terminal_or_forge_a_line() {
         "{stderr:?}"
     );
 }
+
+#[test]
+fn a_host_function_that_panics_ends_only_its_run() {
+    let panicking = Arc::new(|request: &[u8]| -> Result<Vec<u8>, String> {
+        panic!("the embedder's bug, triggered by {} bytes", request.len())
+    });
+    let config = RunConfig::default()
+        .input(b"boom".to_vec())
+        .host_function("upper", panicking);
+    let image = GuestImage::from_file(guest_path("hostcall")).unwrap();
+    let outcome = hypervisor().run(&image, config).unwrap();
+    assert_eq!(
+        outcome.exit,
+        Exit::HostFunctionPanicked {
+            function: "upper".into()
+        }
+    );
+    assert!(outcome.exit.to_string().contains("`upper` panicked"));
+    assert_eq!(run_guest("hello").exit, Exit::Guest { code: 0 });
+}
+
+#[test]
+fn a_host_function_learns_its_runs_deadline_and_a_blocking_one_ends_in_a_timeout() {
+    let (seen, saw) = mpsc::channel();
+    let blocking = Arc::new(move |_: &[u8]| {
+        let _ = seen.send(mote_host::run_deadline());
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(b"late".to_vec())
+    });
+    let image = GuestImage::from_file(guest_path("call-then-spin")).unwrap();
+    let config = RunConfig::default()
+        .timeout(Duration::from_millis(100))
+        .unwrap()
+        .host_function("inner", blocking);
+    let started = std::time::Instant::now();
+    let outcome = within(Duration::from_secs(10), move || {
+        hypervisor().run(&image, config).unwrap()
+    });
+    assert!(matches!(outcome.exit, Exit::Timeout { .. }), "{outcome:?}");
+    let deadline = saw.recv().unwrap().expect("the run has a deadline");
+    assert!(deadline > started && deadline < started + Duration::from_secs(1));
+    assert_eq!(
+        mote_host::run_deadline(),
+        None,
+        "only inside a host function"
+    );
+}
+
+/// Starts `mote run flood --input <mode>` with its standard output on a pipe this test holds.
+fn flood_on_a_pipe(mode: &str) -> (std::process::Child, std::path::PathBuf) {
+    let input = std::env::temp_dir().join(format!("mote-test-{}-{mode}", std::process::id()));
+    std::fs::write(&input, mode).unwrap();
+    let child = std::process::Command::new(mote_tests::mote_bin())
+        .arg("run")
+        .arg(guest_path("flood"))
+        .arg("--input")
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, input)
+}
+
+/// Waits for `child` to end, up to `limit`; kills it and fails if it does not.
+fn ends_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("mote did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reader_that_stopped_reading_does_not_hold_mote_once_the_guest_is_done() {
+    // 128 KiB of console: more than a pipe holds, and the test never reads it.
+    let (mut child, input) = flood_on_a_pipe("burst");
+    let status = ends_within(&mut child, Duration::from_secs(10));
+    let _ = std::fs::remove_file(input);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_reader_that_went_away_ends_the_run_at_once() {
+    use std::io::Read;
+    let (mut child, input) = flood_on_a_pipe("console");
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader closes its end, as `| head -c 16` does.
+    let status = ends_within(&mut child, Duration::from_secs(10));
+    let _ = std::fs::remove_file(input);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(i32::from(mote_host::exit_status::HOST_ERROR)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reader went away"), "{stderr}");
+}

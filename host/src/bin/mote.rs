@@ -325,6 +325,9 @@ fn deliver_output(args: &RunArgs, output: &[u8]) -> Result<(), Failure> {
             .map_err(|e| host_error(format!("cannot write output {}: {e}", path.display()))),
         // With --json and no --output the output travels inside the JSON object.
         None if args.json => Ok(()),
+        // Nothing to write: leave standard output alone. The console's writer thread may still
+        // hold it, blocked on a reader that stopped reading, and must not hold mote too.
+        _ if output.is_empty() => Ok(()),
         _ => {
             let mut stdout = std::io::stdout();
             stdout

@@ -1,6 +1,6 @@
 //! Tries to make the host spend without bound, as its input says: `console` (text forever),
 //! `output` (output forever), `hypercalls` (no-op calls forever), `serial` (COM1 bytes forever).
-//! Only mote's limits stop it.
+//! Only mote's limits stop it. `burst` writes 128 KiB of console text, then exits 0.
 #![no_std]
 #![no_main]
 
@@ -11,6 +11,12 @@ fn main() -> u32 {
     let which = core::str::from_utf8(mote_guest::input())
         .unwrap_or("")
         .trim();
+    if which == "burst" {
+        for _ in 0..32 {
+            let _ = mote_guest::hypercall::console_write(&chunk);
+        }
+        return 0;
+    }
     loop {
         match which {
             "console" => {

@@ -151,6 +151,21 @@ impl ElfKernel {
         if kernel.segments.is_empty() {
             return Err(bad("it has no loadable (PT_LOAD) segment"));
         }
+        // Each segment's file bytes are copied once per prepared image: segments that share
+        // file bytes would make a small file cost many times its size (64 segments over one
+        // 32 MiB range would take 2 GiB).
+        let claimed: u64 = kernel
+            .segments
+            .iter()
+            .map(|s| s.file_range.len() as u64)
+            .sum();
+        if claimed > data.len() as u64 {
+            return Err(bad(format!(
+                "its segments claim {claimed} file bytes, more than the file's {}: segments may \
+                 not share file bytes",
+                data.len()
+            )));
+        }
         kernel.segments.sort_by_key(|s| s.vaddr);
         for pair in kernel.segments.windows(2) {
             if page_floor(pair[1].vaddr) < page_ceil(pair[0].end()) {

@@ -1181,3 +1181,20 @@ fn fixed_addresses_must_be_canonical() {
         );
     }
 }
+
+#[test]
+fn segments_that_share_file_bytes_are_refused_before_anything_is_copied() {
+    let mut file = TestElf::new().build();
+    let len = file.len() as u64;
+    // The data segment (the second program header) claims the whole file, which the code
+    // segment's bytes are part of.
+    let data = 0x40 + 56;
+    file[data + 8..data + 16].copy_from_slice(&0u64.to_le_bytes()); // offset
+    file[data + 32..data + 40].copy_from_slice(&len.to_le_bytes()); // filesz
+    file[data + 40..data + 48].copy_from_slice(&len.to_le_bytes()); // memsz
+    let refused = PreparedImage::new(file);
+    assert!(
+        matches!(&refused, Err(BootError::BadElf(why)) if why.contains("share file bytes")),
+        "{refused:?}"
+    );
+}

@@ -75,7 +75,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{BootConfig, Description, Mapping};
 pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
-pub use snapshot::{DEFAULT_SNAPSHOT_TIMEOUT, Snapshot};
+pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
 
 use machine::{End, Finished, Purpose};
@@ -88,6 +88,9 @@ pub const DEFAULT_MEMORY_SIZE: u64 = 8 << 20;
 /// How much input a snapshot accepts per run unless told otherwise
 /// ([`RunConfig::input_capacity`]): 1 MiB.
 pub const DEFAULT_INPUT_CAPACITY: u64 = 1 << 20;
+
+/// The largest guest kernel file mote reads: 256 MiB.
+pub const MAX_GUEST_FILE: u64 = 256 << 20;
 
 /// The largest guest memory mote accepts: 3 GiB, below the range KVM reserves near 4 GiB.
 pub const MAX_MEMORY_SIZE: u64 = 3 << 30;
@@ -138,15 +141,15 @@ pub enum Error {
         .0.exit
     )]
     NotReady(Box<Outcome>),
-    /// The run's input does not fit the snapshot's input window.
+    /// The run's input is over its input limit, or does not fit the snapshot's input window.
     #[error(
-        "the input is {len} bytes, more than the {capacity} bytes the snapshot takes; take the \
-         snapshot with a larger input capacity"
+        "the input is {len} bytes, more than the {capacity} bytes this run takes (its input \
+         limit, or the input capacity of its snapshot)"
     )]
     InputTooLarge {
         /// The input's length.
         len: u64,
-        /// The snapshot's input capacity.
+        /// The most the run takes.
         capacity: u64,
     },
     /// Every VM of a pool stayed busy for as long as the pool lets a run wait.
@@ -220,13 +223,40 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
-    /// Reads and prepares a guest kernel ELF file.
+    /// Reads and prepares a guest kernel ELF file: a regular file of at most
+    /// [`MAX_GUEST_FILE`] bytes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::ReadGuest {
+        let fail = |source| Error::ReadGuest {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(fail)?;
+        let metadata = file.metadata().map_err(fail)?;
+        if !metadata.is_file() {
+            return Err(fail(std::io::Error::other(
+                "not a regular file: a guest kernel is an ELF file",
+            )));
+        }
+        if metadata.len() > MAX_GUEST_FILE {
+            return Err(fail(std::io::Error::other(format!(
+                "{} bytes, more than the {} MiB a guest kernel may be",
+                metadata.len(),
+                MAX_GUEST_FILE >> 20
+            ))));
+        }
+        let mut bytes = Vec::with_capacity(metadata.len() as usize);
+        // The file may grow after the check: read no more than the limit either way.
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_GUEST_FILE + 1),
+            &mut bytes,
+        )
+        .map_err(fail)?;
+        if bytes.len() as u64 > MAX_GUEST_FILE {
+            return Err(fail(std::io::Error::other(
+                "the file grew while it was read",
+            )));
+        }
         Self::from_bytes(&path.display().to_string(), bytes)
     }
 
@@ -271,18 +301,31 @@ pub(crate) struct Limits {
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) console_bytes: u64,
     pub(crate) output_bytes: u64,
+    pub(crate) input_bytes: u64,
     pub(crate) hypercalls: u64,
 }
 
-/// The default console and output limits: 64 MiB each.
-pub const DEFAULT_CAPTURE_LIMIT: u64 = 64 << 20;
+/// How long a run may take unless told otherwise ([`RunConfig::timeout`],
+/// [`RunConfig::no_timeout`]): 30 s.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The default console limit: 1 MiB. Console text is for people; a run collects it in host
+/// memory unless it is streamed ([`RunConfig::console_to`]).
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 1 << 20;
+
+/// The default output limit: 16 MiB, held in host memory until the run ends.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// The default input limit: 16 MiB.
+pub const DEFAULT_INPUT_LIMIT: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            timeout: None,
-            console_bytes: DEFAULT_CAPTURE_LIMIT,
-            output_bytes: DEFAULT_CAPTURE_LIMIT,
+            timeout: Some(DEFAULT_TIMEOUT),
+            console_bytes: DEFAULT_CONSOLE_LIMIT,
+            output_bytes: DEFAULT_OUTPUT_LIMIT,
+            input_bytes: DEFAULT_INPUT_LIMIT,
             hypercalls: u64::MAX,
         }
     }
@@ -347,6 +390,18 @@ impl RunConfig {
         self.memory_size.unwrap_or(DEFAULT_MEMORY_SIZE)
     }
 
+    /// Refuses input over the input limit.
+    fn check_input(&self) -> Result<(), Error> {
+        let len = self.input.as_ref().map_or(0, |input| input.len() as u64);
+        if len > self.limits.input_bytes {
+            return Err(Error::InputTooLarge {
+                len,
+                capacity: self.limits.input_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses what a run restored from `snapshot` cannot change: how the guest was laid out.
     fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
         if let Some(size) = self.memory_size
@@ -409,7 +464,7 @@ impl RunConfig {
     }
 
     /// Stops the guest `timeout` after its first instruction (outcome [`Exit::Timeout`]), even
-    /// if it spins with interrupts off. Must not be zero.
+    /// if it spins with interrupts off. Must not be zero. Default: [`DEFAULT_TIMEOUT`].
     pub fn timeout(mut self, timeout: std::time::Duration) -> Result<Self, Error> {
         if timeout.is_zero() {
             return Err(Error::Config(
@@ -420,14 +475,34 @@ impl RunConfig {
         Ok(self)
     }
 
+    /// Lets the guest run as long as it likes: no deadline at all. Only for guests the embedder
+    /// trusts to end (a kernel under development, watched by a person).
+    pub fn no_timeout(mut self) -> Self {
+        self.limits.timeout = None;
+        self
+    }
+
+    /// Refuses input longer than `bytes` before anything runs ([`Error::InputTooLarge`]).
+    /// Default: [`DEFAULT_INPUT_LIMIT`].
+    pub fn input_limit(mut self, bytes: u64) -> Self {
+        self.limits.input_bytes = bytes;
+        self
+    }
+
+    /// The most input this configuration accepts, in bytes: what a reader of input (`mote
+    /// run --input`) may stop at.
+    pub fn max_input(&self) -> u64 {
+        self.limits.input_bytes
+    }
+
     /// Stops the guest when its console text (hypercall console and COM1) passes `bytes`
-    /// (outcome [`Exit::LimitExceeded`]). Default: [`DEFAULT_CAPTURE_LIMIT`].
+    /// (outcome [`Exit::LimitExceeded`]). Default: [`DEFAULT_CONSOLE_LIMIT`].
     pub fn console_limit(mut self, bytes: u64) -> Self {
         self.limits.console_bytes = bytes;
         self
     }
 
-    /// Stops the guest when its output passes `bytes`. Default: [`DEFAULT_CAPTURE_LIMIT`].
+    /// Stops the guest when its output passes `bytes`. Default: [`DEFAULT_OUTPUT_LIMIT`].
     pub fn output_limit(mut self, bytes: u64) -> Self {
         self.limits.output_bytes = bytes;
         self
@@ -524,6 +599,7 @@ impl Hypervisor {
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
+        config.check_input()?;
         let shared = &*self.shared;
         let reserved = Instant::now();
         let ram = ram::anonymous(config.boot_memory_size())?;
@@ -555,8 +631,7 @@ impl Hypervisor {
     /// `mote-guest` makes just before `main`) and captures its whole state there.
     ///
     /// `config` sets how the guest is laid out (memory size, framebuffer, ACPI, a plain boot)
-    /// and what the boot may spend; a boot without a timeout gets
-    /// [`DEFAULT_SNAPSHOT_TIMEOUT`]. It must give no input: input belongs to each run. A guest
+    /// and what the boot may spend. It must give no input: input belongs to each run. A guest
     /// that ends before it is ready gives [`Error::NotReady`] with its outcome.
     ///
     /// ```
@@ -595,6 +670,7 @@ impl Hypervisor {
         mut config: RunConfig,
     ) -> Result<Outcome, Error> {
         config.check_restorable(snapshot)?;
+        config.check_input()?;
         let shared = &*self.shared;
         let mut stats = Stats::default();
         let mut vm = snapshot::new_vm(shared, snapshot, false, &mut stats.phases)?;
@@ -673,5 +749,22 @@ impl Shared {
             Some(reaper) => reaper.dispose(remains),
             None => drop(remains),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_run_has_finite_limits_unless_told_otherwise() {
+        let limits = RunConfig::default().limits;
+        assert_eq!(limits.timeout, Some(DEFAULT_TIMEOUT));
+        assert!(DEFAULT_TIMEOUT <= std::time::Duration::from_secs(60));
+        // The worst a default run holds in host memory is a small multiple of its RAM.
+        let held = DEFAULT_MEMORY_SIZE + limits.console_bytes + limits.output_bytes;
+        assert!(held <= 4 * DEFAULT_MEMORY_SIZE, "{held}");
+        assert_eq!(limits.input_bytes, DEFAULT_INPUT_LIMIT);
+        assert_eq!(RunConfig::default().no_timeout().limits.timeout, None);
     }
 }

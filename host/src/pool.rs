@@ -180,6 +180,7 @@ impl Pool {
     pub fn run(&self, mut config: RunConfig) -> Result<Outcome, Error> {
         let shared = &*self.shared;
         config.check_restorable(&shared.snapshot)?;
+        config.check_input()?;
         let mut stats = Stats::default();
         let taken = Instant::now();
         let IdleVm { mut vm, fresh, .. } = shared.take()?;

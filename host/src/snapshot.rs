@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_bindings::CpuId;
 use mote_abi::{RunStart, SEED_BYTES};
@@ -17,10 +17,6 @@ use crate::snapshot_file::{self, SnapshotFileError};
 use crate::vcpu_state::{self, MSR_IA32_TSC, SavedVcpu};
 use crate::vm::{self, Booted, GuestFacts, Vm};
 use crate::{Error, GuestImage, Outcome, Phases, RunConfig, Shared};
-
-/// How long a guest may take to reach its snapshot point when the configuration sets no
-/// timeout: a guest that never gets there must not hold the caller forever.
-pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A guest's whole state at the moment it said it was ready for input: its memory, its vCPU and
 /// its devices. Restoring it ([`Hypervisor::run_snapshot`](crate::Hypervisor::run_snapshot), or a
@@ -253,10 +249,6 @@ pub(crate) fn capture(
             "a snapshot takes no input: input belongs to each run restored from it".into(),
         ));
     }
-    config
-        .limits
-        .timeout
-        .get_or_insert(DEFAULT_SNAPSHOT_TIMEOUT);
     let reserved = Instant::now();
     let (memory, ram) = SnapshotMemory::create(config.boot_memory_size())?;
     let Booted {

@@ -181,3 +181,67 @@ fn a_reader_that_went_away_ends_the_run_at_once() {
     );
     assert!(stderr.contains("reader went away"), "{stderr}");
 }
+
+#[test]
+fn endless_files_are_refused_without_reading_them_whole() {
+    use mote_host::exit_status;
+    let zero = std::ffi::OsStr::new("/dev/zero");
+    let out = within(Duration::from_secs(10), move || {
+        mote_tests::mote(&["run".as_ref(), zero])
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::CANNOT_READ_GUEST))
+    );
+    assert!(mote_tests::text(&out.stderr).contains("not a regular file"));
+    let out = within(Duration::from_secs(10), move || {
+        mote_tests::mote(&["inspect".as_ref(), zero])
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::CANNOT_READ_GUEST))
+    );
+    let echo = guest_path("echo");
+    let out = within(Duration::from_secs(10), move || {
+        mote_tests::mote(&["run".as_ref(), echo.as_os_str(), "--input".as_ref(), zero])
+    });
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    assert!(mote_tests::text(&out.stderr).contains("input limit"));
+}
+
+#[test]
+fn input_over_the_input_limit_is_refused_before_anything_runs() {
+    let image = GuestImage::from_file(guest_path("echo")).unwrap();
+    let config = RunConfig::default().input(vec![7; 65]).input_limit(64);
+    let refused = hypervisor().run(&image, config).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            mote_host::Error::InputTooLarge {
+                len: 65,
+                capacity: 64
+            }
+        ),
+        "{refused}"
+    );
+    let config = RunConfig::default().input(vec![7; 64]).input_limit(64);
+    assert_eq!(hypervisor().run(&image, config).unwrap().output, [7; 64]);
+    let out = mote_tests::mote_run_with_input("echo", &[1; 5]);
+    assert_eq!(out.status.code(), Some(0));
+    let input = std::env::temp_dir().join(format!("mote-test-{}-limit", std::process::id()));
+    std::fs::write(&input, [1; 5]).unwrap();
+    let echo = guest_path("echo");
+    let out = mote_tests::mote(&[
+        "run".as_ref(),
+        echo.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--input-limit".as_ref(),
+        "4".as_ref(),
+    ]);
+    let _ = std::fs::remove_file(&input);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(mote_host::exit_status::USAGE))
+    );
+}

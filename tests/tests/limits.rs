@@ -67,11 +67,16 @@ fn hypercall_floods_stop_at_the_hypercall_limit() {
 
 #[test]
 fn the_default_limits_stop_a_flood_too() {
-    // 64 MiB of console: the default keeps a guest from making the host hold unbounded memory.
+    // The defaults keep a guest from making the host hold unbounded memory.
     let exit = flood("console", RunConfig::default());
     assert_eq!(
         exit,
-        Exit::LimitExceeded(Limit::ConsoleBytes(mote_host::DEFAULT_CAPTURE_LIMIT))
+        Exit::LimitExceeded(Limit::ConsoleBytes(mote_host::DEFAULT_CONSOLE_LIMIT))
+    );
+    let exit = flood("output", RunConfig::default());
+    assert_eq!(
+        exit,
+        Exit::LimitExceeded(Limit::OutputBytes(mote_host::DEFAULT_OUTPUT_LIMIT))
     );
 }
 

@@ -26,7 +26,7 @@ Exit codes of `mote run`:
   122    the guest stopped for an unexpected reason
   123    the guest panicked (message and location on standard error)
   124    the guest took a CPU exception (a fault or a stack overflow)
-  125    the guest ran past --timeout
+  125    the guest ran past --timeout (30 s unless told otherwise)
   126    the guest used up a limit (--console-limit, --output-limit, --hypercall-limit)";
 
 /// mote: a minimal VMM that boots `bootloader_api` kernels directly under KVM.
@@ -86,9 +86,10 @@ struct LayoutArgs {
 /// What a run (or the boot of a snapshot) may spend.
 #[derive(clap::Args)]
 struct LimitArgs {
-    /// Stop the guest after this long (e.g. 500ms, 2s, 1m); it ends with code 125.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    /// Stop the guest after this long (e.g. 500ms, 2s, 1m), or `none` to let it run as long
+    /// as it likes; it ends with code 125 [default: 30s].
+    #[arg(long, value_name = "DURATION|none", value_parser = parse_timeout)]
+    timeout: Option<Deadline>,
     /// Stop the guest once its console passes this many bytes (e.g. 1M).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     console_limit: Option<u64>,
@@ -98,6 +99,9 @@ struct LimitArgs {
     /// Stop the guest at its hypercall number N + 1.
     #[arg(long, value_name = "N")]
     hypercall_limit: Option<u64>,
+    /// Refuse input longer than this (e.g. 64M) [default: 16M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    input_limit: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +169,21 @@ fn parse_size(text: &str) -> Result<u64, String> {
     value
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// A run's deadline, as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    After(Duration),
+    Never,
+}
+
+/// Parses `none`, or a duration as [`parse_duration`] does.
+fn parse_timeout(text: &str) -> Result<Deadline, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Deadline::Never);
+    }
+    parse_duration(text).map(Deadline::After)
 }
 
 /// Parses `500ms`, `2s`, `1m 30s`; zero is refused (it would stop every guest at once).
@@ -246,14 +265,27 @@ fn host_error(message: String) -> Failure {
 }
 
 /// Reads the input file, or standard input for `-`.
-fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
-    let read = if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+/// Reads the input file, or standard input for `-`, up to `limit` bytes: more is refused
+/// without reading on (`--input /dev/zero` ends at once).
+fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
+    let fail = |e: std::io::Error| usage(format!("cannot read input {}: {e}", path.display()));
+    let source: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read(path)
+        Box::new(std::fs::File::open(path).map_err(fail)?)
     };
-    read.map_err(|e| usage(format!("cannot read input {}: {e}", path.display())))
+    let mut bytes = Vec::new();
+    source
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > limit {
+        return Err(usage(format!(
+            "input {} is more than {limit} bytes, the input limit (raise it with --input-limit)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Writes the guest's screen as a PNG file.
@@ -285,8 +317,13 @@ fn config(
     if layout.acpi {
         config = config.acpi();
     }
-    if let Some(timeout) = limits.timeout {
-        config = config.timeout(timeout)?;
+    match limits.timeout {
+        Some(Deadline::After(timeout)) => config = config.timeout(timeout)?,
+        Some(Deadline::Never) => config = config.no_timeout(),
+        None => {}
+    }
+    if let Some(bytes) = limits.input_limit {
+        config = config.input_limit(bytes);
     }
     if let Some(bytes) = limits.console_limit {
         config = config.console_limit(bytes);
@@ -373,7 +410,8 @@ fn run(args: &RunArgs) -> ExitCode {
     let result = (|| -> Result<Outcome, Failure> {
         let mut config = config(&args.layout, &args.limits, console(args.quiet, args.json))?;
         if let Some(path) = &args.input {
-            config = config.input(read_input(path)?);
+            let limit = config.max_input();
+            config = config.input(read_input(path, limit)?);
         }
         let hypervisor = Hypervisor::open()?;
         let outcome = if is_snapshot(&args.guest) {
@@ -527,6 +565,19 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn a_timeout_is_a_duration_or_none() {
+        use super::{Deadline, parse_timeout};
+        assert_eq!(
+            parse_timeout("250ms"),
+            Ok(Deadline::After(std::time::Duration::from_millis(250)))
+        );
+        assert_eq!(parse_timeout("none"), Ok(Deadline::Never));
+        assert_eq!(parse_timeout("NONE"), Ok(Deadline::Never));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("never").is_err());
     }
 
     #[test]

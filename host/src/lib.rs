@@ -332,6 +332,7 @@ impl Default for Limits {
 }
 
 /// How to run one guest.
+#[derive(Default)]
 pub struct RunConfig {
     /// `None`: the default for a boot, the snapshot's for a restore.
     memory_size: Option<u64>,
@@ -341,24 +342,10 @@ pub struct RunConfig {
     plain: bool,
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
-    input_capacity: u64,
+    /// `None`: [`DEFAULT_INPUT_CAPACITY`] for a snapshot.
+    input_capacity: Option<u64>,
+    screenshot: bool,
     limits: Limits,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            memory_size: None,
-            console: None,
-            input: None,
-            host_functions: HashMap::new(),
-            plain: false,
-            framebuffer: None,
-            acpi: false,
-            input_capacity: DEFAULT_INPUT_CAPACITY,
-            limits: Limits::default(),
-        }
-    }
 }
 
 impl RunConfig {
@@ -381,7 +368,16 @@ impl RunConfig {
     /// from guest memory). Default: [`DEFAULT_INPUT_CAPACITY`]. Only
     /// [`Hypervisor::snapshot`] uses it; a cold run's ramdisk is as large as its input.
     pub fn input_capacity(mut self, bytes: u64) -> Self {
-        self.input_capacity = bytes;
+        self.input_capacity = Some(bytes);
+        self
+    }
+
+    /// Hands back the framebuffer's contents in [`Outcome::framebuffer`] when a run restored
+    /// from a snapshot with a framebuffer ends. (A cold run with a [`framebuffer`]
+    /// (`RunConfig::framebuffer`) always does.) Converting the pixels costs host memory of
+    /// about the framebuffer's size, so it is asked for, not done for every run.
+    pub fn screenshot(mut self) -> Self {
+        self.screenshot = true;
         self
     }
 
@@ -417,6 +413,7 @@ impl RunConfig {
             (self.plain, "a plain boot"),
             (self.framebuffer.is_some(), "a framebuffer"),
             (self.acpi, "ACPI tables"),
+            (self.input_capacity.is_some(), "the input capacity"),
         ];
         if let Some((_, what)) = fixed.iter().find(|(set, _)| *set) {
             return Err(Error::Config(format!(
@@ -622,7 +619,8 @@ impl Hypervisor {
             Purpose::Run(start),
             stats,
         );
-        let outcome = result.and_then(|finished| outcome(finished, &vm, &guest));
+        let screen = config.screenshot || config.framebuffer.is_some();
+        let outcome = result.and_then(|finished| outcome(finished, &vm, &guest, screen));
         shared.dispose(Box::new(vm));
         outcome
     }
@@ -671,34 +669,26 @@ impl Hypervisor {
     ) -> Result<Outcome, Error> {
         config.check_restorable(snapshot)?;
         config.check_input()?;
+        snapshot::check_input_fits(snapshot, &config)?;
         let shared = &*self.shared;
         let mut stats = Stats::default();
         let mut vm = snapshot::new_vm(shared, snapshot, false, &mut stats.phases)?;
-        let started = Instant::now();
-        let input = config.input.take().unwrap_or_default();
-        let result =
-            snapshot::start_run(shared, snapshot, &mut vm, &input, true).and_then(|start| {
-                stats.phases.vcpu = started.elapsed();
-                let guest = &snapshot.inner.guest;
-                let serial = snapshot.inner.serial.clone();
-                machine::run(
-                    shared,
-                    &mut vm,
-                    guest,
-                    serial,
-                    &mut config,
-                    Purpose::Run(start),
-                    stats,
-                )
-                .and_then(|finished| outcome(finished, &vm, guest))
-            });
+        let screen = config.screenshot;
+        let result = snapshot::run_on(shared, snapshot, &mut vm, &mut config, true, stats)
+            .and_then(|finished| outcome(finished, &vm, &snapshot.inner.guest, screen));
         shared.dispose(Box::new(vm));
         result
     }
 }
 
-/// The outcome of a finished run on `vm`.
-fn outcome(finished: Finished, vm: &Vm, guest: &GuestFacts) -> Result<Outcome, Error> {
+/// The outcome of a finished run on `vm`, with the screen's contents if `screen` asks and the
+/// guest has one.
+pub(crate) fn outcome(
+    finished: Finished,
+    vm: &Vm,
+    guest: &GuestFacts,
+    screen: bool,
+) -> Result<Outcome, Error> {
     let End::Exit(exit) = finished.end else {
         return Err(Error::Internal("a run stopped at a snapshot point".into()));
     };
@@ -708,6 +698,7 @@ fn outcome(finished: Finished, vm: &Vm, guest: &GuestFacts) -> Result<Outcome, E
         output: finished.output,
         framebuffer: guest
             .framebuffer
+            .filter(|_| screen)
             .map(|framebuffer| machine::screen(&vm.ram, &framebuffer)),
         stats: finished.stats,
     })

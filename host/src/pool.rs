@@ -9,11 +9,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::machine::{self, End, Purpose};
 use crate::ram::SnapshotMemory;
 use crate::snapshot::{self, Snapshot};
 use crate::vm::Vm;
 use crate::{Error, Exit, Hypervisor, Outcome, RunConfig, Stats, ram, vcpu_state, watchdog};
+use mote_abi::RunStart;
 
 /// How a [`Pool`] sizes itself.
 #[derive(Clone, Debug)]
@@ -69,8 +69,9 @@ impl PoolConfig {
 /// exits and the pages they write.
 ///
 /// [`Pool::run`] takes an idle VM (or makes one, up to [`PoolConfig::max_vms`]), starts it from
-/// the snapshot's state with the run's input, runs it to an outcome, then resets it (drops the
-/// pages the run wrote, puts every vCPU register back) and returns it to the pool. After a run
+/// the snapshot's state with the run's input, runs it to an outcome, then resets it (copies the
+/// snapshot back into the pages the run wrote; every vCPU register is put back when the next
+/// run starts) and returns it to the pool. After a run
 /// that ended in a way that may leave the vCPU in a state KVM does not describe (a KVM internal
 /// error, a failed entry, a triple fault, an unexpected exit, a host error) the VM is destroyed
 /// instead, and the pool makes another in the background. A pool is `Send + Sync`; use it from
@@ -157,7 +158,12 @@ impl Pool {
         let mut first = shared.new_vm()?;
         // Restoring once checks what only a vCPU can tell (the TSC, the MSRs); the state is
         // put in again before the first run.
-        snapshot::start_run(hypervisor.shared(), snapshot, &mut first, &[], true)?;
+        let check = RunStart {
+            generation: 0,
+            seed: [0; mote_abi::SEED_BYTES],
+            input_len: 0,
+        };
+        snapshot::restore(hypervisor.shared(), snapshot, &mut first, &check, true)?;
         shared.lock().idle.push(IdleVm {
             vm: first,
             since: Instant::now(),
@@ -176,90 +182,40 @@ impl Pool {
 
     /// Runs the snapshot's guest once, with `config`'s input, host functions and limits, on a
     /// VM of the pool. `config` cannot change what the snapshot fixed (memory size, framebuffer,
-    /// ACPI, plain boot).
+    /// ACPI, plain boot, input capacity); input that does not fit is refused before a VM is
+    /// taken.
     pub fn run(&self, mut config: RunConfig) -> Result<Outcome, Error> {
         let shared = &*self.shared;
         config.check_restorable(&shared.snapshot)?;
         config.check_input()?;
+        snapshot::check_input_fits(&shared.snapshot, &config)?;
         let mut stats = Stats::default();
         let taken = Instant::now();
-        let IdleVm { mut vm, fresh, .. } = shared.take()?;
+        let (mut lease, fresh) = shared.take()?;
         stats.phases.vm = taken.elapsed();
-
-        let started = Instant::now();
-        let input = config.input.take().unwrap_or_default();
-        let result = snapshot::start_run(
-            shared.hypervisor.shared(),
-            &shared.snapshot,
-            &mut vm,
-            &input,
-            fresh,
-        )
-        .and_then(|start| {
-            stats.phases.vcpu = started.elapsed();
-            let guest = &shared.snapshot.inner.guest;
-            let serial = shared.snapshot.inner.serial.clone();
-            machine::run(
-                shared.hypervisor.shared(),
-                &mut vm,
-                guest,
-                serial,
-                &mut config,
-                Purpose::Run(start),
-                stats,
-            )
-        });
-        let finished = match result {
-            Ok(finished) => finished,
-            Err(error) => {
-                shared.give_back(None);
-                shared.hypervisor.shared().dispose(Box::new(vm));
-                return Err(error);
-            }
-        };
-        let guest = &shared.snapshot.inner.guest;
-        let framebuffer = guest
-            .framebuffer
-            .map(|framebuffer| machine::screen(&vm.ram, &framebuffer));
-        let End::Exit(exit) = finished.end else {
-            shared.give_back(None);
-            shared.hypervisor.shared().dispose(Box::new(vm));
-            return Err(Error::Internal("a run stopped at a snapshot point".into()));
-        };
-        let mut stats = finished.stats;
+        let screen = config.screenshot;
+        let vm = lease.vm()?;
+        let hypervisor = shared.hypervisor.shared();
+        let finished =
+            snapshot::run_on(hypervisor, &shared.snapshot, vm, &mut config, fresh, stats)?;
+        let had_deadline = finished.had_deadline;
+        let mut outcome = crate::outcome(finished, vm, &shared.snapshot.inner.guest, screen)?;
         let reset = Instant::now();
-        let kept = if reusable(&exit) {
-            match reset_vm(
-                &mut vm,
-                &shared.snapshot.inner.memory,
-                finished.had_deadline,
-            ) {
+        if reusable(&outcome.exit) {
+            match reset_vm(vm, &shared.snapshot.inner.memory, had_deadline) {
                 Ok(pages) => {
-                    stats.dirtied_pages = Some(pages);
-                    true
+                    outcome.stats.dirtied_pages = Some(pages);
+                    lease.give_back();
                 }
                 Err(error) => {
                     tracing::warn!(%error, "a pooled VM could not be reset; it is replaced");
-                    false
                 }
             }
-        } else {
-            false
-        };
-        stats.phases.reset = reset.elapsed();
-        if kept {
-            shared.give_back(Some(vm));
-        } else {
-            shared.give_back(None);
-            shared.hypervisor.shared().dispose(Box::new(vm));
         }
-        Ok(Outcome {
-            exit,
-            console: finished.console,
-            output: finished.output,
-            framebuffer,
-            stats,
-        })
+        outcome.stats.phases.reset = reset.elapsed();
+        // A lease not given back destroys its VM: after a KVM-level failure, a failed reset,
+        // an error, or a panic that unwinds through here.
+        Ok(outcome)
     }
 
     /// VMs in the pool now: (idle, busy).
@@ -319,6 +275,7 @@ fn reset_vm(vm: &mut Vm, memory: &SnapshotMemory, had_deadline: bool) -> Result<
     if ram::page_count(&private) <= PRIVATE_PAGES_MAX {
         memory.copy_into(&vm.ram, &written)?;
         vm.private = private;
+        check_the_copies_are_the_snapshot(vm, memory)?;
     } else {
         ram::discard(&vm.ram, &private)?;
         vm.private.clear();
@@ -327,8 +284,9 @@ fn reset_vm(vm: &mut Vm, memory: &SnapshotMemory, had_deadline: bool) -> Result<
 }
 
 /// In debug builds (the tests), checks against the kernel's own list of the VM's private pages
-/// that no write escaped the dirty log and mote's record of its own writes: a write path that
-/// forgot to record would otherwise leave one run's data for the next.
+/// that no write escaped the dirty log and mote's record of its own writes to a page the VM
+/// shared with the snapshot until now: a write path that forgot to record would otherwise leave
+/// one run's data for the next.
 fn check_every_write_was_seen(vm: &Vm, private: &[std::ops::Range<u64>]) -> Result<(), Error> {
     if !cfg!(debug_assertions) {
         return Ok(());
@@ -338,6 +296,23 @@ fn check_every_write_was_seen(vm: &Vm, private: &[std::ops::Range<u64>]) -> Resu
         return Err(Error::Internal(format!(
             "pages {copied:x?} were written, but only {private:x?} were seen written"
         )));
+    }
+    Ok(())
+}
+
+/// In debug builds, checks after the copy-back that every page the VM keeps of its own holds
+/// the snapshot's bytes again: the check above cannot see a write it failed to note to a page
+/// that was already the VM's own.
+fn check_the_copies_are_the_snapshot(vm: &Vm, memory: &SnapshotMemory) -> Result<(), Error> {
+    if !cfg!(debug_assertions) {
+        return Ok(());
+    }
+    for range in &vm.private {
+        if !memory.holds(&vm.ram, range.clone())? {
+            return Err(Error::Internal(format!(
+                "pages {range:x?} differ from the snapshot after the reset: a write was not seen"
+            )));
+        }
     }
     Ok(())
 }
@@ -353,8 +328,9 @@ impl PoolShared {
         Ok(vm)
     }
 
-    /// An idle VM, made here if the pool may grow, else the next one given back.
-    fn take(&self) -> Result<IdleVm, Error> {
+    /// An idle VM, made here if the pool may grow, else the next one given back; and whether it
+    /// is fresh.
+    fn take(&self) -> Result<(Lease<'_>, bool), Error> {
         let deadline = Instant::now().checked_add(self.config.max_wait);
         let mut state = self.lock();
         loop {
@@ -363,7 +339,7 @@ impl PoolShared {
                 if state.wants_more(&self.config) {
                     self.work.notify_one();
                 }
-                return Ok(idle);
+                return Ok((self.lease(idle.vm), idle.fresh));
             }
             if state.total() < self.config.max_vms {
                 state.creating += 1;
@@ -374,13 +350,15 @@ impl PoolShared {
                 return match made {
                     Ok(vm) => {
                         state.busy += 1;
-                        Ok(IdleVm {
-                            vm,
-                            since: Instant::now(),
-                            fresh: true,
-                        })
+                        Ok((self.lease(vm), true))
                     }
-                    Err(error) => Err(error),
+                    Err(error) => {
+                        // The place it held is free again, for a run that waits.
+                        if state.waiting > 0 {
+                            self.returned.notify_one();
+                        }
+                        Err(error)
+                    }
                 };
             }
             let now = Instant::now();
@@ -398,6 +376,13 @@ impl PoolShared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             state.waiting -= 1;
+        }
+    }
+
+    fn lease(&self, vm: Vm) -> Lease<'_> {
+        Lease {
+            pool: self,
+            vm: Some(vm),
         }
     }
 
@@ -441,14 +426,12 @@ impl PoolShared {
                 state.creating -= 1;
                 match made {
                     Ok(vm) => {
-                        state.idle.insert(
-                            0,
-                            IdleVm {
-                                vm,
-                                since: Instant::now(),
-                                fresh: true,
-                            },
-                        );
+                        // Idle VMs stay in the order they became idle: the oldest first.
+                        state.idle.push(IdleVm {
+                            vm,
+                            since: Instant::now(),
+                            fresh: true,
+                        });
                         if state.waiting > 0 {
                             self.returned.notify_one();
                         }
@@ -465,27 +448,71 @@ impl PoolShared {
                 continue;
             }
             // Idle VMs beyond the minimum that have waited too long go; the oldest are first.
+            // They are torn down with the lock released: tearing down can take a while.
             let now = Instant::now();
-            while state.idle.len() > wanted
-                && now.duration_since(state.idle[0].since) >= self.config.idle_timeout
-            {
-                let old = state.idle.remove(0);
-                self.hypervisor.shared().dispose(Box::new(old.vm));
+            let expired = |idle: &IdleVm| {
+                idle.since
+                    .checked_add(self.config.idle_timeout)
+                    .is_some_and(|expiry| expiry <= now)
+            };
+            let mut old = Vec::new();
+            while state.idle.len() > wanted && expired(&state.idle[0]) {
+                old.push(state.idle.remove(0));
+            }
+            if !old.is_empty() {
+                drop(state);
+                for idle in old {
+                    self.hypervisor.shared().dispose(Box::new(idle.vm));
+                }
+                state = self.lock();
+                continue;
             }
             let next_expiry = state
                 .idle
                 .first()
                 .filter(|_| state.idle.len() > wanted)
-                .map(|oldest| {
-                    (oldest.since + self.config.idle_timeout).saturating_duration_since(now)
-                })
-                .unwrap_or(Duration::MAX);
+                .and_then(|oldest| oldest.since.checked_add(self.config.idle_timeout))
+                .map_or(Duration::MAX, |expiry| {
+                    expiry.saturating_duration_since(now)
+                });
             state.trim_scheduled = next_expiry != Duration::MAX;
             state = self
                 .work
                 .wait_timeout(state, next_expiry.min(MAX_SLEEP))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+}
+
+/// A run's hold on one VM of the pool. Dropped without [`Lease::give_back`] (after an error,
+/// a KVM-level failure, a reset that failed, or a panic unwinding through the run), it
+/// destroys the VM and frees its place: the pool never loses count of its VMs.
+struct Lease<'p> {
+    pool: &'p PoolShared,
+    vm: Option<Vm>,
+}
+
+impl Lease<'_> {
+    /// The VM, which a lease holds from `take` until `give_back` or its drop.
+    fn vm(&mut self) -> Result<&mut Vm, Error> {
+        self.vm
+            .as_mut()
+            .ok_or_else(|| Error::Internal("a pool lease without its VM".into()))
+    }
+
+    /// Gives the VM, reset, back to the idle ones.
+    fn give_back(mut self) {
+        let vm = self.vm.take();
+        self.pool.give_back(vm);
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            self.pool.give_back(None);
+            self.pool.hypervisor.shared().dispose(Box::new(vm));
         }
     }
 }

@@ -19,14 +19,13 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
 
+use mote_boot::paging::PAGE_SIZE;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::Error;
 
 /// Guest RAM: one mapping starting at guest-physical 0.
 pub(crate) type GuestRam = vm_memory::GuestMemoryMmap;
-
-const PAGE_SIZE: u64 = 4096;
 
 /// Anonymous guest RAM of `size` bytes, backed lazily (`MAP_NORESERVE`): untouched RAM costs
 /// nothing.
@@ -146,6 +145,18 @@ impl SnapshotMemory {
                 .map_err(|e| Error::Memory(format!("cannot restore guest memory: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Whether `ram` holds the snapshot's bytes over `range` (guest-physical).
+    pub(crate) fn holds(&self, ram: &GuestRam, range: Range<u64>) -> Result<bool, Error> {
+        let len = (range.end - range.start) as usize;
+        let (mut ours, mut theirs) = (vec![0u8; len], vec![0u8; len]);
+        self.file
+            .read_exact_at(&mut ours, range.start)
+            .map_err(|e| Error::Memory(format!("cannot read the snapshot: {e}")))?;
+        vm_memory::Bytes::read_slice(ram, &mut theirs, GuestAddress(range.start))
+            .map_err(|e| Error::Memory(format!("cannot read guest memory: {e}")))?;
+        Ok(ours == theirs)
     }
 
     /// Writes `bytes` at `offset` (before sealing).
@@ -370,6 +381,9 @@ pub(crate) fn page_count(ranges: &[Range<u64>]) -> u64 {
     ranges.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum()
 }
 
+/// How many ranges [`HostWrites`] holds before it first merges them.
+const COMPACT_AT: usize = 1024;
+
 /// The guest-physical pages mote itself wrote into a VM's memory during a run (input,
 /// `random` results, host-call replies): KVM's dirty log sees only the guest's own writes.
 #[derive(Debug, Default)]
@@ -385,14 +399,21 @@ impl HostWrites {
         }
         let start = address / PAGE_SIZE * PAGE_SIZE;
         let end = address.saturating_add(len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        self.ranges.push(start..end);
+        match self.ranges.last_mut() {
+            // Writes in a row (a transfer split page by page) make one range.
+            Some(last) if last.end == start => last.end = end,
+            _ => self.ranges.push(start..end),
+        }
+        // A guest making many scattered writes in one run must not grow the record without
+        // bound: merged, it holds at most one range per page of guest memory.
+        if self.ranges.len() >= COMPACT_AT && self.ranges.len().is_power_of_two() {
+            self.ranges = union(&self.ranges, &[]);
+        }
     }
 
     /// The pages written since the last call, sorted and coalesced.
     pub(crate) fn take(&mut self) -> Vec<Range<u64>> {
-        let mut ranges = std::mem::take(&mut self.ranges);
-        ranges.sort_by_key(|r| r.start);
-        union(&ranges, &[])
+        union(&std::mem::take(&mut self.ranges), &[])
     }
 }
 
@@ -531,6 +552,16 @@ mod tests {
         writes.record(0x7000, 0x1000);
         assert_eq!(writes.take(), vec![0x1000..0x2000, 0x5000..0x8000]);
         assert_eq!(writes.take(), vec![]);
+        // Many scattered writes to a few pages keep the record small.
+        for i in 0..100_000u64 {
+            writes.record((i % 7) * 2 * PAGE_SIZE, 8);
+        }
+        assert!(
+            writes.ranges.len() < 2 * COMPACT_AT,
+            "{}",
+            writes.ranges.len()
+        );
+        assert_eq!(writes.take().len(), 7);
         let bitmap = [0b1011u64, 1 << 63];
         let dirty = dirty_ranges(&bitmap);
         assert_eq!(dirty, vec![0..0x2000, 0x3000..0x4000, 0x7F000..0x80000]);

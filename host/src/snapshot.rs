@@ -1,22 +1,22 @@
 //! Snapshots: a guest booted once, up to the point where it is ready for input, then restored
 //! into any number of VMs that share its memory copy-on-write.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use kvm_bindings::CpuId;
 use mote_abi::{RunStart, SEED_BYTES};
+use mote_boot::paging::PAGE_SIZE;
 
-use std::path::Path;
-
-use crate::machine::{self, End, Purpose, with_start_registers};
+use crate::machine::{self, End, Finished, Purpose, with_start_registers};
 use crate::ram::SnapshotMemory;
 use crate::serial::Serial;
 use crate::snapshot_file::{self, SnapshotFileError};
 use crate::vcpu_state::{self, MSR_IA32_TSC, SavedVcpu};
 use crate::vm::{self, Booted, GuestFacts, Vm};
-use crate::{Error, GuestImage, Outcome, Phases, RunConfig, Shared};
+use crate::{Error, GuestImage, Outcome, Phases, RunConfig, Shared, Stats};
 
 /// A guest's whole state at the moment it said it was ready for input: its memory, its vCPU and
 /// its devices. Restoring it ([`Hypervisor::run_snapshot`](crate::Hypervisor::run_snapshot), or a
@@ -119,7 +119,12 @@ impl Snapshot {
             name.to_string_lossy(),
             std::process::id()
         ));
-        let written = std::fs::File::create(&temporary).and_then(|file| {
+        // A fresh file, never one that is there already (a planted link, another save).
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary);
+        let written = created.and_then(|file| {
             let inner = &self.inner;
             let parts = snapshot_file::Described {
                 memory_size: inner.memory.size(),
@@ -213,7 +218,7 @@ fn stored_pages(
         let mut page = vec![0u8; PAGE_SIZE as usize];
         while let Some(&address) = pages.peek() {
             if let Some((first, bytes)) = &run
-                && (first + bytes.len() as u64 != address
+                && (first * PAGE_SIZE + bytes.len() as u64 != address
                     || bytes.len() >= RUN_PAGES * PAGE_SIZE as usize)
             {
                 break;
@@ -235,8 +240,6 @@ fn stored_pages(
         run.map(Ok)
     }))
 }
-
-const PAGE_SIZE: u64 = 4096;
 
 /// Boots `image` until it is ready for input and captures it.
 pub(crate) fn capture(
@@ -261,7 +264,11 @@ pub(crate) fn capture(
         &config,
         ram,
         reserved.elapsed(),
-        Some(config.input_capacity),
+        Some(
+            config
+                .input_capacity
+                .unwrap_or(crate::DEFAULT_INPUT_CAPACITY),
+        ),
     )?;
     vcpu_state::check_xsave_size(&vm.fd)?;
     let finished = machine::run(
@@ -324,48 +331,77 @@ pub(crate) fn new_vm(
     Ok(vm)
 }
 
-/// Starts a new run on `vm`: writes `input` into the guest's input window and puts the
-/// snapshot's vCPU state into the vCPU (just created if `fresh`), with `ready_for_input`'s
-/// results for this run.
-pub(crate) fn start_run(
+/// Refuses input longer than `snapshot`'s input window, before any VM is touched.
+pub(crate) fn check_input_fits(snapshot: &Snapshot, config: &RunConfig) -> Result<(), Error> {
+    let len = config.input.as_ref().map_or(0, |input| input.len() as u64);
+    let capacity = snapshot.input_capacity();
+    if len > capacity {
+        return Err(Error::InputTooLarge { len, capacity });
+    }
+    Ok(())
+}
+
+/// Runs `snapshot` on `vm` with `config` (its input checked to fit): writes the input into the
+/// guest's input window, puts the snapshot's vCPU state into the vCPU (just created if
+/// `fresh`) with `ready_for_input`'s results for this run, and runs it. `stats` holds what
+/// getting `vm` cost.
+pub(crate) fn run_on(
     shared: &Shared,
     snapshot: &Snapshot,
     vm: &mut Vm,
-    input: &[u8],
+    config: &mut RunConfig,
     fresh: bool,
-) -> Result<RunStart, Error> {
+    mut stats: Stats,
+) -> Result<Finished, Error> {
+    let started = Instant::now();
     let inner = &snapshot.inner;
-    let window = inner.guest.input_window;
-    let capacity = window.map_or(0, |w| w.len);
-    let input_len = input.len() as u64;
-    if input_len > capacity {
-        return Err(Error::InputTooLarge {
-            len: input_len,
-            capacity,
-        });
-    }
-    if let Some(window) = window
+    let input = config.input.take().unwrap_or_default();
+    if let Some(window) = inner.guest.input_window
         && !input.is_empty()
     {
-        vm.host_writes.record(window.physical, input_len);
-        vm_memory::Bytes::write_slice(&vm.ram, input, vm_memory::GuestAddress(window.physical))
+        vm.host_writes.record(window.physical, input.len() as u64);
+        vm_memory::Bytes::write_slice(&vm.ram, &input, vm_memory::GuestAddress(window.physical))
             .map_err(|e| Error::Internal(format!("cannot write the input: {e}")))?;
     }
     let start = RunStart {
         generation: inner.generations.fetch_add(1, Ordering::Relaxed) + 1,
         seed: fresh_seed()?,
-        input_len,
+        input_len: input.len() as u64,
     };
+    restore(shared, snapshot, vm, &start, fresh)?;
+    stats.phases.vcpu = started.elapsed();
+    machine::run(
+        shared,
+        vm,
+        &inner.guest,
+        inner.serial.clone(),
+        config,
+        Purpose::Run(start),
+        stats,
+    )
+}
+
+/// Puts the snapshot's vCPU state into `vm`'s vCPU (just created if `fresh`), with `start` as
+/// `ready_for_input`'s results; the first time, checks that this host can restore the
+/// snapshot at all.
+pub(crate) fn restore(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    vm: &mut Vm,
+    start: &RunStart,
+    fresh: bool,
+) -> Result<(), Error> {
+    let inner = &snapshot.inner;
     inner.vcpu.restore(
         &mut vm.vcpu,
-        &with_start_registers(inner.vcpu.regs, &start),
+        &with_start_registers(inner.vcpu.regs, start),
         fresh,
     )?;
     if !inner.host_checked.load(Ordering::Relaxed) {
         check_host(shared, inner, vm)?;
         inner.host_checked.store(true, Ordering::Relaxed);
     }
-    Ok(start)
+    Ok(())
 }
 
 /// Refuses to restore a snapshot (one read from a file: one taken here passes) on a host that
@@ -373,6 +409,9 @@ pub(crate) fn start_run(
 /// frequency, or a TSC behind the snapshot's. Some hosts ignore writes to `IA32_TSC` and offer
 /// no TSC offset, so after the host restarted a guest would see time run backwards.
 fn check_host(shared: &Shared, inner: &Inner, vm: &Vm) -> Result<(), Error> {
+    // The XSAVE area restored came from the snapshot (a file, perhaps): this host's must fit
+    // the same 4 KiB.
+    vcpu_state::check_xsave_size(&vm.fd)?;
     let machine = shared.machine_info(&vm.vcpu)?;
     if machine.tsc_khz != inner.tsc_khz {
         return Err(Error::Incompatible(format!(
@@ -416,4 +455,29 @@ pub(crate) fn fresh_seed() -> Result<[u8; SEED_BYTES], Error> {
     getrandom::fill(&mut seed)
         .map_err(|e| Error::Internal(format!("the host's random source failed: {e}")))?;
     Ok(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_pages_come_in_runs_of_adjacent_pages_and_leave_zero_pages_out() {
+        let (memory, ram) = SnapshotMemory::create(64 * PAGE_SIZE).unwrap();
+        for page in [0, 1, 2, 5, 6] {
+            vm_memory::Bytes::write_obj(&ram, 1u8, vm_memory::GuestAddress(page * PAGE_SIZE))
+                .unwrap();
+        }
+        // Written, so stored as data, but all zeros: left out.
+        vm_memory::Bytes::write_obj(&ram, 0u8, vm_memory::GuestAddress(3 * PAGE_SIZE)).unwrap();
+        drop(ram);
+        let runs: Vec<(u64, u64)> = stored_pages(&memory)
+            .unwrap()
+            .map(|run| {
+                let (first, bytes) = run.unwrap();
+                (first, bytes.len() as u64 / PAGE_SIZE)
+            })
+            .collect();
+        assert_eq!(runs, [(0, 3), (5, 2)]);
+    }
 }

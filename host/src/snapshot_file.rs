@@ -33,6 +33,7 @@ use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_mp_state, kvm_msr_entry,
     kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
+use mote_boot::paging::PAGE_SIZE;
 use mote_boot::{Framebuffer, GuardPage, RamdiskFrames};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -46,7 +47,6 @@ pub const MAGIC: [u8; 8] = *b"MOTESNAP";
 /// The layout version this mote writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-const PAGE_SIZE: u64 = 4096;
 const MOTE_VERSION_BYTES: usize = 16;
 const MAX_GUARD_PAGES: u32 = 8;
 const MAX_MSRS: u32 = 1024;

@@ -16,6 +16,11 @@ use crate::{Error, GuestImage, RunConfig, Shared, Stats};
 /// just below 4 GiB, above any guest RAM mote allows.
 const KVM_TSS_ADDRESS: usize = 0xFFFB_D000;
 
+/// CPUID leaf 1, ECX: VMX (Intel's virtualization).
+const CPUID_1_ECX_VMX: u32 = 1 << 5;
+/// CPUID leaf 0x8000_0001, ECX: SVM (AMD's virtualization).
+const CPUID_8000_0001_ECX_SVM: u32 = 1 << 2;
+
 /// The CPUID table every vCPU gets: what KVM supports (`supported`), with mote's hypervisor
 /// leaves in place of KVM's own (or no hypervisor leaves at all, without `mote_leaves`).
 /// `tsc_khz` goes into the info leaf so the guest can time itself without exits.
@@ -33,8 +38,16 @@ fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<Cpu
         .collect();
     for entry in &mut entries {
         match entry.function {
-            0x1 => entry.ebx &= 0x00FF_FFFF,
+            // The initial APIC ID; and VMX: no nested virtualization (a kernel-mode guest
+            // could otherwise run VMXON, and the nested state is not what snapshots hold).
+            0x1 => {
+                entry.ebx &= 0x00FF_FFFF;
+                entry.ecx &= !CPUID_1_ECX_VMX;
+            }
             0xB | 0x1F => entry.edx = 0,
+            // No performance-monitoring unit: its counters and MSRs are not what snapshots hold.
+            0xA => (entry.eax, entry.ebx, entry.ecx, entry.edx) = (0, 0, 0, 0),
+            0x8000_0001 => entry.ecx &= !CPUID_8000_0001_ECX_SVM,
             _ => {}
         }
     }
@@ -346,11 +359,22 @@ mod tests {
     #[test]
     fn the_guest_table_names_vcpu_0_and_mote_whatever_cpu_kvm_answered_on() {
         let supported = CpuId::from_entries(&[
-            leaf(0x1, 0x0102_0800, 0x78B_FBFF),
+            kvm_cpuid_entry2 {
+                ecx: 0x8120_2020,
+                ..leaf(0x1, 0x0102_0800, 0x78B_FBFF)
+            },
+            kvm_cpuid_entry2 {
+                eax: 0x0704_0002,
+                ..leaf(0xA, 0x7F, 0x603)
+            },
+            kvm_cpuid_entry2 {
+                ecx: 0x4 | 0x1,
+                ..leaf(0x8000_0001, 0, 0)
+            },
             leaf(0xB, 0, 1),
             leaf(0x1F, 0, 1),
             leaf(0x4000_0000, 0x4B4D_564B, 0x4D),
-            leaf(0x8000_0001, 0x4000_0000, 7),
+            leaf(0x8000_0002, 0x4000_0000, 7),
         ])
         .unwrap();
         let table = guest_cpuid(&supported, 2_000_000, true).unwrap();
@@ -367,9 +391,13 @@ mod tests {
             "initial APIC ID 0, the rest kept"
         );
         assert_eq!(find(0x1).edx, 0x78B_FBFF);
+        assert_eq!(find(0x1).ecx, 0x8120_2000, "no VMX");
+        assert_eq!(find(0x8000_0001).ecx, 0x1, "no SVM");
+        let pmu = find(0xA);
+        assert_eq!((pmu.eax, pmu.ebx, pmu.ecx, pmu.edx), (0, 0, 0, 0), "no PMU");
         assert_eq!(find(0xB).edx, 0, "x2APIC ID 0");
         assert_eq!(find(0x1F).edx, 0);
-        assert_eq!(find(0x8000_0001).edx, 7, "other leaves untouched");
+        assert_eq!(find(0x8000_0002).edx, 7, "other leaves untouched");
         let signature = find(mote_abi::CPUID_LEAF_SIGNATURE);
         assert_eq!(
             signature.ebx,

@@ -139,6 +139,7 @@ fn what_a_snapshot_fixes_a_run_cannot_change() {
         RunConfig::default().acpi(),
         RunConfig::default().framebuffer(64, 64).unwrap(),
         RunConfig::default().plain_boot(),
+        RunConfig::default().input_capacity(1 << 20),
     ] {
         let error = hypervisor().run_snapshot(&snapshot, config).unwrap_err();
         assert!(matches!(error, Error::Config(_)), "{error}");
@@ -491,4 +492,82 @@ fn mote_snapshot_then_mote_run_of_the_file() {
     assert!(text(&out.stderr).contains("never became ready"));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&input_path);
+}
+
+#[test]
+fn a_pool_keeps_its_vms_whatever_a_run_brings() {
+    let snapshot = snapshot("hostcall");
+    let pool = Pool::new(
+        hypervisor(),
+        &snapshot,
+        PoolConfig::default().min_idle(1).max_vms(1),
+    )
+    .unwrap();
+    // Input too large for the snapshot: refused before a VM is taken, none lost.
+    let too_big = pool.run(input(&vec![0; 2 << 20])).unwrap_err();
+    assert!(matches!(too_big, Error::InputTooLarge { .. }), "{too_big}");
+    assert_eq!(pool.size(), (1, 0));
+    // A host function that panics ends only its run; the VM is reset and kept.
+    let panicking = RunConfig::default()
+        .input(b"x".to_vec())
+        .host_function("upper", Arc::new(|_: &[u8]| panic!("the embedder's bug")));
+    let outcome = pool.run(panicking).unwrap();
+    assert!(matches!(outcome.exit, Exit::HostFunctionPanicked { .. }));
+    assert_eq!(pool.size(), (1, 0));
+    let fine = RunConfig::default()
+        .input(b"fine".to_vec())
+        .host_function("upper", Arc::new(|r: &[u8]| Ok(r.to_ascii_uppercase())));
+    assert_eq!(pool.run(fine).unwrap().output, b"FINE");
+}
+
+#[test]
+fn a_pool_whose_vms_never_expire_still_replaces_the_ones_it_loses() {
+    let kernel = snapshot("isolation-kernel");
+    let config = PoolConfig::default()
+        .min_idle(3)
+        .max_vms(4)
+        .idle_timeout(Duration::MAX);
+    let pool = Pool::new(hypervisor(), &kernel, config).unwrap();
+    // Four runs at once: four idle VMs afterwards, one beyond the three kept.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let pool = &pool;
+            scope.spawn(move || pool.run(input(b"check")).unwrap());
+        }
+    });
+    // Two triple faults cost two VMs; the pool makes one more to keep three.
+    for _ in 0..2 {
+        assert_eq!(
+            pool.run(input(b"triple-fault")).unwrap().exit,
+            Exit::Shutdown
+        );
+    }
+    let kept_three = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        pool.size() == (3, 0)
+    });
+    assert!(kept_three, "{:?}", pool.size());
+}
+
+#[test]
+fn a_restored_run_hands_back_its_screen_only_when_asked() {
+    let framebuffer = RunConfig::default().framebuffer(64, 48).unwrap();
+    let snapshot = hypervisor().snapshot(&image("echo"), framebuffer).unwrap();
+    assert!(snapshot.has_framebuffer());
+    let plain = hypervisor().run_snapshot(&snapshot, input(b"x")).unwrap();
+    assert_eq!(plain.framebuffer, None);
+    let asked = hypervisor()
+        .run_snapshot(&snapshot, input(b"x").screenshot())
+        .unwrap();
+    let screen = asked.framebuffer.expect("asked for");
+    assert_eq!((screen.width, screen.height), (64, 48));
+    assert_eq!(screen.rgb.len(), 64 * 48 * 3);
+}
+
+#[test]
+fn a_pools_first_run_is_generation_one() {
+    let snapshot = snapshot("abi-calls");
+    let pool = Pool::new(hypervisor(), &snapshot, PoolConfig::default()).unwrap();
+    let report = text(&pool.run(input(b"x")).unwrap().output);
+    assert!(report.contains("generation=1\n"), "{report}");
 }

@@ -423,6 +423,9 @@ fn run(args: &RunArgs) -> ExitCode {
                         .into(),
                 ));
             }
+            if args.screenshot.is_some() {
+                config = config.screenshot();
+            }
             hypervisor.run_snapshot(&snapshot, config)?
         } else {
             if args.screenshot.is_some() && args.layout.framebuffer.is_none() {

@@ -392,12 +392,18 @@ pub(crate) fn restore(
     fresh: bool,
 ) -> Result<(), Error> {
     let inner = &snapshot.inner;
+    let checked = inner.host_checked.load(Ordering::Relaxed);
+    if !checked {
+        // The XSAVE area about to be restored may come from a file: this host's must fit the
+        // same 4 KiB.
+        vcpu_state::check_xsave_size(&vm.fd)?;
+    }
     inner.vcpu.restore(
         &mut vm.vcpu,
         &with_start_registers(inner.vcpu.regs, start),
         fresh,
     )?;
-    if !inner.host_checked.load(Ordering::Relaxed) {
+    if !checked {
         check_host(shared, inner, vm)?;
         inner.host_checked.store(true, Ordering::Relaxed);
     }
@@ -409,9 +415,6 @@ pub(crate) fn restore(
 /// frequency, or a TSC behind the snapshot's. Some hosts ignore writes to `IA32_TSC` and offer
 /// no TSC offset, so after the host restarted a guest would see time run backwards.
 fn check_host(shared: &Shared, inner: &Inner, vm: &Vm) -> Result<(), Error> {
-    // The XSAVE area restored came from the snapshot (a file, perhaps): this host's must fit
-    // the same 4 KiB.
-    vcpu_state::check_xsave_size(&vm.fd)?;
     let machine = shared.machine_info(&vm.vcpu)?;
     if machine.tsc_khz != inner.tsc_khz {
         return Err(Error::Incompatible(format!(

@@ -200,9 +200,11 @@ impl SavedVcpu {
             vcpu.set_sregs(&flipped)
                 .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
         }
-        // SAFETY: `xsave` is a whole `kvm_xsave` (4 KiB) read from a vCPU of this host by
-        // KVM_GET_XSAVE, and this host's XSAVE state fits in it (checked by `check_xsave_size`
-        // before any snapshot is taken), so KVM reads no more than the buffer holds.
+        // SAFETY: `xsave` is a whole `kvm_xsave`, 4 KiB, wherever it came from (a vCPU, or a
+        // snapshot file, which holds exactly that many bytes). KVM_SET_XSAVE reads as many bytes
+        // as this VM's XSAVE state takes (KVM_CAP_XSAVE2), and every restore of a snapshot
+        // comes after `check_xsave_size` found that at most 4 KiB on this host (when it was
+        // taken, and before its first restore here), so KVM reads no more than the buffer holds.
         unsafe { vcpu.set_xsave(&self.xsave) }.map_err(|e| Error::kvm("KVM_SET_XSAVE", e))?;
         vcpu.set_xcrs(&self.xcrs)
             .map_err(|e| Error::kvm("KVM_SET_XCRS", e))?;

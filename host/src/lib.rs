@@ -558,6 +558,8 @@ pub(crate) struct Shared {
     machine: OnceLock<vm::MachineInfo>,
     /// The MSRs a snapshot saves, learnt from the first vCPU that needs them.
     saveable_msrs: OnceLock<Vec<u32>>,
+    /// KVM can hold a guest to the paravirtual features its CPUID table offers.
+    enforce_pv_cpuid: bool,
 }
 
 impl Hypervisor {
@@ -582,6 +584,9 @@ impl Hypervisor {
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let enforce_pv_cpuid = kvm
+            .check_extension_raw(u64::from(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID) as _)
+            > 0;
         Ok(Self {
             shared: Arc::new(Shared {
                 watchdog: OnceLock::new(),
@@ -590,6 +595,7 @@ impl Hypervisor {
                 supported_cpuid,
                 machine: OnceLock::new(),
                 saveable_msrs: OnceLock::new(),
+                enforce_pv_cpuid,
             }),
         })
     }

@@ -139,6 +139,17 @@ impl Vm {
             .create_vcpu(0)
             .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
         register_memory(&fd, &ram, dirty_log)?;
+        if shared.enforce_pv_cpuid {
+            // KVM's paravirtual MSRs answer even though mote's CPUID table hides KVM's leaves
+            // (measured): with this, writing them raises #GP, as the table says it should.
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
+            vcpu.enable_cap(&cap)
+                .map_err(|e| Error::kvm("KVM_ENABLE_CAP", e))?;
+        }
         vcpu.set_sync_valid_reg(SyncReg::Register);
         vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
         Ok(Self {

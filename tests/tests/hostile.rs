@@ -245,3 +245,22 @@ fn input_over_the_input_limit_is_refused_before_anything_runs() {
         Some(i32::from(mote_host::exit_status::USAGE))
     );
 }
+
+#[test]
+fn kvms_paravirtual_msrs_fault_as_the_cpuid_table_says() {
+    let outcome = mote_tests::run_guest_with_input("isolation-kernel", b"pv-msr");
+    assert!(
+        matches!(outcome.exit, Exit::Exception { vector: 13, .. }),
+        "{outcome:?}: {}",
+        mote_tests::text(&outcome.output)
+    );
+}
+
+#[test]
+fn kernel_mode_sees_motes_cpuid_table_without_vmx_or_a_pmu() {
+    let outcome = mote_tests::run_guest_with_input("isolation-kernel", b"cpuid");
+    assert_eq!(outcome.exit, Exit::Guest { code: 0 });
+    // (A cold run's own check says its registers are not a snapshot's: it was not restored.)
+    let report = mote_tests::text(&outcome.output);
+    assert!(report.ends_with("\nmote, no vmx, no pmu\n"), "{report}");
+}

@@ -2,7 +2,8 @@
 //! `bootloader_api` kernel (no mote runtime) that checks what only kernel code can change: its
 //! page tables (a page table entry pointing somewhere else), MSRs, debug registers, CR4, and its
 //! general registers and flags. A polluting run writes a secret into all of them. See
-//! `../isolation.rs` for the input; `triple-fault` ends the run in a triple fault instead. Kernel-mode code is emulated on some hosts, so the work per
+//! `../isolation.rs` for the input; `triple-fault` ends the run in a triple fault instead, and
+//! `pv-msr` writes one of KVM's paravirtual MSRs, `cpuid` reports what CPUID says. Kernel-mode code is emulated on some hosts, so the work per
 //! run is kept small (and no SSE: some hosts cannot emulate it).
 #![no_std]
 #![no_main]
@@ -113,6 +114,26 @@ fn main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     output(report.text());
     if input == b"triple-fault" {
         triple_fault();
+    }
+    if input == b"cpuid" {
+        // What mote's CPUID table says to kernel mode: its signature, no VMX, no PMU.
+        let signature = core::arch::x86_64::__cpuid(mote_abi::CPUID_LEAF_SIGNATURE);
+        let vmx = core::arch::x86_64::__cpuid(1).ecx & (1 << 5) != 0;
+        let pmu = core::arch::x86_64::__cpuid(0xA).eax != 0;
+        let mote = [signature.ebx, signature.ecx, signature.edx] == mote_abi::signature_registers();
+        output(if mote && !vmx && !pmu {
+            b"mote, no vmx, no pmu\n"
+        } else {
+            b"another table\n"
+        });
+        exit(0)
+    }
+    if input == b"pv-msr" {
+        // KVM's kvmclock MSR: mote's CPUID table offers no KVM feature, so this should fault.
+        // SAFETY: kernel mode; writing 0 turns kvmclock off, which this kernel never used.
+        unsafe { write_msr(0x4B56_4D01, 0) };
+        output(b"wrote KVM's MSR\n");
+        exit(0)
     }
     let Some((secret, end)) = parse(input) else {
         exit(0)

@@ -44,6 +44,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod budget;
 mod console;
 #[doc(hidden)]
 pub mod decode;
@@ -152,6 +153,22 @@ pub enum Error {
         /// The most the run takes.
         capacity: u64,
     },
+    /// The run would take the hypervisor's memory budget past its limit
+    /// ([`Hypervisor::set_memory_budget`]).
+    #[error(
+        "the run may take {needed} bytes of host memory, and only {free} of the {limit}-byte \
+         budget are free; wait for other runs, give this one less memory or smaller limits, or \
+         raise the budget"
+    )]
+    OverBudget {
+        /// What the run may take: its memory size and the output, console and input mote
+        /// holds for it.
+        needed: u64,
+        /// What is free now.
+        free: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// Every VM of a pool stayed busy for as long as the pool lets a run wait.
     #[error(
         "all {vms} VMs of the pool stayed busy for {waited:?}; give the pool more VMs or a longer \
@@ -210,6 +227,7 @@ impl Error {
             | Error::Memory(_)
             | Error::Incompatible(_)
             | Error::PoolBusy { .. }
+            | Error::OverBudget { .. }
             | Error::Unsupported(_)
             | Error::Internal(_) => exit_status::HOST_ERROR,
         }
@@ -346,6 +364,7 @@ pub struct RunConfig {
     input_capacity: Option<u64>,
     screenshot: bool,
     limits: Limits,
+    memory_wait: std::time::Duration,
 }
 
 impl RunConfig {
@@ -384,6 +403,23 @@ impl RunConfig {
     /// The guest memory size a boot gets.
     fn boot_memory_size(&self) -> u64 {
         self.memory_size.unwrap_or(DEFAULT_MEMORY_SIZE)
+    }
+
+    /// Waits up to `wait` for room in the hypervisor's memory budget when the run would go
+    /// past it, rather than fail at once with [`Error::OverBudget`]. Default: no wait.
+    pub fn wait_for_memory(mut self, wait: std::time::Duration) -> Self {
+        self.memory_wait = wait;
+        self
+    }
+
+    /// The most host memory a run of this configuration may take, with `memory_size` bytes of
+    /// guest memory: all of it written, and the output, console and input mote holds for it.
+    pub(crate) fn worst_case(&self, memory_size: u64) -> u64 {
+        let input = self.input.as_ref().map_or(0, |input| input.len() as u64);
+        memory_size
+            .saturating_add(self.limits.output_bytes)
+            .saturating_add(self.limits.console_bytes)
+            .saturating_add(input)
     }
 
     /// Refuses input over the input limit.
@@ -560,6 +596,8 @@ pub(crate) struct Shared {
     saveable_msrs: OnceLock<Vec<u32>>,
     /// KVM can hold a guest to the paravirtual features its CPUID table offers.
     enforce_pv_cpuid: bool,
+    /// The host memory the guests may take together.
+    budget: Arc<budget::Budget>,
 }
 
 impl Hypervisor {
@@ -596,14 +634,33 @@ impl Hypervisor {
                 machine: OnceLock::new(),
                 saveable_msrs: OnceLock::new(),
                 enforce_pv_cpuid,
+                budget: budget::Budget::new(budget::default_limit()),
             }),
         })
+    }
+
+    /// Sets the memory budget: how much host memory the guests of this hypervisor (and its
+    /// clones and pools) may take together. Each run is charged its worst case before it
+    /// starts (its memory size, the output and console mote may hold for it, its input), a
+    /// snapshot its memory size for as long as it is held, and a pooled VM the pages it may
+    /// keep between runs; a run that would go past the budget is refused with
+    /// [`Error::OverBudget`], or waits for room ([`RunConfig::wait_for_memory`]). Default:
+    /// three quarters of the machine's memory, or of this process's memory cgroup's limit if
+    /// that is lower.
+    pub fn set_memory_budget(&self, bytes: u64) {
+        self.shared.budget.set_limit(bytes);
+    }
+
+    /// The memory budget and how much of it is charged now, in bytes: `(limit, used)`.
+    pub fn memory_budget(&self) -> (u64, u64) {
+        self.shared.budget.usage()
     }
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
         config.check_input()?;
         let shared = &*self.shared;
+        let charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
         let reserved = Instant::now();
         let ram = ram::anonymous(config.boot_memory_size())?;
         let Booted {
@@ -611,6 +668,7 @@ impl Hypervisor {
             guest,
             stats,
         } = vm::boot(shared, image, &config, ram, reserved.elapsed(), None)?;
+        vm.charge = Some(charge);
         let start = RunStart {
             generation: 0,
             seed: snapshot::fresh_seed()?,
@@ -661,7 +719,7 @@ impl Hypervisor {
     /// backwards since) is checked when it is first restored: a host that cannot gives
     /// [`Error::Incompatible`].
     pub fn load_snapshot(&self, path: impl AsRef<Path>) -> Result<Snapshot, Error> {
-        Snapshot::load(path.as_ref())
+        Snapshot::load(&self.shared, path.as_ref())
     }
 
     /// Runs `snapshot` in a fresh VM: the guest continues from its snapshot point with the
@@ -677,8 +735,10 @@ impl Hypervisor {
         config.check_input()?;
         snapshot::check_input_fits(snapshot, &config)?;
         let shared = &*self.shared;
+        let charge = shared.charge(config.worst_case(snapshot.memory_size()), &config)?;
         let mut stats = Stats::default();
         let mut vm = snapshot::new_vm(shared, snapshot, false, &mut stats.phases)?;
+        vm.charge = Some(charge);
         let screen = config.screenshot;
         let result = snapshot::run_on(shared, snapshot, &mut vm, &mut config, true, stats)
             .and_then(|finished| outcome(finished, &vm, &snapshot.inner.guest, screen));
@@ -727,6 +787,11 @@ impl Shared {
         }
         let msrs = vcpu_state::saveable_msrs(&self.kvm, vcpu)?;
         Ok(self.saveable_msrs.get_or_init(|| msrs))
+    }
+
+    /// Charges `bytes` against the memory budget, waiting as `config` says.
+    pub(crate) fn charge(&self, bytes: u64, config: &RunConfig) -> Result<budget::Charge, Error> {
+        self.budget.charge(bytes, config.memory_wait)
     }
 
     /// The deadline thread, started on first use.

@@ -14,6 +14,7 @@ use crate::snapshot::{self, Snapshot};
 use crate::vm::Vm;
 use crate::{Error, Exit, Hypervisor, Outcome, RunConfig, Stats, ram, vcpu_state, watchdog};
 use mote_abi::RunStart;
+use mote_boot::paging::PAGE_SIZE;
 
 /// How a [`Pool`] sizes itself.
 #[derive(Clone, Debug)]
@@ -189,13 +190,15 @@ impl Pool {
         config.check_restorable(&shared.snapshot)?;
         config.check_input()?;
         snapshot::check_input_fits(&shared.snapshot, &config)?;
+        let hypervisor = shared.hypervisor.shared();
+        let _charge =
+            hypervisor.charge(config.worst_case(shared.snapshot.memory_size()), &config)?;
         let mut stats = Stats::default();
         let taken = Instant::now();
         let (mut lease, fresh) = shared.take()?;
         stats.phases.vm = taken.elapsed();
         let screen = config.screenshot;
         let vm = lease.vm()?;
-        let hypervisor = shared.hypervisor.shared();
         let finished =
             snapshot::run_on(hypervisor, &shared.snapshot, vm, &mut config, fresh, stats)?;
         let had_deadline = finished.had_deadline;
@@ -324,7 +327,13 @@ impl PoolShared {
 
     fn new_vm(&self) -> Result<Vm, Error> {
         let mut phases = crate::Phases::default();
-        let vm = snapshot::new_vm(self.hypervisor.shared(), &self.snapshot, true, &mut phases)?;
+        let shared = self.hypervisor.shared();
+        // An idle VM keeps at most this much of its own; a run is charged the rest.
+        let charge = shared
+            .budget
+            .charge(PRIVATE_PAGES_MAX * PAGE_SIZE, Duration::ZERO)?;
+        let mut vm = snapshot::new_vm(shared, &self.snapshot, true, &mut phases)?;
+        vm.charge = Some(charge);
         Ok(vm)
     }
 

@@ -10,6 +10,7 @@ use kvm_bindings::CpuId;
 use mote_abi::{RunStart, SEED_BYTES};
 use mote_boot::paging::PAGE_SIZE;
 
+use crate::budget::Charge;
 use crate::machine::{self, End, Finished, Purpose, with_start_registers};
 use crate::ram::SnapshotMemory;
 use crate::serial::Serial;
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     generations: AtomicU64,
     /// Whether this host was seen able to restore the snapshot (same CPU, TSC not behind).
     host_checked: AtomicBool,
+    /// The memory budget's charge for the memory, held as long as the snapshot.
+    _charge: Charge,
 }
 
 impl Snapshot {
@@ -67,6 +70,7 @@ impl Snapshot {
         guest: GuestFacts,
         cpuid: CpuId,
         tsc_khz: u32,
+        charge: Charge,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +82,7 @@ impl Snapshot {
                 tsc_khz,
                 generations: AtomicU64::new(0),
                 host_checked: AtomicBool::new(false),
+                _charge: charge,
             }),
         }
     }
@@ -153,7 +158,7 @@ impl Snapshot {
     /// again. A file another mote version wrote, or that is truncated, corrupt or not a
     /// snapshot at all, is refused with [`Error::SnapshotFile`]. Whether this host can restore
     /// it (the same CPU, a TSC not behind the snapshot's) is checked when it is first restored.
-    pub(crate) fn load(path: &Path) -> Result<Self, Error> {
+    pub(crate) fn load(shared: &Shared, path: &Path) -> Result<Self, Error> {
         let fail = |source: SnapshotFileError| Error::SnapshotFile {
             path: path.display().to_string(),
             source,
@@ -168,26 +173,46 @@ impl Snapshot {
                 "not a regular file",
             ))));
         }
-        let mut memory = None;
-        let parts = snapshot_file::read(
+        // The memory is charged against the budget before the first page is copied.
+        let mut held: Option<(SnapshotMemory, Charge)> = None;
+        let mut refused = None;
+        let read = snapshot_file::read(
             std::io::BufReader::new(file),
             mote_boot::MIN_MEMORY,
             crate::MAX_MEMORY_SIZE,
             |size, address, bytes| {
-                let memory = match &mut memory {
-                    Some(memory) => memory,
-                    None => memory.insert(
-                        SnapshotMemory::empty(size)
-                            .map_err(|e| std::io::Error::other(e.to_string()))?,
-                    ),
+                let (memory, _) = match &mut held {
+                    Some(held) => held,
+                    None => {
+                        let made = shared
+                            .budget
+                            .charge(size, std::time::Duration::ZERO)
+                            .and_then(|charge| Ok((SnapshotMemory::empty(size)?, charge)));
+                        match made {
+                            Ok(made) => held.insert(made),
+                            Err(error) => {
+                                let message = error.to_string();
+                                refused = Some(error);
+                                return Err(std::io::Error::other(message));
+                            }
+                        }
+                    }
                 };
                 memory.write_at(bytes, address)
             },
-        )
-        .map_err(fail)?;
-        let memory = match memory {
-            Some(memory) => memory,
-            None => SnapshotMemory::empty(parts.memory_size)?,
+        );
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        let parts = read.map_err(fail)?;
+        let (memory, charge) = match held {
+            Some(held) => held,
+            None => (
+                SnapshotMemory::empty(parts.memory_size)?,
+                shared
+                    .budget
+                    .charge(parts.memory_size, std::time::Duration::ZERO)?,
+            ),
         };
         memory.seal()?;
         let cpuid = CpuId::from_entries(&parts.cpuid)
@@ -199,6 +224,7 @@ impl Snapshot {
             parts.guest,
             cpuid,
             parts.tsc_khz,
+            charge,
         ))
     }
 }
@@ -252,6 +278,8 @@ pub(crate) fn capture(
             "a snapshot takes no input: input belongs to each run restored from it".into(),
         ));
     }
+    // The boot is charged as a run is; the snapshot then holds a charge for its memory.
+    let boot_charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
     let reserved = Instant::now();
     let (memory, ram) = SnapshotMemory::create(config.boot_memory_size())?;
     let Booted {
@@ -302,6 +330,10 @@ pub(crate) fn capture(
     // The shared mapping must be gone before the memory can be sealed.
     drop(vm);
     memory.seal()?;
+    drop(boot_charge);
+    let charge = shared
+        .budget
+        .charge(memory.size(), std::time::Duration::ZERO)?;
     tracing::debug!(vcpu = ?saved, "snapshot taken");
     Ok(Snapshot::new(
         memory,
@@ -310,6 +342,7 @@ pub(crate) fn capture(
         guest,
         cpuid,
         tsc_khz,
+        charge,
     ))
 }
 

@@ -121,6 +121,8 @@ pub(crate) struct Vm {
     /// The pages of `ram` this VM holds copies of its own (written since it was made or its
     /// copies last dropped): a pool bounds them.
     pub(crate) private: Vec<std::ops::Range<u64>>,
+    /// What the VM is charged against the memory budget, given back once its memory is gone.
+    pub(crate) charge: Option<crate::budget::Charge>,
 }
 
 impl Vm {
@@ -158,6 +160,7 @@ impl Vm {
             ram,
             host_writes: HostWrites::default(),
             private: Vec::new(),
+            charge: None,
         })
     }
 

@@ -264,3 +264,76 @@ fn kernel_mode_sees_motes_cpuid_table_without_vmx_or_a_pmu() {
     let report = mote_tests::text(&outcome.output);
     assert!(report.ends_with("\nmote, no vmx, no pmu\n"), "{report}");
 }
+
+#[test]
+fn the_memory_budget_refuses_or_holds_back_what_would_not_fit() {
+    use mote_host::{Error, Hypervisor};
+    use std::sync::Barrier;
+    // A hypervisor of its own, with a budget for one 48 MiB guest but not two.
+    let hypervisor = Hypervisor::open().unwrap();
+    hypervisor.set_memory_budget(80 << 20);
+    let image = GuestImage::from_file(guest_path("hostcall")).unwrap();
+    let config = |entered: Arc<Barrier>, release: Arc<Barrier>| {
+        RunConfig::default()
+            .memory_size(48 << 20)
+            .unwrap()
+            .input(b"held".to_vec())
+            .host_function(
+                "upper",
+                Arc::new(move |request: &[u8]| {
+                    entered.wait();
+                    release.wait();
+                    Ok(request.to_vec())
+                }),
+            )
+    };
+    let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    std::thread::scope(|scope| {
+        let first = {
+            let (hypervisor, image) = (&hypervisor, &image);
+            let config = config(Arc::clone(&entered), Arc::clone(&release));
+            scope.spawn(move || hypervisor.run(image, config).unwrap())
+        };
+        entered.wait();
+        let (limit, used) = hypervisor.memory_budget();
+        assert_eq!(limit, 80 << 20);
+        assert!(used >= 48 << 20, "{used}");
+        // A second guest of the same size does not fit: refused before anything runs.
+        let second = RunConfig::default().memory_size(48 << 20).unwrap();
+        let refused = hypervisor.run(&image, second).unwrap_err();
+        assert!(matches!(refused, Error::OverBudget { .. }), "{refused}");
+        // One that may wait gets in once the first is done.
+        let waiting = {
+            let (hypervisor, image) = (&hypervisor, &image);
+            scope.spawn(move || {
+                let config = RunConfig::default()
+                    .memory_size(48 << 20)
+                    .unwrap()
+                    .input(b"x".to_vec())
+                    .host_function("upper", Arc::new(|r: &[u8]| Ok(r.to_vec())))
+                    .wait_for_memory(Duration::from_secs(10));
+                hypervisor.run(image, config).unwrap()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        release.wait();
+        assert_eq!(first.join().unwrap().output, b"held");
+        assert_eq!(waiting.join().unwrap().exit, Exit::Guest { code: 0 });
+    });
+    // Runs are torn down off the caller's path; their charges come back then.
+    let settled = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        hypervisor.memory_budget().1 == 0
+    });
+    assert!(settled, "{:?}", hypervisor.memory_budget());
+    // A snapshot holds a charge for its memory as long as it is held.
+    let snapshot = hypervisor
+        .snapshot(
+            &GuestImage::from_file(guest_path("echo")).unwrap(),
+            RunConfig::default(),
+        )
+        .unwrap();
+    assert_eq!(hypervisor.memory_budget().1, snapshot.memory_size());
+    drop(snapshot);
+    assert_eq!(hypervisor.memory_budget().1, 0);
+}

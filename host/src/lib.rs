@@ -55,6 +55,7 @@ mod outcome;
 mod pool;
 mod ram;
 mod reaper;
+mod seccomp;
 mod serial;
 mod snapshot;
 #[doc(hidden)]
@@ -76,6 +77,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{BootConfig, Description, Mapping};
 pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
+pub use seccomp::restrict_process;
 pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
 

@@ -332,12 +332,14 @@ fn output_goes_to_a_file_and_quiet_hides_the_console() {
     assert_eq!(std::fs::read(&file).unwrap(), b"");
     let _ = std::fs::remove_file(&file);
 
+    // A path that cannot be written is the user's mistake, found before the guest runs.
     let unwritable = run_args("hello", &["--output", "/nonexistent-dir/out"]);
     assert_eq!(
         unwritable.status.code(),
-        Some(i32::from(exit_status::HOST_ERROR))
+        Some(i32::from(exit_status::USAGE))
     );
-    assert!(text(&unwritable.stderr).contains("cannot write output"));
+    assert!(text(&unwritable.stderr).contains("cannot write /nonexistent-dir/out"));
+    assert!(unwritable.stdout.is_empty(), "the guest did not run");
 }
 
 #[test]

@@ -337,3 +337,31 @@ fn the_memory_budget_refuses_or_holds_back_what_would_not_fit() {
     drop(snapshot);
     assert_eq!(hypervisor.memory_budget().1, 0);
 }
+
+#[test]
+fn a_system_call_outside_motes_filter_is_named_before_the_process_ends() {
+    const TEST: &str = "a_system_call_outside_motes_filter_is_named_before_the_process_ends";
+    if std::env::var_os("MOTE_TEST_SECCOMP_CHILD").is_some() {
+        // The child: filtered as `mote run` is, it tries what an escaped guest might.
+        mote_host::restrict_process().unwrap();
+        // SAFETY: a plain socket(2) call; the filter stops it before it does anything.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        // Reached only if the filter let the call through.
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("MOTE_TEST_SECCOMP_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = mote_tests::text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(mote_host::exit_status::HOST_ERROR)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("seccomp filter stopped system call 41 (socket)"),
+        "{stderr}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `mote`: boot a guest kernel under KVM and exit with its exit code.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -289,10 +290,9 @@ fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
 }
 
 /// Writes the guest's screen as a PNG file.
-fn write_png(path: &Path, screen: &mote_host::Screen) -> Result<(), Failure> {
+fn write_png(path: &Path, file: File, screen: &mote_host::Screen) -> Result<(), Failure> {
     let fail =
         |e: &dyn std::fmt::Display| host_error(format!("cannot write {}: {e}", path.display()));
-    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
@@ -356,12 +356,13 @@ fn is_snapshot(path: &Path) -> bool {
 }
 
 /// Delivers the guest's output where `--output` says.
-fn deliver_output(args: &RunArgs, output: &[u8]) -> Result<(), Failure> {
-    match args.output.as_deref() {
-        Some(path) if path != Path::new("-") => std::fs::write(path, output)
+fn deliver_output(args: &RunArgs, output: &[u8], file: Option<File>) -> Result<(), Failure> {
+    match (args.output.as_deref(), file) {
+        (Some(path), Some(mut file)) => file
+            .write_all(output)
             .map_err(|e| host_error(format!("cannot write output {}: {e}", path.display()))),
         // With --json and no --output the output travels inside the JSON object.
-        None if args.json => Ok(()),
+        (None, _) if args.json => Ok(()),
         // Nothing to write: leave standard output alone. The console's writer thread may still
         // hold it, blocked on a reader that stopped reading, and must not hold mote too.
         _ if output.is_empty() => Ok(()),
@@ -372,6 +373,34 @@ fn deliver_output(args: &RunArgs, output: &[u8]) -> Result<(), Failure> {
                 .and_then(|()| stdout.flush())
                 .map_err(|e| host_error(format!("cannot write the output to standard output: {e}")))
         }
+    }
+}
+
+/// Creates the files the run's results go to (`--output`, `--screenshot`) before the guest
+/// runs: a path that cannot be written is a mistake to report before the guest's time is
+/// spent, and once the guest starts mote opens nothing (its seccomp filter forbids it).
+fn result_files(args: &RunArgs) -> Result<(Option<File>, Option<File>), Failure> {
+    let create = |path: &Path| {
+        File::create(path).map_err(|e| {
+            usage(format!(
+                "cannot write {}: {e} (give a path in a directory you can write)",
+                path.display()
+            ))
+        })
+    };
+    let output = match args.output.as_deref() {
+        Some(path) if path != Path::new("-") => Some(create(path)?),
+        _ => None,
+    };
+    let screenshot = args.screenshot.as_deref().map(create).transpose()?;
+    Ok((output, screenshot))
+}
+
+/// Filters every thread of the process to what running the guest needs, with a warning where
+/// the host cannot.
+fn restrict() {
+    if let Err(error) = mote_host::restrict_process() {
+        eprintln!("mote: warning: running without a seccomp filter: {error}");
     }
 }
 
@@ -414,6 +443,7 @@ fn run(args: &RunArgs) -> ExitCode {
             config = config.input(read_input(path, limit)?);
         }
         let hypervisor = Hypervisor::open()?;
+        let files;
         let outcome = if is_snapshot(&args.guest) {
             let snapshot = hypervisor.load_snapshot(&args.guest)?;
             if args.screenshot.is_some() && !snapshot.has_framebuffer() {
@@ -426,6 +456,8 @@ fn run(args: &RunArgs) -> ExitCode {
             if args.screenshot.is_some() {
                 config = config.screenshot();
             }
+            files = result_files(args)?;
+            restrict();
             hypervisor.run_snapshot(&snapshot, config)?
         } else {
             if args.screenshot.is_some() && args.layout.framebuffer.is_none() {
@@ -436,11 +468,16 @@ fn run(args: &RunArgs) -> ExitCode {
                 ));
             }
             let image = GuestImage::from_file(&args.guest)?;
+            files = result_files(args)?;
+            restrict();
             hypervisor.run(&image, config)?
         };
-        deliver_output(args, &outcome.output)?;
-        if let (Some(path), Some(screen)) = (&args.screenshot, &outcome.framebuffer) {
-            write_png(path, screen)?;
+        let (output_file, screenshot_file) = files;
+        deliver_output(args, &outcome.output, output_file)?;
+        if let (Some(path), Some(file), Some(screen)) =
+            (&args.screenshot, screenshot_file, &outcome.framebuffer)
+        {
+            write_png(path, file, screen)?;
         }
         Ok(outcome)
     })();

@@ -1,0 +1,267 @@
+//! seccomp allowlists: the system calls mote's own threads make, and nothing else.
+//!
+//! A guest that found a way out of KVM would find itself in a thread of mote's; these filters
+//! (built with rust-vmm's `seccompiler`, as Firecracker's are) keep what that thread could then
+//! ask of the kernel to what mote itself needs. A call outside the list raises `SIGSYS`, and
+//! mote's handler names the call on standard error before the process ends: a kill that said
+//! nothing could not be told from any other crash.
+//!
+//! - [`restrict_process`] filters every thread of the process: `mote run` installs it once it
+//!   has opened and read everything it needs, just before the guest starts.
+//! - The reaper and watchdog threads a [`Hypervisor`](crate::Hypervisor) starts run only mote's
+//!   code, so they filter themselves as they start, in any process. The threads that run an
+//!   embedder's code (the caller's own, console writers, host functions) are left alone: a
+//!   filter cannot be lifted again.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::Error;
+
+/// What a thread may call besides its own list: ending, waiting, memory, signals.
+const COMMON: &[i64] = &[
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_futex,
+    libc::SYS_restart_syscall,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_munmap,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_sched_yield,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_close,
+    // Panic messages and logs go to standard error.
+    libc::SYS_write,
+    libc::SYS_writev,
+];
+
+/// The reaper: tears VMs down (closes their descriptors, unmaps their memory).
+const REAPER: &[i64] = &[];
+
+/// The watchdog: sleeps until a deadline and kicks the vCPU's thread.
+const WATCHDOG: &[i64] = &[libc::SYS_tgkill];
+
+/// Everything a run needs once it is set up, on any of its threads: KVM, memory, threads,
+/// signals, the host's random source, standard output.
+const RUN: &[i64] = &[
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_pread64,
+    libc::SYS_getrandom,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigtimedwait,
+    // Starting the watchdog, reaper and console threads.
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_prctl,
+    libc::SYS_sched_getaffinity,
+    // Mote's own threads add their filters as they start: a filter can only take away.
+    libc::SYS_seccomp,
+];
+
+/// The ioctl request types mote makes: KVM's (`0xAE`), and `PAGEMAP_SCAN` (`'f'`), which
+/// debug builds use to check resets.
+const IOCTL_TYPES: &[u64] = &[0xAE, b'f' as u64];
+
+/// Which of mote's threads a filter is for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Thread {
+    Reaper,
+    Watchdog,
+}
+
+/// A filter that allows `calls` (with [`COMMON`]) and `ioctl` of mote's request types if
+/// `ioctl`, and traps everything else.
+fn filter(calls: &[i64], ioctl: bool) -> Result<BpfProgram, Error> {
+    let fail = |e: seccompiler::BackendError| Error::Internal(format!("seccomp filter: {e}"));
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
+        .iter()
+        .chain(calls)
+        .map(|&call| (call, Vec::new()))
+        .collect();
+    // Only threads (the flags `std` uses), never a new process.
+    let thread = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        libc::CLONE_THREAD as u64,
+    )
+    .map_err(fail)?;
+    rules.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![thread]).map_err(fail)?],
+    );
+    // Closing a descriptor first asks whether it is open (the standard library checks, to
+    // catch a descriptor closed twice): that, and nothing else fcntl does.
+    let get_flags = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::F_GETFD as u64,
+    )
+    .map_err(fail)?;
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![get_flags]).map_err(fail)?],
+    );
+    if ioctl {
+        let kinds = IOCTL_TYPES
+            .iter()
+            .map(|&kind| {
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(0xFF00),
+                    kind << 8,
+                )
+                .and_then(|condition| SeccompRule::new(vec![condition]))
+                .map_err(fail)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(libc::SYS_ioctl, kinds);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(fail)?;
+    BpfProgram::try_from(filter).map_err(fail)
+}
+
+/// Filters the calling thread, one of mote's own.
+pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
+    install_reporter()?;
+    let program = match thread {
+        Thread::Reaper => filter(REAPER, false)?,
+        Thread::Watchdog => filter(WATCHDOG, false)?,
+    };
+    seccompiler::apply_filter(&program)
+        .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
+}
+
+/// Filters every thread of the process, those started later included, to what running guests
+/// needs: for a process that does nothing else from here on (`mote run` installs it just
+/// before its guest starts). The filter cannot be lifted. A call outside it ends the process,
+/// after a line on standard error that names it.
+pub fn restrict_process() -> Result<(), Error> {
+    install_reporter()?;
+    let program = filter(RUN, true)?;
+    seccompiler::apply_filter_all_threads(&program)
+        .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
+}
+
+/// Installs the `SIGSYS` handler that reports a call a filter stopped, once per process.
+fn install_reporter() -> Result<(), Error> {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler only formats into a stack buffer,
+        // writes it with write(2) and calls _exit(2), all async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = report_blocked_call as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) == 0
+        }
+    });
+    if installed {
+        Ok(())
+    } else {
+        Err(Error::Internal("cannot install the SIGSYS handler".into()))
+    }
+}
+
+/// The exit status after a stopped call: mote's "host-side failure".
+const STOPPED_STATUS: i32 = crate::exit_status::HOST_ERROR as i32;
+
+extern "C" fn report_blocked_call(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // `si_syscall` of a SIGSYS `siginfo_t`: after the signal number, error and code (three
+    // ints, padded to 16 bytes) and `si_call_addr` (a pointer), `<asm-generic/siginfo.h>`.
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; the offset is inside it.
+    let call = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+    let mut line = [0u8; 160];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        let take = bytes.len().min(line.len() - len);
+        line[len..len + take].copy_from_slice(&bytes[..take]);
+        len += take;
+    };
+    put(b"mote: the seccomp filter stopped system call ");
+    let mut digits = [0u8; 12];
+    let mut at = digits.len();
+    let mut value = call.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    put(&digits[at..]);
+    put(b" (");
+    put(name(call).as_bytes());
+    put(b"): mote never makes it, so something is wrong; please report this\n");
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `line` is a live buffer of `len`
+    // bytes.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), len);
+        libc::_exit(STOPPED_STATUS);
+    }
+}
+
+/// The names of calls an escaped guest might try first.
+fn name(call: i32) -> &'static str {
+    match i64::from(call) {
+        libc::SYS_socket => "socket",
+        libc::SYS_connect => "connect",
+        libc::SYS_open => "open",
+        libc::SYS_openat => "openat",
+        libc::SYS_execve => "execve",
+        libc::SYS_execveat => "execveat",
+        libc::SYS_fork => "fork",
+        libc::SYS_vfork => "vfork",
+        libc::SYS_clone => "clone",
+        libc::SYS_ptrace => "ptrace",
+        libc::SYS_kill => "kill",
+        libc::SYS_mount => "mount",
+        libc::SYS_unlink => "unlink",
+        libc::SYS_unlinkat => "unlinkat",
+        libc::SYS_read => "read",
+        libc::SYS_ioctl => "ioctl",
+        _ => "see `ausyscall` or the kernel's syscall table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_compile() {
+        assert!(filter(RUN, true).is_ok());
+        assert!(filter(REAPER, false).is_ok());
+        assert!(filter(WATCHDOG, false).is_ok());
+    }
+}

@@ -574,7 +574,12 @@ fn mote_idle_rss_kib(hypervisor: &Hypervisor, guest_dir: &std::path::Path, count
                         }
                         Ok(Vec::new())
                     });
-                    let config = RunConfig::default().host_function("upper", wait);
+                    // Held guests that print and output little: each run is charged its
+                    // worst case against the memory budget, limits included.
+                    let config = RunConfig::default()
+                        .output_limit(64 << 10)
+                        .console_limit(64 << 10)
+                        .host_function("upper", wait);
                     hypervisor.run(image, config).unwrap();
                 })
                 .unwrap();
@@ -726,7 +731,12 @@ fn pool_idle_kib(
                         }
                         Ok(Vec::new())
                     });
-                    let config = RunConfig::default().host_function("upper", wait);
+                    // Held guests that print and output little: each run is charged its
+                    // worst case against the memory budget, limits included.
+                    let config = RunConfig::default()
+                        .output_limit(64 << 10)
+                        .console_limit(64 << 10)
+                        .host_function("upper", wait);
                     let outcome = pool.run(config).unwrap();
                     assert_eq!(outcome.exit, Exit::Guest { code: 0 });
                 })

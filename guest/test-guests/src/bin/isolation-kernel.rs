@@ -3,8 +3,9 @@
 //! page tables (a page table entry pointing somewhere else), MSRs, debug registers, CR4, and its
 //! general registers and flags. A polluting run writes a secret into all of them. See
 //! `../isolation.rs` for the input; `triple-fault` ends the run in a triple fault instead, and
-//! `pv-msr` writes one of KVM's paravirtual MSRs, `cpuid` reports what CPUID says. Kernel-mode code is emulated on some hosts, so the work per
-//! run is kept small (and no SSE: some hosts cannot emulate it).
+//! `pv-msr` writes one of KVM's paravirtual MSRs, `cpuid` reports what CPUID says, `mmio` reads
+//! where nothing is. Kernel-mode code is emulated on some hosts, so the work per run is kept
+//! small (and no SSE: some hosts cannot emulate it).
 #![no_std]
 #![no_main]
 
@@ -126,6 +127,14 @@ fn main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         } else {
             b"another table\n"
         });
+        exit(0)
+    }
+    if input == b"mmio" {
+        // The local APIC's version register, through the physical-memory map: no memory and
+        // no device is there under mote.
+        // SAFETY: a read of a physical address the map covers; mote ends the run at it.
+        let value = unsafe { ((PHYSICAL_OFFSET + 0xFEE0_0030) as *const u32).read_volatile() };
+        output(&value.to_le_bytes());
         exit(0)
     }
     if input == b"pv-msr" {

@@ -592,6 +592,16 @@ fn kernel_mode_hostility_ends_in_its_exact_outcome() {
         run(b"pv-msr").exit,
         Exit::Exception { vector: 13, .. }
     ));
+    let pte = run(b"pte");
+    assert_eq!(
+        pte.exit,
+        Exit::UnservedMmio {
+            address: 0x10_0000_0000,
+            write: false,
+            size: 4
+        },
+        "{pte:?}"
+    );
     let mmio = run(b"mmio");
     assert_eq!(
         mmio.exit,

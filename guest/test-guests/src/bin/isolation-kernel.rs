@@ -4,7 +4,7 @@
 //! general registers and flags. A polluting run writes a secret into all of them. See
 //! `../isolation.rs` for the input; `triple-fault` ends the run in a triple fault instead, and
 //! `pv-msr` writes one of KVM's paravirtual MSRs, `cpuid` reports what CPUID says, `mmio` reads
-//! where nothing is. Kernel-mode code is emulated on some hosts, so the work per run is kept
+//! where nothing is, `pte` points a page table entry past the end of memory and reads there. Kernel-mode code is emulated on some hosts, so the work per run is kept
 //! small (and no SSE: some hosts cannot emulate it).
 #![no_std]
 #![no_main]
@@ -32,6 +32,8 @@ const PAGE: usize = 4096;
 /// What the page a polluting run maps in place of `DATA` holds at the snapshot point.
 const OTHER_PATTERN: u8 = 0x5A;
 const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// A physical address far past any guest's memory, under every CPU's physical address width.
+const PAST_MEMORY: u64 = 0x10_0000_0000;
 
 #[repr(C, align(4096))]
 struct Page([u8; PAGE]);
@@ -134,6 +136,18 @@ fn main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         // no device is there under mote.
         // SAFETY: a read of a physical address the map covers; mote ends the run at it.
         let value = unsafe { ((PHYSICAL_OFFSET + 0xFEE0_0030) as *const u32).read_volatile() };
+        output(&value.to_le_bytes());
+        exit(0)
+    }
+    if input == b"pte" {
+        // SAFETY: kernel mode, this kernel's own page tables; mote ends the run at the read.
+        let value = unsafe {
+            let entry = leaf_entry(addr_of_mut!(DATA) as u64);
+            *entry = (*entry & !ADDRESS_MASK) | PAST_MEMORY;
+            let data = addr_of_mut!(DATA) as u64;
+            asm!("invlpg [{}]", in(reg) data, options(nostack));
+            (data as *const u32).read_volatile()
+        };
         output(&value.to_le_bytes());
         exit(0)
     }

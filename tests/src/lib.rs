@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig};
 
+pub mod script;
+
 /// Where `cargo xtask build` puts the guest ELF files.
 pub fn guest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/target/x86_64-unknown-none/release")

@@ -9,84 +9,10 @@ use std::time::Duration;
 
 use mote_abi::{Hypercall, HypercallError};
 use mote_host::{Exit, GuestImage, Limit, Outcome, RunConfig, exit_status};
+use mote_tests::script::{BUFFER, INPUT, KERNEL_PAGE, READ_ONLY, Script, args, script};
 use mote_tests::{guest_path, hypervisor, text};
 
-/// Script arguments that stand for the guest's own places (plus an offset in the low 32 bits).
-const PLACE: u64 = 0xFFFF_FF00_0000_0000;
-const BUFFER: u64 = PLACE;
-const READ_ONLY: u64 = PLACE | 1 << 32;
-const INPUT: u64 = PLACE | 2 << 32;
-const KERNEL_PAGE: u64 = PLACE | 3 << 32;
-
 const PORT: u16 = mote_abi::HYPERCALL_PORT;
-
-/// A script for the `script` guest.
-#[derive(Clone, Default)]
-struct Script(Vec<u8>);
-
-impl Script {
-    fn call_width(mut self, call: u32, width: u8, args: [u64; 6]) -> Self {
-        self.0.push(1);
-        self.0.extend(call.to_le_bytes());
-        self.0.push(width);
-        for arg in args {
-            self.0.extend(arg.to_le_bytes());
-        }
-        self
-    }
-    fn call(self, call: Hypercall, args: [u64; 6]) -> Self {
-        self.call_width(call as u32, 4, args)
-    }
-    /// A call, then its result into the output.
-    fn ask(self, call: Hypercall, args: [u64; 6]) -> Self {
-        self.call(call, args).result()
-    }
-    fn result(mut self) -> Self {
-        self.0.push(8);
-        self
-    }
-    fn out(mut self, port: u16, width: u8, value: u32) -> Self {
-        self.0.push(2);
-        self.0.extend(port.to_le_bytes());
-        self.0.push(width);
-        self.0.extend(value.to_le_bytes());
-        self
-    }
-    fn inp(mut self, port: u16, width: u8) -> Self {
-        self.0.push(3);
-        self.0.extend(port.to_le_bytes());
-        self.0.push(width);
-        self
-    }
-    fn read(mut self, address: u64) -> Self {
-        self.0.push(4);
-        self.0.extend(address.to_le_bytes());
-        self
-    }
-    fn write(mut self, address: u64, value: u8) -> Self {
-        self.0.push(5);
-        self.0.extend(address.to_le_bytes());
-        self.0.push(value);
-        self
-    }
-    fn instruction(mut self, which: u8) -> Self {
-        self.0.push(6);
-        self.0.push(which);
-        self
-    }
-    fn spin(mut self) -> Self {
-        self.0.push(7);
-        self
-    }
-}
-
-fn script() -> Script {
-    Script::default()
-}
-
-fn args(a: u64, b: u64) -> [u64; 6] {
-    [a, b, 0, 0, 0, 0]
-}
 
 /// What a case must end in.
 enum Expect {
@@ -251,10 +177,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "host-call request over 1 MiB",
             script: script()
-                .write(BUFFER, b'e')
-                .write(BUFFER + 1, b'c')
-                .write(BUFFER + 2, b'h')
-                .write(BUFFER + 3, b'o')
+                .write_bytes(BUFFER, b"echo")
                 .ask(H::HostCall, [BUFFER, 4, BUFFER, (1 << 20) + 1, BUFFER, 8]),
             config: with_host_function,
             expect: Expect::Results(vec![bad(InvalidArgument)]),
@@ -262,10 +185,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "host-call reply into read-only memory",
             script: script()
-                .write(BUFFER, b'e')
-                .write(BUFFER + 1, b'c')
-                .write(BUFFER + 2, b'h')
-                .write(BUFFER + 3, b'o')
+                .write_bytes(BUFFER, b"echo")
                 .ask(H::HostCall, [BUFFER, 4, BUFFER, 4, READ_ONLY, 8]),
             config: with_host_function,
             expect: Expect::Results(vec![bad(BadAddress)]),
@@ -273,11 +193,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "host function that fails",
             script: script()
-                .write(BUFFER, b'f')
-                .write(BUFFER + 1, b'a')
-                .write(BUFFER + 2, b'i')
-                .write(BUFFER + 3, b'l')
-                .write(BUFFER + 4, b's')
+                .write_bytes(BUFFER, b"fails")
                 .ask(H::HostCall, [BUFFER, 5, BUFFER, 1, BUFFER, 8]),
             config: with_host_function,
             expect: Expect::Results(vec![bad(HostFunctionFailed)]),
@@ -574,7 +490,7 @@ fn every_hostile_case_ends_in_its_exact_outcome() {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|case| {
-            let config = (case.config)().input(case.script.0.clone());
+            let config = (case.config)().input(case.script.clone().into_input());
             let outcome = hypervisor().run(&image, config).expect("an outcome");
             check(case, &outcome).err()
         })

@@ -42,6 +42,8 @@
 //!   exits × `kvm_floor_exit` + dirtied pages × `page_restore_floor`. `warm_null_phase_*`:
 //!   where `warm_call_null`'s time goes (starting the vCPU from the snapshot's state, the run,
 //!   the reset).
+//! - `filtered_warm_call_null`: `warm_call_null` with `Hypervisor::set_filtered_runs` on: each
+//!   run on a thread of its own under a seccomp filter; `filtered_vs_warm` is its price.
 //! - `pool_runs_per_s_1`, `pool_runs_per_s_64`: runs per second of `echo` through one pool of 64
 //!   VMs (made before timing), from 1 thread and from 64.
 //! - `pool_idle_kib_per_vm` (`_used`: after each VM served one run), `kvm_floor_idle_kib_per_vm`:
@@ -910,6 +912,20 @@ fn main() {
             (name, guest, input, pool)
         })
         .collect();
+    // The same null call with the run on a filtered thread of its own.
+    let filtered = Hypervisor::open().expect("KVM");
+    filtered.set_filtered_runs(true);
+    let filtered_pool = Pool::new(
+        &filtered,
+        &filtered
+            .snapshot(
+                &GuestImage::from_file(guest.with_file_name("echo")).expect("echo"),
+                RunConfig::default(),
+            )
+            .expect("a filtered snapshot of echo"),
+        PoolConfig::default().max_vms(1).min_idle(1),
+    )
+    .unwrap();
     // (exits, dirtied pages) of each warm call.
     let mut warm_counts: BTreeMap<&str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
     let warm_call = |pool: &Pool, guest: &str, input: &str| {
@@ -933,6 +949,7 @@ fn main() {
         warm_pools.iter().for_each(|(_, guest, input, pool)| {
             warm_call(pool, guest, input);
         });
+        warm_call(&filtered_pool, "echo", WARM_CALLS[0].2);
     }
     for _ in 0..EXIT_ROUNDS {
         let floor = kvm_floor_exit(&mut floor_vm, EXITS_PER_ROUND);
@@ -969,8 +986,21 @@ fn main() {
                     .push(stats.dirtied_pages.expect("a pooled run counts its pages"));
             }
         }
+        for _ in 0..WARM_SAMPLES_PER_ROUND {
+            let (elapsed, _) = warm_call(&filtered_pool, "echo", WARM_CALLS[0].2);
+            figures
+                .entry("filtered_warm_call_null")
+                .or_default()
+                .push(elapsed);
+        }
     }
-    drop((floor_vm, restore_floors, warm_pools));
+    drop((
+        floor_vm,
+        restore_floors,
+        warm_pools,
+        filtered_pool,
+        filtered,
+    ));
 
     // A pooled run that ends in a CPU exception: its VM is reset like any other. Against it,
     // what replacing the VM instead would cost: making one (`snapshot_cold_phase_vm`).
@@ -1179,6 +1209,11 @@ fn main() {
         ),
     ];
     ratios.extend(model_ratios);
+    ratios.push((
+        "filtered_vs_warm".into(),
+        ratio("filtered_warm_call_null", "warm_call_null"),
+        None,
+    ));
     ratios.extend([
         (
             "snapshot_file_run_vs_true".into(),

@@ -156,6 +156,10 @@ impl Pool {
             returned: Condvar::new(),
             work: Condvar::new(),
         });
+        if cfg!(debug_assertions) {
+            // For the reset checks of debug builds, which may run on a filtered thread.
+            ram::open_pagemap();
+        }
         let mut first = shared.new_vm()?;
         // Restoring once checks what only a vCPU can tell (the TSC, the MSRs); the state is
         // put in again before the first run.
@@ -173,7 +177,13 @@ impl Pool {
         let maker_shared = Arc::clone(&shared);
         let maker = std::thread::Builder::new()
             .name("mote-pool".into())
-            .spawn(move || maker_shared.make_and_trim())
+            .spawn(move || {
+                // The pool's thread runs only mote's code: it holds itself to a run's calls.
+                if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Pool) {
+                    tracing::warn!(%error, "the pool's thread runs without a seccomp filter");
+                }
+                maker_shared.make_and_trim()
+            })
             .map_err(|e| Error::Internal(format!("cannot start the pool's thread: {e}")))?;
         Ok(Self {
             shared,
@@ -185,7 +195,14 @@ impl Pool {
     /// VM of the pool. `config` cannot change what the snapshot fixed (memory size, framebuffer,
     /// ACPI, plain boot, input capacity); input that does not fit is refused before a VM is
     /// taken.
-    pub fn run(&self, mut config: RunConfig) -> Result<Outcome, Error> {
+    pub fn run(&self, config: RunConfig) -> Result<Outcome, Error> {
+        self.shared
+            .hypervisor
+            .shared()
+            .run_where_asked(crate::seccomp::Work::Run, || self.run_here(config))
+    }
+
+    fn run_here(&self, mut config: RunConfig) -> Result<Outcome, Error> {
         let shared = &*self.shared;
         config.check_restorable(&shared.snapshot)?;
         config.check_input()?;

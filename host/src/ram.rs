@@ -239,6 +239,12 @@ pub(crate) fn discard(ram: &GuestRam, ranges: &[Range<u64>]) -> Result<(), Error
     Ok(())
 }
 
+/// Opens `/proc/self/pagemap` now, for [`written_ranges`] to use later on a thread that a
+/// seccomp filter keeps from opening files. An error shows when the ranges are asked for.
+pub(crate) fn open_pagemap() {
+    let _ = pagemap();
+}
+
 /// `/proc/self/pagemap`, opened once.
 fn pagemap() -> io::Result<&'static File> {
     static PAGEMAP: OnceLock<Result<File, i32>> = OnceLock::new();

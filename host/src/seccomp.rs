@@ -8,10 +8,13 @@
 //!
 //! - [`restrict_process`] filters every thread of the process: `mote run` installs it once it
 //!   has opened and read everything it needs, just before the guest starts.
-//! - The reaper and watchdog threads a [`Hypervisor`](crate::Hypervisor) starts run only mote's
-//!   code, so they filter themselves as they start, in any process. The threads that run an
+//! - The reaper and watchdog threads a [`Hypervisor`](crate::Hypervisor) starts, and a pool's
+//!   thread, run only mote's code, so they filter themselves as they start, in any process. The threads that run an
 //!   embedder's code (the caller's own, console writers, host functions) are left alone: a
 //!   filter cannot be lifted again.
+//! - [`on_filtered_thread`] runs one run on a thread of its own under the same filter as
+//!   [`restrict_process`], when the embedder asks for it
+//!   ([`Hypervisor::set_filtered_runs`](crate::Hypervisor::set_filtered_runs)).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -74,6 +77,15 @@ const RUN: &[i64] = &[
     libc::SYS_seccomp,
 ];
 
+/// What taking a snapshot needs besides [`RUN`]: a memfd to keep the guest's memory in, sized,
+/// written, read back by extent and sealed (the seal is an `fcntl`, see [`filter`]).
+const SNAPSHOT: &[i64] = &[
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+];
+
 /// The ioctl request types mote makes: KVM's (`0xAE`), and `PAGEMAP_SCAN` (`'f'`), which
 /// debug builds use to check resets.
 const IOCTL_TYPES: &[u64] = &[0xAE, b'f' as u64];
@@ -83,11 +95,13 @@ const IOCTL_TYPES: &[u64] = &[0xAE, b'f' as u64];
 pub(crate) enum Thread {
     Reaper,
     Watchdog,
+    /// A pool's thread: makes VMs from a snapshot and tears idle ones down.
+    Pool,
 }
 
-/// A filter that allows `calls` (with [`COMMON`]) and `ioctl` of mote's request types if
-/// `ioctl`, and traps everything else.
-fn filter(calls: &[i64], ioctl: bool) -> Result<BpfProgram, Error> {
+/// A filter that allows `calls` (with [`COMMON`]), `ioctl` of mote's request types if `ioctl`,
+/// sealing a memfd if `seal`, and traps everything else.
+fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<BpfProgram, Error> {
     let fail = |e: seccompiler::BackendError| Error::Internal(format!("seccomp filter: {e}"));
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
@@ -107,18 +121,18 @@ fn filter(calls: &[i64], ioctl: bool) -> Result<BpfProgram, Error> {
         vec![SeccompRule::new(vec![thread]).map_err(fail)?],
     );
     // Closing a descriptor first asks whether it is open (the standard library checks, to
-    // catch a descriptor closed twice): that, and nothing else fcntl does.
-    let get_flags = SeccompCondition::new(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::F_GETFD as u64,
-    )
-    .map_err(fail)?;
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![SeccompRule::new(vec![get_flags]).map_err(fail)?],
-    );
+    // catch a descriptor closed twice): that, sealing a snapshot's memfd where asked, and
+    // nothing else fcntl does.
+    let fcntl = [libc::F_GETFD]
+        .into_iter()
+        .chain(seal.then_some(libc::F_ADD_SEALS))
+        .map(|command| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, command as u64)
+                .and_then(|condition| SeccompRule::new(vec![condition]))
+                .map_err(fail)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_fcntl, fcntl);
     if ioctl {
         let kinds = IOCTL_TYPES
             .iter()
@@ -149,8 +163,9 @@ fn filter(calls: &[i64], ioctl: bool) -> Result<BpfProgram, Error> {
 pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
     install_reporter()?;
     let program = match thread {
-        Thread::Reaper => filter(REAPER, false)?,
-        Thread::Watchdog => filter(WATCHDOG, false)?,
+        Thread::Reaper => filter(REAPER, false, false)?,
+        Thread::Watchdog => filter(WATCHDOG, false, false)?,
+        Thread::Pool => filter(RUN, true, false)?,
     };
     seccompiler::apply_filter(&program)
         .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
@@ -162,9 +177,52 @@ pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
 /// after a line on standard error that names it.
 pub fn restrict_process() -> Result<(), Error> {
     install_reporter()?;
-    let program = filter(RUN, true)?;
+    let program = filter(RUN, true, false)?;
     seccompiler::apply_filter_all_threads(&program)
         .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
+}
+
+/// What a filtered thread does: run a guest, or boot one to snapshot it (which also keeps its
+/// memory in a memfd).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Work {
+    Run,
+    Snapshot,
+}
+
+/// Calls `run` on a new thread held to the filter [`restrict_process`] installs (with what a
+/// snapshot needs, for [`Work::Snapshot`]), and returns what it returns; a panic in `run` goes
+/// on in the caller.
+pub(crate) fn on_filtered_thread<T: Send>(
+    work: Work,
+    run: impl FnOnce() -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    type Program = OnceLock<Result<BpfProgram, String>>;
+    static RUN_FILTER: Program = OnceLock::new();
+    static SNAPSHOT_FILTER: Program = OnceLock::new();
+    let program = match work {
+        Work::Run => RUN_FILTER.get_or_init(|| filter(RUN, true, false).map_err(|e| e.to_string())),
+        Work::Snapshot => SNAPSHOT_FILTER.get_or_init(|| {
+            filter(&[RUN, SNAPSHOT].concat(), true, true).map_err(|e| e.to_string())
+        }),
+    }
+    .as_ref()
+    .map_err(|e| Error::Internal(e.clone()))?;
+    install_reporter()?;
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("mote-run".into())
+            .spawn_scoped(scope, move || {
+                seccompiler::apply_filter(program).map_err(|e| {
+                    Error::Internal(format!("cannot install a seccomp filter: {e}"))
+                })?;
+                run()
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a thread for the run: {e}")))?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Installs the `SIGSYS` handler that reports a call a filter stopped, once per process.
@@ -260,8 +318,9 @@ mod tests {
 
     #[test]
     fn the_filters_compile() {
-        assert!(filter(RUN, true).is_ok());
-        assert!(filter(REAPER, false).is_ok());
-        assert!(filter(WATCHDOG, false).is_ok());
+        assert!(filter(RUN, true, false).is_ok());
+        assert!(filter(&[RUN, SNAPSHOT].concat(), true, true).is_ok());
+        assert!(filter(REAPER, false, false).is_ok());
+        assert!(filter(WATCHDOG, false, false).is_ok());
     }
 }

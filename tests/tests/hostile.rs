@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use mote_host::{Exit, GuestImage, RunConfig};
+use mote_host::{Exit, GuestImage, Hypervisor, RunConfig};
 use mote_tests::{guest_path, hypervisor, run_guest};
 
 /// Runs `f` on a thread of its own and fails the test if it takes longer than `limit`: a hang is
@@ -364,4 +364,78 @@ fn a_system_call_outside_motes_filter_is_named_before_the_process_ends() {
         stderr.contains("seccomp filter stopped system call 41 (socket)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn filtered_runs_give_the_same_outcomes_cold_restored_and_pooled() {
+    let hypervisor = Hypervisor::open().unwrap();
+    hypervisor.set_filtered_runs(true);
+    let echo = GuestImage::from_file(guest_path("echo")).unwrap();
+    let input = |word: &str| RunConfig::default().input(word.as_bytes().to_vec());
+    let cold = hypervisor.run(&echo, input("cold")).unwrap();
+    assert_eq!(
+        (cold.exit, cold.output),
+        (Exit::Guest { code: 0 }, b"cold".to_vec())
+    );
+    let snapshot = hypervisor.snapshot(&echo, RunConfig::default()).unwrap();
+    let restored = hypervisor
+        .run_snapshot(&snapshot, input("restored"))
+        .unwrap();
+    assert_eq!(restored.output, b"restored");
+    let pool = mote_host::Pool::new(&hypervisor, &snapshot, Default::default()).unwrap();
+    for word in ["pooled", "again"] {
+        assert_eq!(pool.run(input(word)).unwrap().output, word.as_bytes());
+    }
+    // A host function runs on the filtered thread, and may do what the filter allows.
+    let hostcall = GuestImage::from_file(guest_path("hostcall")).unwrap();
+    let config = input("quiet").host_function(
+        "upper",
+        Arc::new(|request: &[u8]| Ok(request.to_ascii_uppercase())),
+    );
+    assert_eq!(hypervisor.run(&hostcall, config).unwrap().output, b"QUIET");
+}
+
+#[test]
+fn a_filtered_run_that_calls_outside_the_filter_is_named_before_the_process_ends() {
+    const TEST: &str =
+        "a_filtered_run_that_calls_outside_the_filter_is_named_before_the_process_ends";
+    if std::env::var_os("MOTE_TEST_SECCOMP_CHILD").is_some() {
+        // The child: its runs are filtered, and a host function (on the run's thread) tries
+        // what an escaped guest might.
+        let hypervisor = Hypervisor::open().unwrap();
+        hypervisor.set_filtered_runs(true);
+        let hostcall = GuestImage::from_file(guest_path("hostcall")).unwrap();
+        let config = RunConfig::default().input(b"x".to_vec()).host_function(
+            "upper",
+            Arc::new(|_: &[u8]| {
+                // SAFETY: a plain socket(2) call; the filter stops it before it does anything.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                Ok(Vec::new())
+            }),
+        );
+        let _ = hypervisor.run(&hostcall, config);
+        // Reached only if the filter let the call through.
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("MOTE_TEST_SECCOMP_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = mote_tests::text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(mote_host::exit_status::HOST_ERROR)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("seccomp filter stopped system call 41 (socket)"),
+        "{stderr}"
+    );
+    // And this process, whose threads were never filtered, still may.
+    // SAFETY: a plain socket(2) call, closed at once.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(socket >= 0);
+    // SAFETY: closes the descriptor just made.
+    unsafe { libc::close(socket) };
 }

@@ -3,6 +3,12 @@
 //! hypercalls with bad arguments, ports of every width, memory it may not touch, privileged
 //! instructions, limits at N - 1, N and N + 1. Kernel-mode cases use `isolation-kernel`, and bad
 //! kernel files go through `mote`.
+//!
+//! Each hole a security review found has its own regression test beside these: `hostile.rs`
+//! (nested deadlines, console readers, host functions, escaped guest text, oversized files and
+//! input, KVM's paravirtual MSRs, the CPUID table, the memory budget, seccomp), `limits.rs`
+//! (default limits), `soak.rs`, and the `boot` crate's unit tests (segments sharing file bytes,
+//! fixed addresses, reserved bits in large pages, tiny kernel stacks).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -231,9 +231,11 @@ fn ten_thousand_in_a_row_and_a_thousand_at_once_stay_correct_and_flat() {
             .collect()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The pools may have grown to their most VMs (two descriptors each) and the tear-down
+    // thread may still be closing the last cold runs' VMs: tens of descriptors, not a thousand.
     let after = (open_descriptors(), resident_kib());
     assert!(
-        after.0 <= first.0 + 16,
+        after.0 <= first.0 + 64,
         "descriptors grew from {} to {} with eight threads",
         first.0,
         after.0

@@ -26,10 +26,11 @@ Usage:
   cargo xtask bench              measure start-up against the raw KVM floor; writes
                                  target/mote-bench.json
   cargo xtask fuzz [--seconds N] [TARGET]
-                                 build the guests, seed fuzz/corpus/TARGET with them and
-                                 fuzz TARGET (default: elf_loader) for N seconds (default:
-                                 60) with cargo-fuzz, installing it if missing; crashing
-                                 inputs land in fuzz/artifacts/TARGET
+                                 build the guests, seed fuzz/corpus/TARGET and fuzz TARGET
+                                 (elf_loader, the default; boot_config; hypercall_decoder;
+                                 snapshot_file; run_path) for N seconds (default: 60) with
+                                 cargo-fuzz, installing it if missing; crashing inputs land
+                                 in fuzz/artifacts/TARGET
   cargo xtask guests             list the guests `run` knows";
 
 fn main() -> ExitCode {
@@ -270,6 +271,9 @@ const ELF_FUZZ_TARGETS: &[&str] = &["elf_loader"];
 const SNAPSHOT_FUZZ_TARGETS: &[&str] = &["snapshot_file"];
 const SNAPSHOT_SEED_GUESTS: &[&str] = &["echo", "isolation-kernel"];
 
+/// The fuzz target whose inputs are scripts for the `script` test guest.
+const SCRIPT_FUZZ_TARGET: &str = "run_path";
+
 fn fuzz_dir() -> PathBuf {
     root().join("fuzz")
 }
@@ -377,6 +381,16 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    if target == SCRIPT_FUZZ_TARGET {
+        // Every call, and the first number past them.
+        let calls = mote_abi::Hypercall::ALL.map(|call| call as u32);
+        for call in calls.into_iter().chain([calls.len() as u32]) {
+            let path = dir.join(format!("call-{call}"));
+            std::fs::write(&path, script_calling(call))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if !ELF_FUZZ_TARGETS.contains(&target) {
         return Ok(());
     }
@@ -387,6 +401,20 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
+}
+
+/// A script for the `script` test guest (see its source for the format) that makes hypercall
+/// `call` with its arguments pointing into the guest's buffer, then records the result.
+fn script_calling(call: u32) -> Vec<u8> {
+    const BUFFER: u64 = 0xFFFF_FF00_0000_0000;
+    let mut script = vec![1];
+    script.extend(call.to_le_bytes());
+    script.push(4);
+    for arg in [BUFFER, 8, BUFFER, 8, BUFFER, 8] {
+        script.extend(arg.to_le_bytes());
+    }
+    script.push(8);
+    script
 }
 
 /// Like [`run_command`], but also hands each line of the command's standard error to

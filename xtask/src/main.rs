@@ -170,14 +170,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         None => mote_args,
     };
     build_guests()?;
-    cargo(&[
-        "build",
-        "--quiet",
-        "--package",
-        "mote-host",
-        "--bin",
-        "mote",
-    ])?;
+    let mote = build_mote()?;
     let guest = guest_bin_dir().join(name);
     if !guest.is_file() {
         bail!(
@@ -185,7 +178,6 @@ fn run(args: &[String]) -> Result<ExitCode> {
             guest_names()?.join(", ")
         );
     }
-    let mote = root().join("target").join("debug").join("mote");
     let mut command_args: Vec<OsString> = vec!["run".into(), guest.into_os_string()];
     command_args.extend(mote_args.iter().map(OsString::from));
     let status = Command::new(&mote)
@@ -362,15 +354,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
 fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if SNAPSHOT_FUZZ_TARGETS.contains(&target) {
-        cargo(&[
-            "build",
-            "--quiet",
-            "--package",
-            "mote-host",
-            "--bin",
-            "mote",
-        ])?;
-        let mote = root().join("target").join("debug").join("mote");
+        let mote = build_mote()?;
         for name in SNAPSHOT_SEED_GUESTS {
             let mut command = Command::new(&mote);
             command
@@ -401,6 +385,19 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
+}
+
+/// Builds the `mote` binary (debug) and says where it is.
+fn build_mote() -> Result<PathBuf> {
+    cargo(&[
+        "build",
+        "--quiet",
+        "--package",
+        "mote-host",
+        "--bin",
+        "mote",
+    ])?;
+    Ok(root().join("target").join("debug").join("mote"))
 }
 
 /// A script for the `script` test guest (see its source for the format) that makes hypercall

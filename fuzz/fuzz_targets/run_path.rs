@@ -2,8 +2,8 @@
 //! (`guest/test-guests/src/bin/script.rs`), which replays it as hypercalls with any arguments,
 //! port accesses of any width, memory reads and writes anywhere and privileged instructions.
 //! Whatever the script does, mote must end the run in an outcome (never an error of its own,
-//! never a panic), within the limits it set, and leave nothing of it for the next run on the
-//! same pooled VM. Raw kernel images would mostly re-fuzz the ELF loader, which has its own
+//! never a panic), within the limits it set, and the next run on the same pooled VM must find
+//! the guest's buffer as the snapshot had it (the isolation tests check the rest of the state). Raw kernel images would mostly re-fuzz the ELF loader, which has its own
 //! target.
 #![no_main]
 
@@ -11,12 +11,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use mote_abi::Hypercall;
 use mote_host::{Exit, GuestImage, Hypervisor, Pool, PoolConfig, RunConfig};
-
-const SCRIPT_GUEST: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../guest/target/x86_64-unknown-none/release/script"
-);
+use mote_tests::script::{BUFFER, args, script};
 
 /// Per input: a short deadline, so a script that spins costs little.
 const DEADLINE: Duration = Duration::from_millis(20);
@@ -24,10 +21,8 @@ const HYPERCALL_LIMIT: u64 = 10_000;
 const OUTPUT_LIMIT: u64 = 64 * 1024;
 const CONSOLE_LIMIT: u64 = 64 * 1024;
 
-/// The script guest's writable buffer, as a script argument (see the guest), and its size.
-const BUFFER: u64 = 0xFFFF_FF00_0000_0000;
+/// The script guest's writable buffer, in bytes.
 const BUFFER_LEN: u64 = 64 * 1024;
-const OUTPUT_WRITE: u32 = mote_abi::Hypercall::OutputWrite as u32;
 
 struct Rig {
     /// One VM, so every input runs on the VM the one before it used.
@@ -39,7 +34,7 @@ struct Rig {
 
 static RIG: LazyLock<Rig> = LazyLock::new(|| {
     let hypervisor = Hypervisor::open().expect("/dev/kvm");
-    let image = GuestImage::from_file(SCRIPT_GUEST)
+    let image = GuestImage::from_file(mote_tests::guest_path("script"))
         .expect("the script guest: build the guests first (cargo xtask fuzz run_path does)");
     let snapshot = hypervisor
         .snapshot(&image, RunConfig::default())
@@ -50,12 +45,9 @@ static RIG: LazyLock<Rig> = LazyLock::new(|| {
         PoolConfig::default().min_idle(1).max_vms(1),
     )
     .expect("a pool");
-    let mut show_buffer = vec![1];
-    show_buffer.extend(OUTPUT_WRITE.to_le_bytes());
-    show_buffer.push(4);
-    for arg in [BUFFER, BUFFER_LEN, 0, 0, 0, 0] {
-        show_buffer.extend(arg.to_le_bytes());
-    }
+    let show_buffer = script()
+        .call(Hypercall::OutputWrite, args(BUFFER, BUFFER_LEN))
+        .into_input();
     Rig { pool, show_buffer }
 });
 

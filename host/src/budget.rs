@@ -39,6 +39,15 @@ pub(crate) struct Charge {
     bytes: u64,
 }
 
+impl Charge {
+    /// One charge for both: given back together, when the result is dropped.
+    pub(crate) fn join(mut self, mut other: Charge) -> Charge {
+        debug_assert!(Arc::ptr_eq(&self.budget, &other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+        self
+    }
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
         let mut state = self.budget.lock();
@@ -188,6 +197,17 @@ mod tests {
         drop(a);
         assert_eq!(budget.usage(), (100, 0));
         let _b = budget.charge(100, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn joined_charges_come_back_together() {
+        let budget = Budget::new(100);
+        let a = budget.charge(30, Duration::ZERO).unwrap();
+        let b = budget.charge(20, Duration::ZERO).unwrap();
+        let both = a.join(b);
+        assert_eq!(budget.usage(), (100, 50));
+        drop(both);
+        assert_eq!(budget.usage(), (100, 0));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
 use crate::ram::{GuestRam, HostWrites};
 use crate::serial::Serial;
 use crate::vm::{GuestFacts, Vm};
-use crate::watchdog::{Armed, Kick, Kickable};
+use crate::watchdog::{self, Armed, Kick, Kickable};
 use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Screen, Shared, Stats};
 
 /// The guest's RFLAGS.IF bit.
@@ -44,8 +44,6 @@ pub(crate) struct Finished {
     pub(crate) output: Vec<u8>,
     pub(crate) stats: Stats,
     pub(crate) serial: Serial,
-    /// The run had a deadline, so its vCPU carries a signal mask of this thread's.
-    pub(crate) had_deadline: bool,
 }
 
 /// A VM being run: its vCPU, its memory and its devices, and what the run may spend.
@@ -94,12 +92,20 @@ pub(crate) fn run(
             let watchdog = shared.watchdog()?;
             let kickable = Kickable::enter(vm.vcpu.as_raw_fd())
                 .map_err(|e| Error::Internal(format!("cannot prepare the deadline: {e}")))?;
+            vm.signal_mask_set = true;
             let armed = watchdog.arm(deadline, Kick::for_this_thread());
             (Some(kickable), Some(armed))
         }
-        None => (None, None),
+        None => {
+            if vm.signal_mask_set {
+                // An earlier run with a deadline gave KVM its thread's signal mask; this run
+                // keeps its own thread's.
+                watchdog::clear_signal_mask(&vm.vcpu)?;
+                vm.signal_mask_set = false;
+            }
+            (None, None)
+        }
     };
-    let had_deadline = armed.is_some();
     let console = Console::new(config.console.take());
     let mut machine = Machine {
         deadline: armed,
@@ -139,7 +145,6 @@ pub(crate) fn run(
         output,
         stats,
         serial,
-        had_deadline,
     })
 }
 

@@ -9,10 +9,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::budget::Charge;
 use crate::ram::SnapshotMemory;
 use crate::snapshot::{self, Snapshot};
 use crate::vm::Vm;
-use crate::{Error, Exit, Hypervisor, Outcome, RunConfig, Stats, ram, vcpu_state, watchdog};
+use crate::{Error, Exit, Hypervisor, Outcome, RunConfig, Stats, ram, vcpu_state};
 use mote_abi::RunStart;
 use mote_boot::paging::PAGE_SIZE;
 
@@ -208,21 +209,21 @@ impl Pool {
         config.check_input()?;
         snapshot::check_input_fits(&shared.snapshot, &config)?;
         let hypervisor = shared.hypervisor.shared();
-        let _charge =
+        let charge =
             hypervisor.charge(config.worst_case(shared.snapshot.memory_size()), &config)?;
         let mut stats = Stats::default();
         let taken = Instant::now();
         let (mut lease, fresh) = shared.take()?;
+        lease.run_charge = Some(charge);
         stats.phases.vm = taken.elapsed();
         let screen = config.screenshot;
         let vm = lease.vm()?;
         let finished =
             snapshot::run_on(hypervisor, &shared.snapshot, vm, &mut config, fresh, stats)?;
-        let had_deadline = finished.had_deadline;
         let mut outcome = crate::outcome(finished, vm, &shared.snapshot.inner.guest, screen)?;
         let reset = Instant::now();
         if reusable(&outcome.exit) {
-            match reset_vm(vm, &shared.snapshot.inner.memory, had_deadline) {
+            match reset_vm(vm, &shared.snapshot.inner.memory) {
                 Ok(pages) => {
                     outcome.stats.dirtied_pages = Some(pages);
                     lease.give_back();
@@ -275,15 +276,11 @@ const PRIVATE_PAGES_MAX: u64 = 256;
 /// every VM's MMU notifier in the process, so with many VMs in one process each run paid for
 /// all of them (measured: a null call took 137 µs alone, 212 µs beside 64 idle VMs, 434 µs
 /// beside 256), and each page dropped was faulted in again (about 4.5 µs a page here).
-fn reset_vm(vm: &mut Vm, memory: &SnapshotMemory, had_deadline: bool) -> Result<u64, Error> {
+fn reset_vm(vm: &mut Vm, memory: &SnapshotMemory) -> Result<u64, Error> {
     if !vcpu_state::settle(&mut vm.vcpu)? {
         return Err(Error::Internal(
             "the vCPU did not settle after its run".into(),
         ));
-    }
-    if had_deadline {
-        // The run gave KVM the signal mask of its thread; the next run may be on another.
-        watchdog::clear_signal_mask(&vm.vcpu)?;
     }
     let bitmap = vm
         .fd
@@ -345,7 +342,9 @@ impl PoolShared {
     fn new_vm(&self) -> Result<Vm, Error> {
         let mut phases = crate::Phases::default();
         let shared = self.hypervisor.shared();
-        // An idle VM keeps at most this much of its own; a run is charged the rest.
+        // An idle VM keeps at most this much of its own; a run on it is charged its worst case
+        // besides, for as long as it runs (or, if the VM is then destroyed, until its memory
+        // is gone).
         let charge = shared
             .budget
             .charge(PRIVATE_PAGES_MAX * PAGE_SIZE, Duration::ZERO)?;
@@ -409,6 +408,7 @@ impl PoolShared {
         Lease {
             pool: self,
             vm: Some(vm),
+            run_charge: None,
         }
     }
 
@@ -517,6 +517,9 @@ impl PoolShared {
 struct Lease<'p> {
     pool: &'p PoolShared,
     vm: Option<Vm>,
+    /// The run's charge against the memory budget: given back with the lease if the VM goes
+    /// back to the pool, else with the VM's memory.
+    run_charge: Option<Charge>,
 }
 
 impl Lease<'_> {
@@ -536,7 +539,13 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(vm) = self.vm.take() {
+        if let Some(mut vm) = self.vm.take() {
+            if let Some(run) = self.run_charge.take() {
+                vm.charge = Some(match vm.charge.take() {
+                    Some(kept) => kept.join(run),
+                    None => run,
+                });
+            }
             self.pool.give_back(None);
             self.pool.hypervisor.shared().dispose(Box::new(vm));
         }

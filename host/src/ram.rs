@@ -284,7 +284,8 @@ struct PageRegion {
 }
 
 /// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | (96 << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+pub(crate) const PAGEMAP_SCAN: libc::c_ulong =
+    (3 << 30) | (96 << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;

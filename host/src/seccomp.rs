@@ -86,9 +86,8 @@ const SNAPSHOT: &[i64] = &[
     libc::SYS_lseek,
 ];
 
-/// The ioctl request types mote makes: KVM's (`0xAE`), and `PAGEMAP_SCAN` (`'f'`), which
-/// debug builds use to check resets.
-const IOCTL_TYPES: &[u64] = &[0xAE, b'f' as u64];
+/// The ioctl request type of KVM's requests.
+const KVM_IOCTL_TYPE: u64 = 0xAE;
 
 /// Which of mote's threads a filter is for.
 #[derive(Clone, Copy, Debug)]
@@ -99,10 +98,18 @@ pub(crate) enum Thread {
     Pool,
 }
 
-/// A filter that allows `calls` (with [`COMMON`]), `ioctl` of mote's request types if `ioctl`,
+fn fail(e: seccompiler::BackendError) -> Error {
+    Error::Internal(format!("seccomp filter: {e}"))
+}
+
+/// The programs of a filter that allows `calls` (with [`COMMON`]), KVM's ioctls if `ioctl`,
 /// sealing a memfd if `seal`, and traps everything else.
-fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<BpfProgram, Error> {
-    let fail = |e: seccompiler::BackendError| Error::Internal(format!("seccomp filter: {e}"));
+///
+/// `clone3` passes its flags in memory, where a filter cannot look, so a second program makes
+/// it fail with `ENOSYS`: the C library then starts threads with `clone`, whose flags the first
+/// program checks. (Of two programs the kernel takes the stricter answer, so `clone3` must be
+/// allowed by the first for the second's `ENOSYS` to be the answer.)
+fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(calls)
@@ -134,17 +141,27 @@ fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<BpfProgram, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_fcntl, fcntl);
     if ioctl {
-        let kinds = IOCTL_TYPES
-            .iter()
-            .map(|&kind| {
-                SeccompCondition::new(
-                    1,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::MaskedEq(0xFF00),
-                    kind << 8,
-                )
-                .and_then(|condition| SeccompRule::new(vec![condition]))
-                .map_err(fail)
+        let kvm = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xFF00),
+            KVM_IOCTL_TYPE << 8,
+        );
+        // Debug builds check pool resets against the kernel's list of written pages.
+        let pagemap_scan = cfg!(debug_assertions).then(|| {
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                crate::ram::PAGEMAP_SCAN,
+            )
+        });
+        let kinds = std::iter::once(kvm)
+            .chain(pagemap_scan)
+            .map(|condition| {
+                condition
+                    .and_then(|condition| SeccompRule::new(vec![condition]))
+                    .map_err(fail)
             })
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(libc::SYS_ioctl, kinds);
@@ -156,19 +173,43 @@ fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<BpfProgram, Error> {
         TargetArch::x86_64,
     )
     .map_err(fail)?;
-    BpfProgram::try_from(filter).map_err(fail)
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(fail)?;
+    // Installing a program takes a `prctl` first, which the main program may not allow: it
+    // goes last.
+    Ok(vec![
+        BpfProgram::try_from(clone3).map_err(fail)?,
+        BpfProgram::try_from(filter).map_err(fail)?,
+    ])
+}
+
+/// Installs `programs` on the calling thread, or on every thread of the process.
+fn install(programs: &[BpfProgram], every_thread: bool) -> Result<(), Error> {
+    for program in programs {
+        if every_thread {
+            seccompiler::apply_filter_all_threads(program)
+        } else {
+            seccompiler::apply_filter(program)
+        }
+        .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Filters the calling thread, one of mote's own.
 pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
     install_reporter()?;
-    let program = match thread {
+    let programs = match thread {
         Thread::Reaper => filter(REAPER, false, false)?,
         Thread::Watchdog => filter(WATCHDOG, false, false)?,
         Thread::Pool => filter(RUN, true, false)?,
     };
-    seccompiler::apply_filter(&program)
-        .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
+    install(&programs, false)
 }
 
 /// Filters every thread of the process, those started later included, to what running guests
@@ -177,9 +218,7 @@ pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
 /// after a line on standard error that names it.
 pub fn restrict_process() -> Result<(), Error> {
     install_reporter()?;
-    let program = filter(RUN, true, false)?;
-    seccompiler::apply_filter_all_threads(&program)
-        .map_err(|e| Error::Internal(format!("cannot install a seccomp filter: {e}")))
+    install(&filter(RUN, true, false)?, true)
 }
 
 /// What a filtered thread does: run a guest, or boot one to snapshot it (which also keeps its
@@ -197,10 +236,10 @@ pub(crate) fn on_filtered_thread<T: Send>(
     work: Work,
     run: impl FnOnce() -> Result<T, Error> + Send,
 ) -> Result<T, Error> {
-    type Program = OnceLock<Result<BpfProgram, String>>;
-    static RUN_FILTER: Program = OnceLock::new();
-    static SNAPSHOT_FILTER: Program = OnceLock::new();
-    let program = match work {
+    type Programs = OnceLock<Result<Vec<BpfProgram>, String>>;
+    static RUN_FILTER: Programs = OnceLock::new();
+    static SNAPSHOT_FILTER: Programs = OnceLock::new();
+    let programs = match work {
         Work::Run => RUN_FILTER.get_or_init(|| filter(RUN, true, false).map_err(|e| e.to_string())),
         Work::Snapshot => SNAPSHOT_FILTER.get_or_init(|| {
             filter(&[RUN, SNAPSHOT].concat(), true, true).map_err(|e| e.to_string())
@@ -213,9 +252,7 @@ pub(crate) fn on_filtered_thread<T: Send>(
         let thread = std::thread::Builder::new()
             .name("mote-run".into())
             .spawn_scoped(scope, move || {
-                seccompiler::apply_filter(program).map_err(|e| {
-                    Error::Internal(format!("cannot install a seccomp filter: {e}"))
-                })?;
+                install(programs, false)?;
                 run()
             })
             .map_err(|e| Error::Internal(format!("cannot start a thread for the run: {e}")))?;

@@ -119,17 +119,23 @@ impl Snapshot {
         let name = path
             .file_name()
             .ok_or_else(|| fail(std::io::Error::other("the path names no file")))?;
+        // Unique to this call: two saves to one path, in one process or two, each write their
+        // own file, and the last rename wins.
+        static SAVES: AtomicU64 = AtomicU64::new(0);
         let temporary = path.with_file_name(format!(
-            ".{}.{}.partial",
+            ".{}.{}.{}.partial",
             name.to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
         ));
-        // A fresh file, never one that is there already (a planted link, another save).
-        let created = std::fs::OpenOptions::new()
+        // A fresh file, never one that is there already (a planted link): only a file this
+        // call made is removed on failure.
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&temporary);
-        let written = created.and_then(|file| {
+            .open(&temporary)
+            .map_err(fail)?;
+        let written = (|| {
             let inner = &self.inner;
             let parts = snapshot_file::Described {
                 memory_size: inner.memory.size(),
@@ -143,7 +149,7 @@ impl Snapshot {
             snapshot_file::write(&mut out, &parts, stored_pages(&inner.memory)?)?;
             drop(out);
             file.sync_all()
-        });
+        })();
         match written.and_then(|()| std::fs::rename(&temporary, path)) {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -430,6 +436,7 @@ pub(crate) fn restore(
         // The XSAVE area about to be restored may come from a file: this host's must fit the
         // same 4 KiB.
         vcpu_state::check_xsave_size(&vm.fd)?;
+        check_msrs(shared, inner, vm)?;
     }
     inner.vcpu.restore(
         &mut vm.vcpu,
@@ -483,6 +490,35 @@ fn check_host(shared: &Shared, inner: &Inner, vm: &Vm) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a snapshot (one from a file) whose MSRs this host would not have saved. They are
+/// written as the host, which no CPUID table holds back: each must be one this host saves, and
+/// KVM's paravirtual ones (which mote never offers) must be off.
+fn check_msrs(shared: &Shared, inner: &Inner, vm: &Vm) -> Result<(), Error> {
+    let saveable = shared.saveable_msrs(&vm.vcpu)?;
+    for entry in inner.vcpu.msrs.as_slice() {
+        if !saveable.contains(&entry.index) {
+            return Err(Error::Incompatible(format!(
+                "the snapshot sets MSR {:#x}, which this host does not save; take the snapshot \
+                 again on this host",
+                entry.index
+            )));
+        }
+        if is_kvm_paravirtual_msr(entry.index) && entry.data != 0 {
+            return Err(Error::Incompatible(format!(
+                "the snapshot turns on KVM's paravirtual MSR {:#x}, which mote never offers a \
+                 guest: mote did not write this file; take the snapshot again",
+                entry.index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// KVM's paravirtual MSRs: the old kvmclock pair, and the range KVM's own features use.
+fn is_kvm_paravirtual_msr(index: u32) -> bool {
+    matches!(index, 0x11 | 0x12 | 0x4B56_4D00..=0x4B56_4DFF)
 }
 
 /// Fresh random bytes for one run.

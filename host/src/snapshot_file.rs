@@ -454,5 +454,11 @@ pub(crate) fn read(
 /// Parses `bytes` as a snapshot file, pages discarded: what the fuzz target drives.
 #[doc(hidden)]
 pub fn parse_for_fuzzing(bytes: &[u8]) -> Result<(), SnapshotFileError> {
-    read(bytes, 2 << 20, 3 << 30, |_, _, _| Ok(())).map(|_| ())
+    read(
+        bytes,
+        mote_boot::MIN_MEMORY,
+        crate::MAX_MEMORY_SIZE,
+        |_, _, _| Ok(()),
+    )
+    .map(|_| ())
 }

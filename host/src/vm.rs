@@ -79,8 +79,8 @@ fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<Cpu
     CpuId::from_entries(&entries).map_err(|_| Error::Internal("too many CPUID entries".into()))
 }
 
-/// What every vCPU of this machine gets, learnt from the first one: the TSC frequency, the
-/// CPUID tables that carry it, and the MSRs a snapshot saves.
+/// What every vCPU of this machine gets, learnt from the first one: the TSC frequency and the
+/// CPUID tables that carry it.
 pub(crate) struct MachineInfo {
     /// The TSC frequency KVM gives its vCPUs, in kHz (0 if KVM cannot say).
     pub tsc_khz: u32,
@@ -123,6 +123,8 @@ pub(crate) struct Vm {
     pub(crate) private: Vec<std::ops::Range<u64>>,
     /// What the VM is charged against the memory budget, given back once its memory is gone.
     pub(crate) charge: Option<crate::budget::Charge>,
+    /// The vCPU carries a signal mask for `KVM_RUN` (a run with a deadline set it).
+    pub(crate) signal_mask_set: bool,
 }
 
 impl Vm {
@@ -161,6 +163,7 @@ impl Vm {
             host_writes: HostWrites::default(),
             private: Vec::new(),
             charge: None,
+            signal_mask_set: false,
         })
     }
 

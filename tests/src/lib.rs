@@ -103,3 +103,30 @@ pub fn mote_run(name: &str) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// The process's open descriptors, less the one debug builds of mote keep open for the
+/// process's life (`/proc/self/pagemap`, to check every pool reset against the kernel's view).
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd lists the descriptors")
+        .filter(|entry| {
+            let target = entry
+                .as_ref()
+                .ok()
+                .and_then(|entry| std::fs::read_link(entry.path()).ok())
+                .unwrap_or_default();
+            !target.ends_with("pagemap")
+        })
+        .count()
+}
+
+/// The process's resident memory, in KiB.
+pub fn resident_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse().ok())
+        .expect("statm's second field is the resident page count");
+    pages * 4
+}

@@ -4,17 +4,7 @@
 use std::time::Duration;
 
 use mote_host::{Exit, GuestImage, Hypervisor, RunConfig};
-use mote_tests::guest_path;
-
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn resident_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4
-}
+use mote_tests::{guest_path, open_descriptors, resident_kib};
 
 #[test]
 fn sixty_four_at_once_then_a_thousand_in_a_row_without_leaks() {

@@ -388,12 +388,14 @@ fn a_snapshot_file_restores_in_another_process_and_refuses_what_it_cannot_be() {
         "{error}"
     );
 
+    let msr_at = |file: &[u8], index: u32| {
+        (0..msr_count)
+            .map(|i| msrs_at + i * 16)
+            .find(|&at| u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) == index)
+    };
     // A TSC far ahead of this host's: as after the host restarted.
     let mut rebooted = good.clone();
-    let tsc = (0..msr_count)
-        .map(|i| msrs_at + i * 16)
-        .find(|&at| u32::from_le_bytes(rebooted[at..at + 4].try_into().unwrap()) == 0x10)
-        .expect("the snapshot holds IA32_TSC");
+    let tsc = msr_at(&rebooted, 0x10).expect("the snapshot holds IA32_TSC");
     rebooted[tsc + 8..tsc + 16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     reseal(&mut rebooted);
     std::fs::write(&path, &rebooted).unwrap();
@@ -403,6 +405,25 @@ fn a_snapshot_file_restores_in_another_process_and_refuses_what_it_cannot_be() {
         matches!(&error, Error::Incompatible(why) if why.contains("backwards")),
         "{error}"
     );
+
+    // MSRs are written as the host, past the CPUID table: a file may not turn on one of KVM's
+    // paravirtual MSRs (here kvmclock's), nor bring one this host does not save.
+    let mut kvmclock_on = good.clone();
+    let kvmclock = msr_at(&kvmclock_on, 0x4B56_4D01).expect("the snapshot holds kvmclock's MSR");
+    kvmclock_on[kvmclock + 8] = 1;
+    let mut unknown_msr = good.clone();
+    let tsc = msr_at(&unknown_msr, 0x10).unwrap();
+    unknown_msr[tsc..tsc + 4].copy_from_slice(&0xDEAD_0000u32.to_le_bytes());
+    for (mut bad, why) in [(kvmclock_on, "paravirtual"), (unknown_msr, "does not save")] {
+        reseal(&mut bad);
+        std::fs::write(&path, &bad).unwrap();
+        let loaded = hypervisor().load_snapshot(&path).unwrap();
+        let error = hypervisor().run_snapshot(&loaded, input(b"x")).unwrap_err();
+        assert!(
+            matches!(&error, Error::Incompatible(text) if text.contains(why)),
+            "{error}"
+        );
+    }
     let _ = std::fs::remove_file(&path);
 }
 
@@ -570,4 +591,32 @@ fn a_pools_first_run_is_generation_one() {
     let pool = Pool::new(hypervisor(), &snapshot, PoolConfig::default()).unwrap();
     let report = text(&pool.run(input(b"x")).unwrap().output);
     assert!(report.contains("generation=1\n"), "{report}");
+}
+
+#[test]
+fn saves_to_one_path_at_once_each_succeed_and_leave_one_whole_file() {
+    let path = temporary("together.snap");
+    let snapshot = snapshot("echo");
+    std::thread::scope(|scope| {
+        let saves: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| snapshot.save(&path)))
+            .collect();
+        for save in saves {
+            save.join().unwrap().unwrap();
+        }
+    });
+    let loaded = hypervisor().load_snapshot(&path).unwrap();
+    let outcome = hypervisor().run_snapshot(&loaded, input(b"one")).unwrap();
+    assert_eq!(outcome.output, b"one");
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.contains(&format!("mote-test-{}-together", std::process::id()))
+                && name.ends_with(".partial")
+        })
+        .count();
+    assert_eq!(leftovers, 0, "a partial file was left behind");
+    let _ = std::fs::remove_file(&path);
 }

@@ -9,26 +9,8 @@ use mote_abi::{Hypercall, HypercallError};
 use mote_host::{
     Exit, GuestImage, Hypervisor, Limit, Outcome, Pool, PoolConfig, RunConfig, Snapshot,
 };
-use mote_tests::guest_path;
 use mote_tests::script::{BUFFER, args, script};
-
-/// The process's open descriptors, less the one debug builds of mote keep open for the
-/// process's life (`/proc/self/pagemap`, to check every pool reset against the kernel's view).
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter(|entry| {
-            let target = std::fs::read_link(entry.as_ref().unwrap().path()).unwrap_or_default();
-            !target.ends_with("pagemap")
-        })
-        .count()
-}
-
-fn resident_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4
-}
+use mote_tests::{guest_path, open_descriptors, resident_kib};
 
 /// The guests and pools the soak runs on.
 struct Rig {

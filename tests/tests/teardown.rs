@@ -2,11 +2,7 @@
 //! (A test binary of its own: it counts the process's file descriptors.)
 
 use mote_host::{Exit, GuestImage, Hypervisor, RunConfig};
-use mote_tests::guest_path;
-
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+use mote_tests::{guest_path, open_descriptors};
 
 #[test]
 fn every_vm_is_gone_once_its_hypervisor_is_dropped() {

@@ -265,7 +265,6 @@ fn host_error(message: String) -> Failure {
     }
 }
 
-/// Reads the input file, or standard input for `-`.
 /// Reads the input file, or standard input for `-`, up to `limit` bytes: more is refused
 /// without reading on (`--input /dev/zero` ends at once).
 fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {

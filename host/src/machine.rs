@@ -90,18 +90,17 @@ pub(crate) fn run(
     let (kickable, armed) = match deadline {
         Some(deadline) => {
             let watchdog = shared.watchdog()?;
-            let kickable = Kickable::enter(vm.vcpu.as_raw_fd())
+            let kickable = Kickable::enter(vm.vcpu.as_raw_fd(), &mut vm.signal_mask)
                 .map_err(|e| Error::Internal(format!("cannot prepare the deadline: {e}")))?;
-            vm.signal_mask_set = true;
             let armed = watchdog.arm(deadline, Kick::for_this_thread());
             (Some(kickable), Some(armed))
         }
         None => {
-            if vm.signal_mask_set {
+            if vm.signal_mask.is_some() {
                 // An earlier run with a deadline gave KVM its thread's signal mask; this run
                 // keeps its own thread's.
                 watchdog::clear_signal_mask(&vm.vcpu)?;
-                vm.signal_mask_set = false;
+                vm.signal_mask = None;
             }
             (None, None)
         }

@@ -123,8 +123,8 @@ pub(crate) struct Vm {
     pub(crate) private: Vec<std::ops::Range<u64>>,
     /// What the VM is charged against the memory budget, given back once its memory is gone.
     pub(crate) charge: Option<crate::budget::Charge>,
-    /// The vCPU carries a signal mask for `KVM_RUN` (a run with a deadline set it).
-    pub(crate) signal_mask_set: bool,
+    /// The signal mask the vCPU carries for `KVM_RUN`, if a run with a deadline set one.
+    pub(crate) signal_mask: Option<u64>,
 }
 
 impl Vm {
@@ -163,7 +163,7 @@ impl Vm {
             host_writes: HostWrites::default(),
             private: Vec::new(),
             charge: None,
-            signal_mask_set: false,
+            signal_mask: None,
         })
     }
 

@@ -101,7 +101,9 @@ pub(crate) struct Kickable {
 }
 
 impl Kickable {
-    pub(crate) fn enter(vcpu: RawFd) -> std::io::Result<Self> {
+    /// Makes the calling thread kickable while it runs `vcpu`, whose signal mask for `KVM_RUN`
+    /// is `vcpu_mask` (what an earlier run set, if any): set again only if it must change.
+    pub(crate) fn enter(vcpu: RawFd, vcpu_mask: &mut Option<u64>) -> std::io::Result<Self> {
         let kick = kick_set();
         // SAFETY: a zeroed sigset_t is a valid out-parameter for pthread_sigmask.
         let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -120,6 +122,9 @@ impl Kickable {
                 blocked |= 1 << (signal - 1);
             }
         }
+        if *vcpu_mask == Some(blocked) {
+            return Ok(entered);
+        }
         let mask = KvmSignalMask {
             len: 8,
             sigset: blocked.to_le_bytes(),
@@ -131,6 +136,7 @@ impl Kickable {
             // Dropping `entered` restores the mask.
             return Err(std::io::Error::last_os_error());
         }
+        *vcpu_mask = Some(blocked);
         Ok(entered)
     }
 }
@@ -179,6 +185,10 @@ struct State {
     next_id: u64,
     armed: BTreeMap<(Instant, u64), Kick>,
     stopping: bool,
+    /// When the watchdog thread will look again by itself (`None`: not until woken). A deadline
+    /// at or after it needs no wake-up: runs with the default 30 s deadline, one after another,
+    /// would otherwise wake the thread once each.
+    looks_at: Option<Instant>,
 }
 
 struct Shared {
@@ -250,8 +260,11 @@ impl Watchdog {
         let key = (deadline, state.next_id);
         state.next_id += 1;
         state.armed.insert(key, kick);
+        let wake = state.looks_at.is_none_or(|looks_at| deadline < looks_at);
         drop(state);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         Armed {
             watchdog: self,
             key,
@@ -267,7 +280,9 @@ fn watch(shared: &Shared) {
             return;
         }
         let now = Instant::now();
-        state = match state.armed.first_key_value().map(|(key, _)| key.0) {
+        let earliest = state.armed.first_key_value().map(|(key, _)| key.0);
+        state.looks_at = earliest;
+        state = match earliest {
             None => shared.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
             Some(deadline) if deadline <= now => {
                 if let Some((_, kick)) = state.armed.pop_first() {
@@ -297,5 +312,47 @@ impl Drop for Watchdog {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Waits (up to a generous bound, not a timing check) for `armed` to fire.
+    fn fires(armed: &Armed<'_>) -> bool {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < give_up {
+            if armed.fired() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn deadlines_fire_whether_or_not_arming_them_woke_the_thread() {
+        let watchdog = Watchdog::start().unwrap();
+        let now = Instant::now();
+        // The thread looks again at the first deadline; the later one is armed without waking
+        // it, and must still fire once the first is gone.
+        let first = watchdog.arm(now + Duration::from_millis(100), Kick::for_this_thread());
+        let later = watchdog.arm(now + Duration::from_millis(150), Kick::for_this_thread());
+        drop(first);
+        assert!(fires(&later), "the later deadline never fired");
+        drop(later);
+        // An earlier deadline than the one the thread waits for wakes it.
+        let far = watchdog.arm(
+            Instant::now() + Duration::from_secs(3600),
+            Kick::for_this_thread(),
+        );
+        let near = watchdog.arm(
+            Instant::now() + Duration::from_millis(10),
+            Kick::for_this_thread(),
+        );
+        assert!(fires(&near), "the nearer deadline never fired");
+        assert!(!far.fired());
     }
 }

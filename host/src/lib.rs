@@ -437,8 +437,15 @@ impl RunConfig {
         Ok(())
     }
 
-    /// Refuses what a run restored from `snapshot` cannot change: how the guest was laid out.
+    /// Refuses what a run restored from `snapshot` cannot change (how the guest was laid out),
+    /// and input larger than its input limit or the snapshot's input window.
     fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        self.check_input()?;
+        let len = self.input.as_ref().map_or(0, |input| input.len() as u64);
+        let capacity = snapshot.input_capacity();
+        if len > capacity {
+            return Err(Error::InputTooLarge { len, capacity });
+        }
         if let Some(size) = self.memory_size
             && size != snapshot.memory_size()
         {
@@ -784,8 +791,6 @@ impl Hypervisor {
         mut config: RunConfig,
     ) -> Result<Outcome, Error> {
         config.check_restorable(snapshot)?;
-        config.check_input()?;
-        snapshot::check_input_fits(snapshot, &config)?;
         let shared = &*self.shared;
         let charge = shared.charge(config.worst_case(snapshot.memory_size()), &config)?;
         let mut stats = Stats::default();

@@ -206,8 +206,6 @@ impl Pool {
     fn run_here(&self, mut config: RunConfig) -> Result<Outcome, Error> {
         let shared = &*self.shared;
         config.check_restorable(&shared.snapshot)?;
-        config.check_input()?;
-        snapshot::check_input_fits(&shared.snapshot, &config)?;
         let hypervisor = shared.hypervisor.shared();
         let charge =
             hypervisor.charge(config.worst_case(shared.snapshot.memory_size()), &config)?;
@@ -353,6 +351,20 @@ impl PoolShared {
         Ok(vm)
     }
 
+    /// Makes a VM with the lock released (making one takes a while), counted as on its way
+    /// meanwhile; returns the lock again with the result.
+    fn make_vm<'s>(
+        &'s self,
+        mut state: MutexGuard<'s, PoolState>,
+    ) -> (MutexGuard<'s, PoolState>, Result<Vm, Error>) {
+        state.creating += 1;
+        drop(state);
+        let made = self.new_vm();
+        let mut state = self.lock();
+        state.creating -= 1;
+        (state, made)
+    }
+
     /// An idle VM, made here if the pool may grow, else the next one given back; and whether it
     /// is fresh.
     fn take(&self) -> Result<(Lease<'_>, bool), Error> {
@@ -367,11 +379,7 @@ impl PoolShared {
                 return Ok((self.lease(idle.vm), idle.fresh));
             }
             if state.total() < self.config.max_vms {
-                state.creating += 1;
-                drop(state);
-                let made = self.new_vm();
-                let mut state = self.lock();
-                state.creating -= 1;
+                let (mut state, made) = self.make_vm(state);
                 return match made {
                     Ok(vm) => {
                         state.busy += 1;
@@ -445,11 +453,8 @@ impl PoolShared {
             }
             let wanted = self.config.min_idle.min(self.config.max_vms);
             if state.wants_more(&self.config) {
-                state.creating += 1;
-                drop(state);
-                let made = self.new_vm();
-                state = self.lock();
-                state.creating -= 1;
+                let made;
+                (state, made) = self.make_vm(state);
                 match made {
                     Ok(vm) => {
                         // Idle VMs stay in the order they became idle: the oldest first.

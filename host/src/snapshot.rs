@@ -370,16 +370,6 @@ pub(crate) fn new_vm(
     Ok(vm)
 }
 
-/// Refuses input longer than `snapshot`'s input window, before any VM is touched.
-pub(crate) fn check_input_fits(snapshot: &Snapshot, config: &RunConfig) -> Result<(), Error> {
-    let len = config.input.as_ref().map_or(0, |input| input.len() as u64);
-    let capacity = snapshot.input_capacity();
-    if len > capacity {
-        return Err(Error::InputTooLarge { len, capacity });
-    }
-    Ok(())
-}
-
 /// Runs `snapshot` on `vm` with `config` (its input checked to fit): writes the input into the
 /// guest's input window, puts the snapshot's vCPU state into the vCPU (just created if
 /// `fresh`) with `ready_for_input`'s results for this run, and runs it. `stats` holds what

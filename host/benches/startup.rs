@@ -576,13 +576,7 @@ fn mote_idle_rss_kib(hypervisor: &Hypervisor, guest_dir: &std::path::Path, count
                         }
                         Ok(Vec::new())
                     });
-                    // Held guests that print and output little: each run is charged its
-                    // worst case against the memory budget, limits included.
-                    let config = RunConfig::default()
-                        .output_limit(64 << 10)
-                        .console_limit(64 << 10)
-                        .host_function("upper", wait);
-                    hypervisor.run(image, config).unwrap();
+                    hypervisor.run(image, held_guest(wait)).unwrap();
                 })
                 .unwrap();
         }
@@ -733,13 +727,7 @@ fn pool_idle_kib(
                         }
                         Ok(Vec::new())
                     });
-                    // Held guests that print and output little: each run is charged its
-                    // worst case against the memory budget, limits included.
-                    let config = RunConfig::default()
-                        .output_limit(64 << 10)
-                        .console_limit(64 << 10)
-                        .host_function("upper", wait);
-                    let outcome = pool.run(config).unwrap();
+                    let outcome = pool.run(held_guest(wait)).unwrap();
                     assert_eq!(outcome.exit, Exit::Guest { code: 0 });
                 })
                 .unwrap();
@@ -749,6 +737,17 @@ fn pool_idle_kib(
     let used = (gauge.used_kib() - before) / count as f64;
     drop(pool);
     (fresh, used)
+}
+
+/// The configuration of a `hostcall` guest held in its host call `upper` by `wait`, for the
+/// memory-per-guest figures. It prints and outputs little: each run is charged its worst case
+/// against the memory budget, limits included, and a thousand held at the default limits would
+/// not fit the default budget.
+fn held_guest(wait: mote_host::HostFunction) -> RunConfig {
+    RunConfig::default()
+        .output_limit(64 << 10)
+        .console_limit(64 << 10)
+        .host_function("upper", wait)
 }
 
 /// A ratio's goal.

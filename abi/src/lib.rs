@@ -23,8 +23,8 @@
 
 pub mod note;
 
-/// The ABI version this crate describes. A guest reads the host's from CPUID
-/// ([`CPUID_LEAF_INFO`]) and refuses to run if it differs.
+/// The ABI version this crate describes. A user-mode guest reads the host's from its runtime
+/// note, a kernel-mode one from CPUID ([`CPUID_LEAF_INFO`]); either refuses to run if it differs.
 pub const ABI_VERSION: u32 = 1;
 
 /// The registers that carry hypercall arguments, in order.

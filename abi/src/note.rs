@@ -95,6 +95,13 @@ pub const fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
 }
 
+/// Whether the CPU pushes an error code for exception `vector` (double fault, invalid TSS,
+/// segment not present, stack-segment, general protection, page fault, alignment check,
+/// control protection, VMM communication, security).
+pub const fn exception_has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
 /// The name of an exception vector.
 pub const fn exception_name(vector: u8) -> &'static str {
     match vector {

@@ -13,6 +13,7 @@ pub const MEMORY_REGION_SIZE: u64 = 24;
 
 /// `MemoryRegionKind` tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegionKind {
     /// Free for the kernel to use.
     Usable,

@@ -13,6 +13,7 @@ const CONFIG_UUID: [u8; 16] = [
 
 /// Where the loader should put one thing in the kernel's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mapping {
     /// Anywhere free: mote picks a free 512 GiB slot.
     Dynamic,

@@ -35,6 +35,7 @@ pub const MIN_MEMORY: u64 = 2 * 1024 * 1024;
 
 /// What can go wrong turning an ELF file into a bootable guest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BootError {
     /// The file does not start with the ELF magic.
     #[error("not an ELF file (no \\x7fELF magic at its start)")]

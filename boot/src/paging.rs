@@ -267,6 +267,7 @@ pub struct Access {
 
 /// Why a guest-virtual address does not translate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalkError {
     /// The address is not canonical.
     #[error("address {0:#x} is not canonical")]

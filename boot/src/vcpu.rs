@@ -279,7 +279,7 @@ fn flat_segment(selector: u16, dpl: u8, code: bool) -> Segment {
 }
 
 impl VcpuState {
-    /// The state the real `bootloader` leaves a kernel in (BOOT-PROTOCOL.md §3): CPL0, long
+    /// The state the real `bootloader` leaves a kernel in (docs/boot-protocol.md): CPL0, long
     /// mode, interrupts off, RDI pointing at `BootInfo`.
     pub(crate) fn kernel_entry(cr3: u64, rip: u64, rsp: u64, boot_info: u64, gdt: &Gdt) -> Self {
         Self {

@@ -4,7 +4,7 @@
 //! Streaming on the vCPU thread would let a stalled reader (a paused pager on a pipe) stop the
 //! guest's host, deadline or not: a write blocked in the kernel ignores the deadline's kick. So a
 //! writer thread does the writing, behind a bounded queue; the vCPU thread waits on a full queue
-//! only until the run's deadline, and once the run is over it waits for the writer only
+//! only until the run is stopped (its deadline, a cancel), and once the run is over it waits for the writer only
 //! [`DRAIN_GRACE`]. A writer that fails (a pipe whose reader has gone) ends the run.
 
 use std::io::{ErrorKind, Write};
@@ -26,8 +26,8 @@ pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Why console text could not be handed on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Stopped {
-    /// The run's deadline passed while the queue was full.
-    DeadlinePassed,
+    /// The run was stopped (its deadline passed, or it was cancelled) while the queue was full.
+    RunStopped,
     /// The writer failed: its reader has gone, or its output is broken.
     Closed(ErrorKind),
 }
@@ -60,11 +60,11 @@ impl Console {
         }
     }
 
-    /// Queues `bytes`; waits while the queue is full, but not once `deadline_passed` says so.
+    /// Queues `bytes`; waits while the queue is full, but not once `run_stopped` says so.
     pub(crate) fn write(
         &mut self,
         bytes: &[u8],
-        deadline_passed: &dyn Fn() -> bool,
+        run_stopped: &dyn Fn() -> bool,
     ) -> Result<(), Stopped> {
         let stream = match self {
             Console::Capture(buffer) => {
@@ -89,8 +89,8 @@ impl Console {
                     return Err(Stopped::Closed(kind));
                 }
                 Err(TrySendError::Full(returned)) => {
-                    if deadline_passed() {
-                        return Err(Stopped::DeadlinePassed);
+                    if run_stopped() {
+                        return Err(Stopped::RunStopped);
                     }
                     chunk = returned;
                     std::thread::sleep(FULL_QUEUE_WAIT);
@@ -206,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_gives_up_at_the_deadline() {
+    fn a_full_queue_gives_up_once_the_run_is_stopped() {
         let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let mut console = Console::new(Some(Box::new(Stalled(Arc::clone(&release)))));
         let mut result = Ok(());
@@ -216,7 +216,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(result, Err(Stopped::DeadlinePassed));
+        assert_eq!(result, Err(Stopped::RunStopped));
         *release.0.lock().unwrap() = true;
         release.1.notify_all();
     }

@@ -51,6 +51,7 @@ impl GuestBuffer {
 
 /// A hypercall request, with its arguments checked as far as they can be without guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Request {
     /// End the run.
     Exit {
@@ -104,6 +105,7 @@ pub enum Request {
 
 /// What one port-I/O exit asks of the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PortEvent {
     /// A hypercall, or the error to answer it with.
     Hypercall(Result<Request, HypercallError>),

@@ -60,6 +60,7 @@ mod serial;
 mod snapshot;
 #[doc(hidden)]
 pub mod snapshot_file;
+mod stop;
 mod vcpu_state;
 mod vm;
 mod watchdog;
@@ -75,12 +76,13 @@ use kvm_ioctls::Kvm;
 
 pub use host_function::run_deadline;
 pub use mote_abi::RunStart;
-pub use mote_boot::{BootConfig, Description, Mapping};
-pub use outcome::{Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
+pub use mote_boot::{BootConfig, BootError, Description, Mapping};
+pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
 pub use seccomp::restrict_process;
 pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
+pub use stop::CancelToken;
 
 use machine::{End, Finished, Purpose};
 use serial::Serial;
@@ -100,21 +102,27 @@ pub const MAX_GUEST_FILE: u64 = 256 << 20;
 pub const MAX_MEMORY_SIZE: u64 = 3 << 30;
 
 /// Everything that can stop mote from running a guest to an outcome.
+///
+/// An error's own message says what went wrong and what to do; the cause beneath it (an I/O
+/// error, a loader error) is its [`source`](std::error::Error::source), not repeated in the
+/// message: print the chain (as `anyhow` does with `{:#}`) to show both.
+/// [`Error::class`] says who the failure is down to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `/dev/kvm` is missing or not accessible.
     #[error("{0}")]
     KvmUnavailable(String),
     /// A KVM call failed.
-    #[error("KVM call {call} failed: {source}")]
+    #[error("KVM call {call} failed")]
     Kvm {
         /// The ioctl that failed.
         call: &'static str,
         /// The error it returned.
-        source: kvm_ioctls::Error,
+        source: std::io::Error,
     },
     /// The guest file could not be read.
-    #[error("cannot read guest {path}: {source}")]
+    #[error("cannot read guest {path}")]
     ReadGuest {
         /// The file.
         path: String,
@@ -122,22 +130,72 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The guest file is not a kernel mote can boot.
-    #[error("{path}: {source}")]
+    #[error("{path} is not a kernel mote can boot")]
     BadImage {
         /// The file (or name) of the image.
         path: String,
         /// What is wrong with it.
-        source: mote_boot::BootError,
+        source: BootError,
     },
-    /// The image does not fit the configured guest memory.
-    #[error("cannot lay the guest out in its memory: {0}")]
-    Load(mote_boot::BootError),
-    /// Guest memory could not be reserved.
+    /// The guest, with its input and what mote adds, does not fit the run's guest memory.
+    #[error(
+        "the guest needs at least {} of memory with this input, more than the {} it is given; \
+         give it {}M or more (--mem {}M, or RunConfig::memory_size)",
+        human_size(*needed),
+        human_size(*size),
+        needed.div_ceil(1 << 20),
+        needed.div_ceil(1 << 20)
+    )]
+    MemoryTooSmall {
+        /// The least guest memory the layout needs, in bytes.
+        needed: u64,
+        /// The guest memory the run has, in bytes.
+        size: u64,
+    },
+    /// The image cannot be laid out in guest memory for a reason other than its size.
+    #[error("cannot lay the guest out in its memory")]
+    Load(#[source] BootError),
+    /// Guest memory could not be reserved or handled on the host.
     #[error("cannot reserve guest memory: {0}")]
     Memory(String),
-    /// A run configuration value is out of range.
-    #[error("invalid run configuration: {0}")]
-    Config(String),
+    /// A guest memory size out of range.
+    #[error("{}", memory_size_problem(*bytes))]
+    InvalidMemorySize {
+        /// The size asked for.
+        bytes: u64,
+    },
+    /// A framebuffer side out of range.
+    #[error("framebuffer {width}x{height}: each side must be between 1 and 8192 pixels")]
+    InvalidFramebuffer {
+        /// The width asked for.
+        width: u32,
+        /// The height asked for.
+        height: u32,
+    },
+    /// A timeout of zero.
+    #[error("a timeout of zero would stop every guest at once")]
+    ZeroTimeout,
+    /// A run restored from a snapshot asked to change what the snapshot fixed.
+    #[error("{what} is set when a snapshot is taken, not when it is restored")]
+    FixedBySnapshot {
+        /// What: `a plain boot`, `a framebuffer`, `ACPI tables`, `the input capacity`.
+        what: &'static str,
+    },
+    /// A run restored from a snapshot asked for another guest memory size.
+    #[error(
+        "the snapshot's guest has {} of memory; a run restored from it cannot have {}",
+        human_size(*snapshot),
+        human_size(*asked)
+    )]
+    SnapshotMemorySize {
+        /// The snapshot's guest memory size.
+        snapshot: u64,
+        /// The size asked for.
+        asked: u64,
+    },
+    /// A snapshot was asked to boot with input.
+    #[error("a snapshot takes no input: input belongs to each run restored from it")]
+    SnapshotInput,
     /// The guest ended (or was stopped) before it called `ready_for_input`, so there is no
     /// state to snapshot. The outcome says how it ended.
     #[error(
@@ -147,8 +205,10 @@ pub enum Error {
     NotReady(Box<Outcome>),
     /// The run's input is over its input limit, or does not fit the snapshot's input window.
     #[error(
-        "the input is {len} bytes, more than the {capacity} bytes this run takes (its input \
-         limit, or the input capacity of its snapshot)"
+        "the input is {} ({len} bytes), more than the {} ({capacity} bytes) this run takes (its \
+         input limit, or the input capacity of its snapshot)",
+        human_size(*len),
+        human_size(*capacity)
     )]
     InputTooLarge {
         /// The input's length.
@@ -159,9 +219,11 @@ pub enum Error {
     /// The run would take the hypervisor's memory budget past its limit
     /// ([`Hypervisor::set_memory_budget`]).
     #[error(
-        "the run may take {needed} bytes of host memory, and only {free} of the {limit}-byte \
-         budget are free; wait for other runs, give this one less memory or smaller limits, or \
-         raise the budget"
+        "the run may take {} of host memory, and only {} of the {} budget are free; wait for \
+         other runs, give this one less memory or smaller limits, or raise the budget",
+        human_size(*needed),
+        human_size(*free),
+        human_size(*limit)
     )]
     OverBudget {
         /// What the run may take: its memory size and the output, console and input mote
@@ -184,7 +246,7 @@ pub enum Error {
         waited: std::time::Duration,
     },
     /// A snapshot file cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("snapshot file {path}")]
     SnapshotFile {
         /// The file.
         path: String,
@@ -202,37 +264,145 @@ pub enum Error {
     Internal(String),
 }
 
+/// What is wrong with a guest memory size of `bytes`.
+fn memory_size_problem(bytes: u64) -> String {
+    if bytes > MAX_MEMORY_SIZE {
+        format!(
+            "a guest memory of {} is too big: mote gives a guest at most {}",
+            human_size(bytes),
+            human_size(MAX_MEMORY_SIZE)
+        )
+    } else if bytes < mote_boot::MIN_MEMORY {
+        format!(
+            "a guest memory of {} is too small: a guest needs at least {}",
+            human_size(bytes),
+            human_size(mote_boot::MIN_MEMORY)
+        )
+    } else {
+        format!("a guest memory size must be a multiple of 4 KiB, and {bytes} bytes is not")
+    }
+}
+
+/// `bytes` for people: `512 bytes`, `64 KiB`, `3 GiB`, `3073 MiB`, `21.4 MiB`. The largest unit
+/// that fits, whole; or the next smaller unit if that is whole and short; or tenths.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+        (1, "bytes"),
+    ];
+    let Some(index) = UNITS.iter().position(|(unit, _)| bytes >= *unit) else {
+        return "0 bytes".into();
+    };
+    let (unit, name) = UNITS[index];
+    if bytes.is_multiple_of(unit) {
+        return format!("{} {name}", bytes / unit);
+    }
+    if let Some(&(smaller, smaller_name)) = UNITS.get(index + 1)
+        && bytes.is_multiple_of(smaller)
+        && bytes / smaller < 10_000
+    {
+        return format!("{} {smaller_name}", bytes / smaller);
+    }
+    format!("{:.1} {name}", bytes as f64 / unit as f64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        use super::human_size;
+        assert_eq!(human_size(512), "512 bytes");
+        assert_eq!(human_size(64 << 10), "64 KiB");
+        assert_eq!(human_size(3073 << 20), "3073 MiB");
+        assert_eq!(human_size(3 << 30), "3 GiB");
+        assert_eq!(human_size(0x1568000), "21.4 MiB");
+        let error = super::Error::InvalidMemorySize { bytes: 3073 << 20 };
+        assert_eq!(
+            error.to_string(),
+            "a guest memory of 3073 MiB is too big: mote gives a guest at most 3 GiB"
+        );
+    }
+}
+
 impl Error {
     fn kvm(call: &'static str, source: kvm_ioctls::Error) -> Self {
-        Error::Kvm { call, source }
+        Error::Kvm {
+            call,
+            source: std::io::Error::from_raw_os_error(source.errno()),
+        }
     }
 
-    /// The exit code `mote run` ends with for this error (see [`exit_status`]).
-    pub fn process_exit_code(&self) -> u8 {
+    /// Who or what the failure is down to.
+    pub fn class(&self) -> Class {
         match self {
-            Error::KvmUnavailable(_) => exit_status::KVM_UNAVAILABLE,
-            Error::ReadGuest { .. } => exit_status::CANNOT_READ_GUEST,
-            Error::BadImage { .. } => exit_status::BAD_GUEST_IMAGE,
-            Error::SnapshotFile {
+            Error::KvmUnavailable(_) | Error::Unsupported(_) => Class::NoKvm,
+            Error::ReadGuest { .. }
+            | Error::MemoryTooSmall { .. }
+            | Error::InvalidMemorySize { .. }
+            | Error::InvalidFramebuffer { .. }
+            | Error::ZeroTimeout
+            | Error::FixedBySnapshot { .. }
+            | Error::SnapshotMemorySize { .. }
+            | Error::SnapshotInput
+            | Error::InputTooLarge { .. }
+            | Error::SnapshotFile {
                 source: SnapshotFileError::Io(_),
                 ..
-            } => exit_status::CANNOT_READ_GUEST,
-            Error::SnapshotFile { .. } => exit_status::BAD_GUEST_IMAGE,
-            Error::Config(_) | Error::InputTooLarge { .. } => exit_status::USAGE,
-            // The guest's own exit code would read as success, or as its verdict; the snapshot
-            // failed either way.
-            Error::NotReady(outcome) if outcome.exit.guest_code().is_some() => {
-                exit_status::BAD_GUEST_IMAGE
-            }
-            Error::NotReady(outcome) => outcome.exit.process_exit_code(),
-            Error::Kvm { .. }
+            } => Class::Usage,
+            Error::BadImage { .. }
             | Error::Load(_)
-            | Error::Memory(_)
-            | Error::Incompatible(_)
-            | Error::PoolBusy { .. }
-            | Error::OverBudget { .. }
-            | Error::Unsupported(_)
-            | Error::Internal(_) => exit_status::HOST_ERROR,
+            | Error::SnapshotFile { .. }
+            | Error::Incompatible(_) => Class::BadImage,
+            // The guest's own exit would read as success, or as its verdict; the snapshot
+            // failed either way, for want of a guest that gets ready.
+            Error::NotReady(outcome) if outcome.exit.guest_code().is_some() => Class::BadImage,
+            Error::NotReady(outcome) => outcome.exit.class(),
+            Error::OverBudget { .. } | Error::PoolBusy { .. } => Class::Busy,
+            Error::Kvm { .. } | Error::Memory(_) | Error::Internal(_) => Class::HostFailure,
+        }
+    }
+
+    /// The error's stable name, as JSON reports give it in `error.kind`: `kvm_unavailable`,
+    /// `kvm_call`, `read_guest`, `bad_image`, `memory_too_small`, `load`, `memory`,
+    /// `invalid_memory_size`, `invalid_framebuffer`, `zero_timeout`, `fixed_by_snapshot`,
+    /// `snapshot_memory_size`, `snapshot_input`, `not_ready`, `input_too_large`,
+    /// `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`, `unsupported`,
+    /// `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::KvmUnavailable(_) => "kvm_unavailable",
+            Error::Kvm { .. } => "kvm_call",
+            Error::ReadGuest { .. } => "read_guest",
+            Error::BadImage { .. } => "bad_image",
+            Error::MemoryTooSmall { .. } => "memory_too_small",
+            Error::Load(_) => "load",
+            Error::Memory(_) => "memory",
+            Error::InvalidMemorySize { .. } => "invalid_memory_size",
+            Error::InvalidFramebuffer { .. } => "invalid_framebuffer",
+            Error::ZeroTimeout => "zero_timeout",
+            Error::FixedBySnapshot { .. } => "fixed_by_snapshot",
+            Error::SnapshotMemorySize { .. } => "snapshot_memory_size",
+            Error::SnapshotInput => "snapshot_input",
+            Error::NotReady(_) => "not_ready",
+            Error::InputTooLarge { .. } => "input_too_large",
+            Error::OverBudget { .. } => "over_budget",
+            Error::PoolBusy { .. } => "pool_busy",
+            Error::SnapshotFile { .. } => "snapshot_file",
+            Error::Incompatible(_) => "incompatible_snapshot",
+            Error::Unsupported(_) => "unsupported",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The exit code `mote` ends with for this error: its class's (see [`exit_status`]).
+    pub fn process_exit_code(&self) -> u8 {
+        match self {
+            Error::NotReady(outcome) if outcome.exit.guest_code().is_none() => {
+                outcome.exit.process_exit_code()
+            }
+            _ => self.class().exit_code(),
         }
     }
 }
@@ -368,6 +538,7 @@ pub struct RunConfig {
     screenshot: bool,
     limits: Limits,
     memory_wait: std::time::Duration,
+    cancel: Option<CancelToken>,
 }
 
 impl RunConfig {
@@ -377,9 +548,7 @@ impl RunConfig {
         if !bytes.is_multiple_of(4096)
             || !(mote_boot::MIN_MEMORY..=MAX_MEMORY_SIZE).contains(&bytes)
         {
-            return Err(Error::Config(format!(
-                "memory size {bytes} is not a multiple of 4 KiB between 2 MiB and 3 GiB"
-            )));
+            return Err(Error::InvalidMemorySize { bytes });
         }
         self.memory_size = Some(bytes);
         Ok(self)
@@ -449,11 +618,10 @@ impl RunConfig {
         if let Some(size) = self.memory_size
             && size != snapshot.memory_size()
         {
-            return Err(Error::Config(format!(
-                "the snapshot's guest has {} bytes of memory; a run restored from it cannot \
-                 have {size}",
-                snapshot.memory_size()
-            )));
+            return Err(Error::SnapshotMemorySize {
+                snapshot: snapshot.memory_size(),
+                asked: size,
+            });
         }
         let fixed = [
             (self.plain, "a plain boot"),
@@ -461,10 +629,8 @@ impl RunConfig {
             (self.acpi, "ACPI tables"),
             (self.input_capacity.is_some(), "the input capacity"),
         ];
-        if let Some((_, what)) = fixed.iter().find(|(set, _)| *set) {
-            return Err(Error::Config(format!(
-                "{what} is set when a snapshot is taken, not when it is restored"
-            )));
+        if let Some(&(_, what)) = fixed.iter().find(|(set, _)| *set) {
+            return Err(Error::FixedBySnapshot { what });
         }
         Ok(())
     }
@@ -498,9 +664,7 @@ impl RunConfig {
     /// must be between 1 and 8192.
     pub fn framebuffer(mut self, width: u32, height: u32) -> Result<Self, Error> {
         if !(1..=8192).contains(&width) || !(1..=8192).contains(&height) {
-            return Err(Error::Config(format!(
-                "framebuffer {width}x{height}: each side must be between 1 and 8192 pixels"
-            )));
+            return Err(Error::InvalidFramebuffer { width, height });
         }
         self.framebuffer = Some((width, height));
         Ok(self)
@@ -510,9 +674,7 @@ impl RunConfig {
     /// if it spins with interrupts off. Must not be zero. Default: [`DEFAULT_TIMEOUT`].
     pub fn timeout(mut self, timeout: std::time::Duration) -> Result<Self, Error> {
         if timeout.is_zero() {
-            return Err(Error::Config(
-                "a timeout of zero would stop every guest".into(),
-            ));
+            return Err(Error::ZeroTimeout);
         }
         self.limits.timeout = Some(timeout);
         Ok(self)
@@ -560,6 +722,13 @@ impl RunConfig {
     /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
+        self
+    }
+
+    /// Ends the run with [`Exit::Cancelled`] as soon as `token` is cancelled, from any thread
+    /// (see [`CancelToken`]).
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
         self
     }
 

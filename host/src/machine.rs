@@ -1,6 +1,7 @@
 //! Running a VM: its exits, its hypercalls and its limits, until an outcome.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
@@ -12,8 +13,9 @@ use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
 use crate::ram::{GuestRam, HostWrites};
 use crate::serial::Serial;
+use crate::stop::{Attached, RunStop, StopReason, Watched};
 use crate::vm::{GuestFacts, Vm};
-use crate::watchdog::{self, Armed, Kick, Kickable};
+use crate::watchdog::{self, Armed, Kickable};
 use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Screen, Shared, Stats};
 
 /// The guest's RFLAGS.IF bit.
@@ -48,11 +50,16 @@ pub(crate) struct Finished {
 
 /// A VM being run: its vCPU, its memory and its devices, and what the run may spend.
 struct Machine<'a> {
-    // Field order is drop order, on every path out of a run: the deadline is disarmed before the
-    // thread's signal mask is restored.
-    deadline: Option<Armed<'a>>,
-    /// Takes back a late kick and restores the thread's signal mask, once disarmed.
+    // Field order is drop order, on every path out of a run: the deadline is disarmed, the
+    // cancel token forgets the run and the thread is detached from its stop before the thread's
+    // signal mask is restored.
+    _deadline: Option<Armed<'a>>,
+    _watched: Option<Watched>,
+    _attached: Option<Attached>,
+    /// Takes back a late kick and restores the thread's signal mask, once nothing can kick.
     _kickable: Option<Kickable>,
+    /// Why the run is being stopped early, if it is.
+    stop: Arc<RunStop>,
     vcpu: &'a mut VcpuFd,
     ram: &'a GuestRam,
     /// Where mote's own writes into `ram` are noted.
@@ -87,28 +94,36 @@ pub(crate) fn run(
         .limits
         .timeout
         .and_then(|timeout| started.checked_add(timeout));
-    let (kickable, armed) = match deadline {
-        Some(deadline) => {
-            let watchdog = shared.watchdog()?;
-            let kickable = Kickable::enter(vm.vcpu.as_raw_fd(), &mut vm.signal_mask)
-                .map_err(|e| Error::Internal(format!("cannot prepare the deadline: {e}")))?;
-            let armed = watchdog.arm(deadline, Kick::for_this_thread());
-            (Some(kickable), Some(armed))
+    let stop = RunStop::new();
+    let watched = config.cancel.as_ref().map(|token| token.watch(&stop));
+    // Only a run that something may stop early needs its thread kickable.
+    let kickable = if deadline.is_some() || watched.is_some() {
+        Some(
+            Kickable::enter(vm.vcpu.as_raw_fd(), &mut vm.signal_mask).map_err(|e| {
+                Error::Internal(format!("cannot make the run stoppable early: {e}"))
+            })?,
+        )
+    } else {
+        if vm.signal_mask.is_some() {
+            // An earlier run that could be stopped gave KVM its thread's signal mask; this run
+            // keeps its own thread's.
+            watchdog::clear_signal_mask(&vm.vcpu)?;
+            vm.signal_mask = None;
         }
-        None => {
-            if vm.signal_mask.is_some() {
-                // An earlier run with a deadline gave KVM its thread's signal mask; this run
-                // keeps its own thread's.
-                watchdog::clear_signal_mask(&vm.vcpu)?;
-                vm.signal_mask = None;
-            }
-            (None, None)
-        }
+        None
+    };
+    let attached = kickable.as_ref().map(|_| stop.attach());
+    let armed = match deadline {
+        Some(deadline) => Some(shared.watchdog()?.arm(deadline, &stop)),
+        None => None,
     };
     let console = Console::new(config.console.take());
     let mut machine = Machine {
-        deadline: armed,
+        _deadline: armed,
+        _watched: watched,
+        _attached: attached,
         _kickable: kickable,
+        stop,
         vcpu: &mut vm.vcpu,
         ram: &vm.ram,
         host_writes: &mut vm.host_writes,
@@ -127,7 +142,9 @@ pub(crate) fn run(
     machine.stats.phases.run = machine.started.elapsed();
     tracing::debug!(end = ?end, stats = ?machine.stats, "guest stopped");
     let Machine {
-        deadline,
+        _deadline: deadline,
+        _watched: watched,
+        _attached: attached,
         _kickable: kickable,
         serial,
         console,
@@ -135,8 +152,10 @@ pub(crate) fn run(
         stats,
         ..
     } = machine;
-    // Disarm, then take back a kick that came too late.
+    // Disarm, forget, detach, then take back a kick that came too late.
     drop(deadline);
+    drop(watched);
+    drop(attached);
     drop(kickable);
     Ok(Finished {
         end,
@@ -197,22 +216,21 @@ impl Machine<'_> {
 
     /// Runs the vCPU to its next exit and handles what needs the exit's borrowed data.
     fn run_once(&mut self) -> Result<Step, Error> {
-        // The watchdog marks a deadline fired before it kicks; the kick itself can be lost to
-        // this run (a run started inside a host function on this thread takes a pending kick
-        // for its own when it ends), the mark cannot. So the mark is looked at before every
-        // entry: a guest whose deadline passed is not entered again.
-        if self.deadline_passed() {
-            return Ok(Step::Stop(self.timeout()));
+        // A stop is recorded before the kick; the kick itself can be lost to this run (a run
+        // started inside a host function on this thread takes a pending kick for its own when
+        // it ends), the record cannot. So it is looked at before every entry: a guest whose
+        // run was stopped is not entered again.
+        if let Some(exit) = self.stopped() {
+            return Ok(Step::Stop(exit));
         }
         let exit = match self.vcpu.run() {
             Ok(exit) => exit,
             // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                // The watchdog's kick, or some other signal: only the first ends the run.
-                return Ok(if self.deadline_passed() {
-                    Step::Stop(self.timeout())
-                } else {
-                    Step::Continue
+                // A stop's kick, or some other signal: only the first ends the run.
+                return Ok(match self.stopped() {
+                    Some(exit) => Step::Stop(exit),
+                    None => Step::Continue,
                 });
             }
             Err(e) => return Err(Error::kvm("KVM_RUN", e)),
@@ -458,32 +476,27 @@ impl Machine<'_> {
             .get_or_insert(self.started.elapsed());
     }
 
-    /// Sends console text on, waiting for a slow reader no longer than the deadline; the
-    /// outcome that ends the run if it cannot.
+    /// Sends console text on, waiting for a slow reader no longer than until the run is stopped;
+    /// the outcome that ends the run if it cannot.
     fn console_out(&mut self, bytes: &[u8]) -> Result<(), Exit> {
-        let deadline = &self.deadline;
-        match self
-            .console
-            .write(bytes, &|| deadline.as_ref().is_some_and(Armed::fired))
-        {
+        let stop = &self.stop;
+        match self.console.write(bytes, &|| stop.reason().is_some()) {
             Ok(()) => Ok(()),
-            Err(console::Stopped::DeadlinePassed) => Err(self.timeout()),
+            Err(console::Stopped::RunStopped) => Err(self.stopped().unwrap_or(Exit::Cancelled)),
             Err(console::Stopped::Closed(kind)) => Err(Exit::ConsoleClosed {
                 error: kind.to_string(),
             }),
         }
     }
 
-    /// Whether the run has a deadline and it passed.
-    fn deadline_passed(&self) -> bool {
-        self.deadline.as_ref().is_some_and(Armed::fired)
-    }
-
-    /// The outcome of a run stopped at its deadline.
-    fn timeout(&self) -> Exit {
-        Exit::Timeout {
-            limit: self.limits.timeout.unwrap_or_default(),
-        }
+    /// The outcome of a run stopped early, if it was.
+    fn stopped(&self) -> Option<Exit> {
+        Some(match self.stop.reason()? {
+            StopReason::Deadline => Exit::Timeout {
+                limit: self.limits.timeout.unwrap_or_default(),
+            },
+            StopReason::Cancelled => Exit::Cancelled,
+        })
     }
 
     /// Counts `bytes` more console bytes; the outcome, if that passes the limit.

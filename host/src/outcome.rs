@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// Why a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Exit {
     /// The guest called the `exit` hypercall.
     Guest {
@@ -85,6 +86,8 @@ pub enum Exit {
     },
     /// The guest used up one of the run's limits and was stopped.
     LimitExceeded(Limit),
+    /// The run was cancelled through its [`CancelToken`](crate::CancelToken) and stopped.
+    Cancelled,
     /// The console's writer failed (its reader went away: a closed pipe), so the guest's
     /// console text had nowhere to go; the run ends there rather than run on unseen.
     ConsoleClosed {
@@ -128,6 +131,7 @@ impl fmt::Display for Escaped<'_> {
 
 /// A limit on what a guest can make the host spend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Limit {
     /// Console bytes (hypercall console and COM1 together).
     ConsoleBytes(u64),
@@ -147,41 +151,101 @@ impl fmt::Display for Limit {
     }
 }
 
-/// The process exit codes of `mote run`. Codes 0 to [`GUEST_MAX`](exit_status::GUEST_MAX) are
-/// the guest's own; mote's own outcomes use the reserved range above it.
+/// Who or what a run's ending is down to: a few stable classes, each with its own process exit
+/// code ([`Class::exit_code`]) and, in a function host, its own answer. New kinds of outcome
+/// ([`Exit::kind`], [`Error::kind`](crate::Error::kind)) join a class; the classes stay put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Class {
+    /// The guest ended the run itself, with an exit code of its choosing.
+    GuestExit,
+    /// The caller asked for something wrong: an option value, a file that cannot be read or
+    /// written, an input or guest too large for the limits or memory given.
+    Usage,
+    /// The guest or snapshot file is not one mote can boot here.
+    BadImage,
+    /// KVM is missing, not accessible, or lacks what mote needs.
+    NoKvm,
+    /// mote or the host failed (a KVM call, host memory, a host function's panic, a closed
+    /// console): not the guest's doing, nor the caller's.
+    HostFailure,
+    /// No room now: the memory budget or the pool is full. Trying again later may work.
+    Busy,
+    /// The guest crashed: a panic, a CPU exception, a triple fault, an access to nothing, an
+    /// instruction KVM cannot run, a halt nothing can wake.
+    GuestFault,
+    /// The guest used up one of the run's limits (console, output, hypercalls).
+    Limit,
+    /// The run reached its deadline.
+    Timeout,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+impl Class {
+    /// The class's process exit code, the one `mote` exits with (see [`exit_status`]); for
+    /// [`Class::GuestExit`], [`exit_status::GUEST_MAX`] (use [`Exit::process_exit_code`] for
+    /// the guest's own code).
+    pub fn exit_code(self) -> u8 {
+        use exit_status::*;
+        match self {
+            Class::GuestExit => GUEST_MAX,
+            Class::Usage => USAGE,
+            Class::BadImage => BAD_IMAGE,
+            Class::NoKvm => NO_KVM,
+            Class::HostFailure => HOST_FAILURE,
+            Class::Busy => BUSY,
+            Class::GuestFault => GUEST_FAULT,
+            Class::Limit => LIMIT,
+            Class::Timeout => TIMEOUT,
+            Class::Cancelled => CANCELLED,
+        }
+    }
+
+    /// The class's name in JSON and logs: `guest_exit`, `usage`, `bad_image`, `no_kvm`,
+    /// `host_failure`, `busy`, `guest_fault`, `limit`, `timeout`, `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::GuestExit => "guest_exit",
+            Class::Usage => "usage",
+            Class::BadImage => "bad_image",
+            Class::NoKvm => "no_kvm",
+            Class::HostFailure => "host_failure",
+            Class::Busy => "busy",
+            Class::GuestFault => "guest_fault",
+            Class::Limit => "limit",
+            Class::Timeout => "timeout",
+            Class::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The process exit codes of `mote`. Codes 0 to [`GUEST_MAX`](exit_status::GUEST_MAX) are the
+/// guest's own; mote's own outcomes use one code per [`Class`] above it. 121 to 125 are kept
+/// for classes to come; 126 and above mean other things to shells (128 + N: killed by signal
+/// N, which `mote run` also uses when SIGINT or SIGTERM stops it).
 pub mod exit_status {
     /// The highest guest exit code passed through unchanged; higher guest codes become this.
     pub const GUEST_MAX: u8 = 111;
-    /// The command line was wrong.
+    /// [`Class::Usage`](super::Class::Usage): the command line, an option value or a file
+    /// named on it was wrong.
     pub const USAGE: u8 = 112;
-    /// The guest file could not be read.
-    pub const CANNOT_READ_GUEST: u8 = 113;
-    /// The guest file is not a kernel mote can boot.
-    pub const BAD_GUEST_IMAGE: u8 = 114;
-    /// KVM is missing or not accessible.
-    pub const KVM_UNAVAILABLE: u8 = 115;
-    /// A host-side failure (a KVM call, memory) stopped the run.
-    pub const HOST_ERROR: u8 = 116;
-    /// The guest triple-faulted.
-    pub const GUEST_SHUTDOWN: u8 = 117;
-    /// The guest halted for good.
-    pub const GUEST_HALTED: u8 = 118;
-    /// KVM could not emulate the guest.
-    pub const KVM_INTERNAL_ERROR: u8 = 119;
-    /// The guest touched a port or address that nothing serves.
-    pub const UNSERVED_ACCESS: u8 = 120;
-    /// The hardware refused to enter the guest.
-    pub const FAILED_ENTRY: u8 = 121;
-    /// KVM stopped the guest for an unexpected reason.
-    pub const UNEXPECTED_EXIT: u8 = 122;
-    /// The guest panicked (its runtime reported it through `abort`).
-    pub const GUEST_PANICKED: u8 = 123;
-    /// The guest took a CPU exception (a fault, a stack overflow).
-    pub const GUEST_EXCEPTION: u8 = 124;
-    /// The run reached its deadline (`--timeout`).
-    pub const TIMEOUT: u8 = 125;
-    /// The guest used up a limit (console, output, hypercalls).
-    pub const LIMIT_EXCEEDED: u8 = 126;
+    /// [`Class::BadImage`](super::Class::BadImage): the guest or snapshot cannot be booted.
+    pub const BAD_IMAGE: u8 = 113;
+    /// [`Class::NoKvm`](super::Class::NoKvm): KVM is missing, not accessible or lacking.
+    pub const NO_KVM: u8 = 114;
+    /// [`Class::HostFailure`](super::Class::HostFailure): mote or the host failed.
+    pub const HOST_FAILURE: u8 = 115;
+    /// [`Class::Busy`](super::Class::Busy): no room now; try again later.
+    pub const BUSY: u8 = 116;
+    /// [`Class::GuestFault`](super::Class::GuestFault): the guest crashed.
+    pub const GUEST_FAULT: u8 = 117;
+    /// [`Class::Limit`](super::Class::Limit): the guest used up a limit.
+    pub const LIMIT: u8 = 118;
+    /// [`Class::Timeout`](super::Class::Timeout): the run reached its deadline.
+    pub const TIMEOUT: u8 = 119;
+    /// [`Class::Cancelled`](super::Class::Cancelled): the run was cancelled.
+    pub const CANCELLED: u8 = 120;
 }
 
 impl Exit {
@@ -194,26 +258,59 @@ impl Exit {
         }
     }
 
-    /// The exit code `mote run` ends with for this outcome (see [`exit_status`]).
-    pub fn process_exit_code(&self) -> u8 {
-        use exit_status::*;
-        if let Some(code) = self.guest_code() {
-            return u8::try_from(code).map_or(GUEST_MAX, |c| c.min(GUEST_MAX));
-        }
+    /// Who or what the ending is down to.
+    pub fn class(&self) -> Class {
         match self {
-            Exit::Shutdown => GUEST_SHUTDOWN,
-            Exit::Halted { .. } => GUEST_HALTED,
-            Exit::InternalError { .. } => KVM_INTERNAL_ERROR,
-            Exit::FailedEntry { .. } => FAILED_ENTRY,
-            Exit::UnservedPort { .. } | Exit::UnservedMmio { .. } => UNSERVED_ACCESS,
-            Exit::Aborted { .. } => GUEST_PANICKED,
-            Exit::Exception { .. } => GUEST_EXCEPTION,
-            Exit::Timeout { .. } => TIMEOUT,
-            Exit::LimitExceeded(_) => LIMIT_EXCEEDED,
-            Exit::HostFunctionPanicked { .. } | Exit::ConsoleClosed { .. } => HOST_ERROR,
-            Exit::Unexpected { .. } | Exit::Guest { .. } | Exit::DebugExit { .. } => {
-                UNEXPECTED_EXIT
+            Exit::Guest { .. } | Exit::DebugExit { .. } => Class::GuestExit,
+            Exit::Shutdown
+            | Exit::Halted { .. }
+            | Exit::InternalError { .. }
+            | Exit::FailedEntry { .. }
+            | Exit::UnservedPort { .. }
+            | Exit::UnservedMmio { .. }
+            | Exit::Aborted { .. }
+            | Exit::Exception { .. }
+            | Exit::Unexpected { .. } => Class::GuestFault,
+            Exit::Timeout { .. } => Class::Timeout,
+            Exit::LimitExceeded(_) => Class::Limit,
+            Exit::Cancelled => Class::Cancelled,
+            Exit::ConsoleClosed { .. } | Exit::HostFunctionPanicked { .. } => Class::HostFailure,
+        }
+    }
+
+    /// The outcome's stable name, as JSON reports give it in `exit.kind`: `exit`,
+    /// `debug_exit`, `triple_fault`, `halted`, `kvm_internal_error`, `failed_entry`,
+    /// `unserved_port`, `unserved_mmio`, `panic`, `exception`, `timeout`, `limit`,
+    /// `cancelled`, `console_closed`, `host_function_panicked`, `unexpected_exit`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Exit::Guest { .. } => "exit",
+            Exit::DebugExit { .. } => "debug_exit",
+            Exit::Shutdown => "triple_fault",
+            Exit::Halted { .. } => "halted",
+            Exit::InternalError { .. } => "kvm_internal_error",
+            Exit::FailedEntry { .. } => "failed_entry",
+            Exit::UnservedPort { .. } => "unserved_port",
+            Exit::UnservedMmio { .. } => "unserved_mmio",
+            Exit::Aborted { .. } => "panic",
+            Exit::Exception { .. } => "exception",
+            Exit::Timeout { .. } => "timeout",
+            Exit::LimitExceeded(_) => "limit",
+            Exit::Cancelled => "cancelled",
+            Exit::ConsoleClosed { .. } => "console_closed",
+            Exit::HostFunctionPanicked { .. } => "host_function_panicked",
+            Exit::Unexpected { .. } => "unexpected_exit",
+        }
+    }
+
+    /// The exit code `mote run` ends with for this outcome: the guest's own (up to
+    /// [`exit_status::GUEST_MAX`]), or its class's.
+    pub fn process_exit_code(&self) -> u8 {
+        match self.guest_code() {
+            Some(code) => {
+                u8::try_from(code).map_or(exit_status::GUEST_MAX, |c| c.min(exit_status::GUEST_MAX))
             }
+            None => self.class().exit_code(),
         }
     }
 }
@@ -290,10 +387,11 @@ impl fmt::Display for Exit {
                         f,
                         "guest {name} at {rip:#x} accessing {cr2:#x} (error code {error_code:#x})"
                     ),
-                    None => write!(
+                    None if mote_abi::note::exception_has_error_code(*vector) => write!(
                         f,
                         "guest {name} (vector {vector}) at {rip:#x} (error code {error_code:#x})"
                     ),
+                    None => write!(f, "guest {name} (vector {vector}) at {rip:#x}"),
                 }
             }
             Exit::Timeout { limit } => write!(
@@ -302,6 +400,7 @@ impl fmt::Display for Exit {
                  it needs more time)"
             ),
             Exit::LimitExceeded(limit) => write!(f, "guest used up {limit} and was stopped"),
+            Exit::Cancelled => write!(f, "the run was cancelled and the guest stopped"),
             Exit::ConsoleClosed { error } => write!(
                 f,
                 "the console's reader went away ({error}); the guest was stopped"
@@ -319,6 +418,7 @@ impl fmt::Display for Exit {
 
 /// Time spent in each phase of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Phases {
     /// Reserving guest memory, laying the image into it and registering it with the VM.
     pub memory: Duration,
@@ -336,6 +436,7 @@ pub struct Phases {
 
 /// vCPU exits, by what they were.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExitCounts {
     /// Hypercalls (answered or refused).
     pub hypercalls: u64,
@@ -347,6 +448,7 @@ pub struct ExitCounts {
 
 /// What a run cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Time per phase.
     pub phases: Phases,
@@ -359,6 +461,7 @@ pub struct Stats {
 
 /// A framebuffer's pixels.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Screen {
     /// Width in pixels.
     pub width: u32,
@@ -370,6 +473,7 @@ pub struct Screen {
 
 /// Everything a run produced.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Outcome {
     /// Why it ended.
     pub exit: Exit,
@@ -420,16 +524,38 @@ mod tests {
         assert_eq!(Exit::Guest { code: 1 << 20 }.process_exit_code(), GUEST_MAX);
         assert_eq!(Exit::DebugExit { value: 0x10 }.process_exit_code(), 0);
         assert_eq!(Exit::DebugExit { value: 0x11 }.process_exit_code(), 1);
-        assert_eq!(Exit::Shutdown.process_exit_code(), GUEST_SHUTDOWN);
+        assert_eq!(Exit::Shutdown.process_exit_code(), GUEST_FAULT);
         let port = Exit::UnservedPort {
             port: 0x1234,
             write: true,
             size: 1,
         };
-        assert_eq!(port.process_exit_code(), UNSERVED_ACCESS);
+        assert_eq!(port.process_exit_code(), GUEST_FAULT);
+        assert_eq!(port.kind(), "unserved_port");
+        assert_eq!(Exit::Cancelled.process_exit_code(), CANCELLED);
+        assert_eq!(
+            Exit::Timeout {
+                limit: Duration::from_secs(1)
+            }
+            .process_exit_code(),
+            TIMEOUT
+        );
         assert!(port.to_string().contains("0x1234"));
-        for code in [USAGE, GUEST_SHUTDOWN, UNEXPECTED_EXIT] {
-            assert!(code > GUEST_MAX);
-        }
+        let classes = [
+            Class::Usage,
+            Class::BadImage,
+            Class::NoKvm,
+            Class::HostFailure,
+            Class::Busy,
+            Class::GuestFault,
+            Class::Limit,
+            Class::Timeout,
+            Class::Cancelled,
+        ];
+        let mut codes: Vec<u8> = classes.iter().map(|class| class.exit_code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), classes.len(), "two classes share a code");
+        // Above the guest's codes, below what shells give their own meaning (126 and up).
+        assert!(codes.iter().all(|&code| code > GUEST_MAX && code < 126));
     }
 }

@@ -284,7 +284,7 @@ fn install_reporter() -> Result<(), Error> {
 }
 
 /// The exit status after a stopped call: mote's "host-side failure".
-const STOPPED_STATUS: i32 = crate::exit_status::HOST_ERROR as i32;
+const STOPPED_STATUS: i32 = crate::exit_status::HOST_FAILURE as i32;
 
 extern "C" fn report_blocked_call(
     _signal: libc::c_int,

@@ -97,7 +97,8 @@ impl Snapshot {
         self.inner.guest.user_mode
     }
 
-    /// Whether the guest has a framebuffer (its contents come back in each outcome).
+    /// Whether the guest has a framebuffer (its contents come back in an outcome when the run
+    /// asks, with [`RunConfig::screenshot`](crate::RunConfig::screenshot)).
     pub fn has_framebuffer(&self) -> bool {
         self.inner.guest.framebuffer.is_some()
     }
@@ -280,9 +281,7 @@ pub(crate) fn capture(
     mut config: RunConfig,
 ) -> Result<Snapshot, Error> {
     if config.input.is_some() {
-        return Err(Error::Config(
-            "a snapshot takes no input: input belongs to each run restored from it".into(),
-        ));
+        return Err(Error::SnapshotInput);
     }
     // The boot is charged as a run is; the snapshot then holds a charge for its memory.
     let boot_charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;

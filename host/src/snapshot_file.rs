@@ -63,7 +63,7 @@ const FLAG_INPUT_WINDOW: u32 = 8;
 #[non_exhaustive]
 pub enum SnapshotFileError {
     /// Reading or writing the file failed.
-    #[error("{0}")]
+    #[error("cannot read or write it")]
     Io(#[source] io::Error),
     /// The file does not start with the snapshot magic.
     #[error("not a mote snapshot file (no MOTESNAP magic at its start)")]

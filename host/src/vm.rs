@@ -252,7 +252,13 @@ pub(crate) fn boot(
     let loaded = image
         .prepared
         .load(&vm.ram, &options)
-        .map_err(Error::Load)?;
+        .map_err(|error| match error {
+            mote_boot::BootError::OutOfMemory { needed } => Error::MemoryTooSmall {
+                needed,
+                size: vm.ram.last_addr().0 + 1,
+            },
+            other => Error::Load(other),
+        })?;
     stats.phases.memory = reserve_time + start.elapsed();
 
     let start = Instant::now();

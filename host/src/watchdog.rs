@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use crate::stop::{RunStop, StopReason};
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`: the first real-time signal, whose
 /// handler does nothing (it exists so that the signal interrupts the ioctl instead of killing
@@ -26,7 +27,7 @@ pub(crate) fn kick_signal() -> libc::c_int {
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Installs the do-nothing handler once per process; whether that worked.
-fn install_kick_handler() -> std::io::Result<()> {
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     let installed = *INSTALLED.get_or_init(|| {
         // SAFETY: a zeroed sigaction is valid; the handler is an async-signal-safe function
@@ -43,31 +44,6 @@ fn install_kick_handler() -> std::io::Result<()> {
     } else {
         // Without the handler the kick would kill the whole process: refuse deadlines instead.
         Err(std::io::Error::other("cannot install the SIGRTMIN handler"))
-    }
-}
-
-/// How to kick one vCPU.
-pub(crate) struct Kick {
-    /// The thread running the vCPU.
-    thread: libc::pthread_t,
-    fired: Arc<AtomicBool>,
-}
-
-impl Kick {
-    /// A kick for the vCPU run on the calling thread.
-    pub(crate) fn for_this_thread() -> Self {
-        Self {
-            // SAFETY: pthread_self has no preconditions.
-            thread: unsafe { libc::pthread_self() },
-            fired: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn fire(&self) {
-        self.fired.store(true, Ordering::SeqCst);
-        // SAFETY: the thread is alive: it is inside `run`, which disarms (under the lock this
-        // runs under) before it returns.
-        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
     }
 }
 
@@ -104,6 +80,7 @@ impl Kickable {
     /// Makes the calling thread kickable while it runs `vcpu`, whose signal mask for `KVM_RUN`
     /// is `vcpu_mask` (what an earlier run set, if any): set again only if it must change.
     pub(crate) fn enter(vcpu: RawFd, vcpu_mask: &mut Option<u64>) -> std::io::Result<Self> {
+        install_kick_handler()?;
         let kick = kick_set();
         // SAFETY: a zeroed sigset_t is a valid out-parameter for pthread_sigmask.
         let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -183,7 +160,7 @@ impl Drop for Kickable {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    armed: BTreeMap<(Instant, u64), Kick>,
+    armed: BTreeMap<(Instant, u64), Arc<RunStop>>,
     stopping: bool,
     /// When the watchdog thread will look again by itself (`None`: not until woken). A deadline
     /// at or after it needs no wake-up: runs with the default 30 s deadline, one after another,
@@ -206,14 +183,6 @@ pub(crate) struct Watchdog {
 pub(crate) struct Armed<'w> {
     watchdog: &'w Watchdog,
     key: (Instant, u64),
-    fired: Arc<AtomicBool>,
-}
-
-impl Armed<'_> {
-    /// Whether the deadline passed and the vCPU was kicked.
-    pub(crate) fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Armed<'_> {
@@ -253,13 +222,12 @@ impl Watchdog {
         })
     }
 
-    /// Kicks the vCPU of `kick` at `deadline`, unless the returned guard is dropped first.
-    pub(crate) fn arm(&self, deadline: Instant, kick: Kick) -> Armed<'_> {
-        let fired = Arc::clone(&kick.fired);
+    /// Stops the run of `stop` at `deadline`, unless the returned guard is dropped first.
+    pub(crate) fn arm(&self, deadline: Instant, stop: &Arc<RunStop>) -> Armed<'_> {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let key = (deadline, state.next_id);
         state.next_id += 1;
-        state.armed.insert(key, kick);
+        state.armed.insert(key, Arc::clone(stop));
         let wake = state.looks_at.is_none_or(|looks_at| deadline < looks_at);
         drop(state);
         if wake {
@@ -268,7 +236,6 @@ impl Watchdog {
         Armed {
             watchdog: self,
             key,
-            fired,
         }
     }
 }
@@ -285,8 +252,8 @@ fn watch(shared: &Shared) {
         state = match earliest {
             None => shared.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
             Some(deadline) if deadline <= now => {
-                if let Some((_, kick)) = state.armed.pop_first() {
-                    kick.fire();
+                if let Some((_, stop)) = state.armed.pop_first() {
+                    stop.stop(StopReason::Deadline);
                 }
                 state
             }
@@ -320,11 +287,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// Waits (up to a generous bound, not a timing check) for `armed` to fire.
-    fn fires(armed: &Armed<'_>) -> bool {
+    /// Waits (up to a generous bound, not a timing check) for `stop`'s deadline to fire.
+    fn fires(stop: &RunStop) -> bool {
         let give_up = Instant::now() + Duration::from_secs(20);
         while Instant::now() < give_up {
-            if armed.fired() {
+            if stop.reason() == Some(StopReason::Deadline) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -338,21 +305,18 @@ mod tests {
         let now = Instant::now();
         // The thread looks again at the first deadline; the later one is armed without waking
         // it, and must still fire once the first is gone.
-        let first = watchdog.arm(now + Duration::from_millis(100), Kick::for_this_thread());
-        let later = watchdog.arm(now + Duration::from_millis(150), Kick::for_this_thread());
-        drop(first);
+        let (first, later) = (RunStop::new(), RunStop::new());
+        let first_armed = watchdog.arm(now + Duration::from_millis(100), &first);
+        let later_armed = watchdog.arm(now + Duration::from_millis(150), &later);
+        drop(first_armed);
         assert!(fires(&later), "the later deadline never fired");
-        drop(later);
+        assert_eq!(first.reason(), None, "a disarmed deadline fired");
+        drop(later_armed);
         // An earlier deadline than the one the thread waits for wakes it.
-        let far = watchdog.arm(
-            Instant::now() + Duration::from_secs(3600),
-            Kick::for_this_thread(),
-        );
-        let near = watchdog.arm(
-            Instant::now() + Duration::from_millis(10),
-            Kick::for_this_thread(),
-        );
+        let (far, near) = (RunStop::new(), RunStop::new());
+        let _far_armed = watchdog.arm(Instant::now() + Duration::from_secs(3600), &far);
+        let _near_armed = watchdog.arm(Instant::now() + Duration::from_millis(10), &near);
         assert!(fires(&near), "the nearer deadline never fired");
-        assert!(!far.fired());
+        assert_eq!(far.reason(), None);
     }
 }

@@ -130,3 +130,30 @@ pub fn resident_kib() -> u64 {
         .expect("statm's second field is the resident page count");
     pages * 4
 }
+
+/// Runs `f` on a thread of its own and returns what it returns; panics if that takes longer
+/// than `limit` (a bound on a hang, not a timing check).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(f());
+    });
+    receive
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not end within {limit:?}"))
+}
+
+/// `error` with its causes, as `mote` prints it: `what: why: deeper why`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

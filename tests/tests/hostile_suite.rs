@@ -557,7 +557,7 @@ fn malformed_kernel_files_are_one_line_errors() {
         let _ = std::fs::remove_file(&path);
         assert_eq!(
             out.status.code(),
-            Some(i32::from(exit_status::BAD_GUEST_IMAGE)),
+            Some(i32::from(exit_status::BAD_IMAGE)),
             "{name}: {}",
             text(&out.stderr)
         );

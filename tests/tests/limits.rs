@@ -90,9 +90,17 @@ fn memory_is_a_limit_too() {
     // A 3 MiB input does not fit in 2 MiB of guest memory: a clear error, not a crash.
     let error = mote_tests::hypervisor().run(&image, config).unwrap_err();
     assert!(
-        error.to_string().contains("give the guest more memory"),
-        "{error}"
+        matches!(
+            error,
+            mote_host::Error::MemoryTooSmall {
+                size: 0x20_0000,
+                needed
+            } if needed > 3 << 20
+        ),
+        "{error:?}"
     );
+    assert_eq!(error.class(), mote_host::Class::Usage);
+    assert!(error.to_string().contains("--mem"), "{error}");
     assert!(RunConfig::default().memory_size(0).is_err());
     assert!(RunConfig::default().memory_size((8 << 20) + 1).is_err());
 }

@@ -39,7 +39,7 @@ fn cargo_run_passes_arguments_and_the_exit_status_through() {
     let out = cargo_run("fault", &["--input", "/dev/null", "--mem", "16M"]);
     assert_eq!(
         out.status.code(),
-        Some(i32::from(mote_host::exit_status::GUEST_EXCEPTION)),
+        Some(i32::from(mote_host::exit_status::GUEST_FAULT)),
         "{}",
         text(&out.stderr)
     );

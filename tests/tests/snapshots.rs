@@ -82,7 +82,7 @@ fn a_guest_that_ends_before_it_is_ready_has_no_snapshot() {
     };
     assert_eq!(outcome.exit.guest_code(), Some(0), "{error}");
     assert!(error.to_string().contains("never became ready"), "{error}");
-    assert_eq!(error.process_exit_code(), exit_status::BAD_GUEST_IMAGE);
+    assert_eq!(error.process_exit_code(), exit_status::BAD_IMAGE);
 
     let spin = RunConfig::default()
         .timeout(Duration::from_millis(50))
@@ -110,7 +110,7 @@ fn what_a_snapshot_fixes_a_run_cannot_change() {
     let refused = hypervisor()
         .snapshot(&image("echo"), input(b"no input at snapshot time"))
         .unwrap_err();
-    assert!(matches!(refused, Error::Config(_)), "{refused}");
+    assert!(matches!(refused, Error::SnapshotInput), "{refused}");
 
     let snapshot = hypervisor()
         .snapshot(&image("echo"), RunConfig::default().input_capacity(4096))
@@ -142,7 +142,14 @@ fn what_a_snapshot_fixes_a_run_cannot_change() {
         RunConfig::default().input_capacity(1 << 20),
     ] {
         let error = hypervisor().run_snapshot(&snapshot, config).unwrap_err();
-        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(
+            matches!(
+                error,
+                Error::FixedBySnapshot { .. } | Error::SnapshotMemorySize { .. }
+            ),
+            "{error}"
+        );
+        assert_eq!(error.class(), mote_host::Class::Usage);
     }
     // The snapshot's own memory size is fine to name.
     let same = RunConfig::default()
@@ -346,29 +353,35 @@ fn a_snapshot_file_restores_in_another_process_and_refuses_what_it_cannot_be() {
             matches!(error, Error::SnapshotFile { .. }),
             "byte {at}: {error}"
         );
-        assert_eq!(error.to_string().lines().count(), 1, "{error}");
+        assert_eq!(mote_tests::chain(&error).lines().count(), 1, "{error}");
     }
     let mut longer = good.clone();
     longer.push(0);
     assert!(matches!(refused(&longer), Error::SnapshotFile { .. }));
     let error = refused(b"#!/bin/sh\necho not a snapshot\n");
-    assert!(error.to_string().contains("not a mote snapshot"), "{error}");
+    assert!(
+        mote_tests::chain(&error).contains("not a mote snapshot"),
+        "{error}"
+    );
 
     let mut other_version = good.clone();
     other_version[8] = 2;
     let error = refused(&other_version);
-    assert!(error.to_string().contains("format version 2"), "{error}");
+    assert!(
+        mote_tests::chain(&error).contains("format version 2"),
+        "{error}"
+    );
     let mut other_mote = good.clone();
     other_mote[12..28].copy_from_slice(b"0.0.1-elsewhere\0");
     let error = refused(&other_mote);
     assert!(
-        error.to_string().contains("mote 0.0.1-elsewhere"),
+        mote_tests::chain(&error).contains("mote 0.0.1-elsewhere"),
         "{error}"
     );
     let mut other_size = good.clone();
     other_size[28..36].copy_from_slice(&(1u64 << 40).to_le_bytes());
     reseal(&mut other_size);
-    assert!(refused(&other_size).to_string().contains("memory size"));
+    assert!(mote_tests::chain(&refused(&other_size)).contains("memory size"));
 
     // Another CPU: a feature bit the host does not have (CPUID leaf 1, ECX bit 31 means "a
     // hypervisor", so flip ECX bit 30, RDRAND, the other way round).
@@ -489,10 +502,7 @@ fn mote_snapshot_then_mote_run_of_the_file() {
     corrupt[middle] ^= 1;
     std::fs::write(&path, corrupt).unwrap();
     let out = run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(i32::from(exit_status::BAD_GUEST_IMAGE))
-    );
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::BAD_IMAGE)));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("checksum"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -506,10 +516,7 @@ fn mote_snapshot_then_mote_run_of_the_file() {
         "-o".as_ref(),
         path.as_os_str(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(i32::from(exit_status::BAD_GUEST_IMAGE))
-    );
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::BAD_IMAGE)));
     assert!(text(&out.stderr).contains("never became ready"));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&input_path);

@@ -229,7 +229,7 @@ fn bench() -> Result<()> {
         "build",
         "--release",
         "--package",
-        "mote-host",
+        "mote-cli",
         "--bin",
         "mote",
     ])?;
@@ -389,14 +389,7 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
 
 /// Builds the `mote` binary (debug) and says where it is.
 fn build_mote() -> Result<PathBuf> {
-    cargo(&[
-        "build",
-        "--quiet",
-        "--package",
-        "mote-host",
-        "--bin",
-        "mote",
-    ])?;
+    cargo(&["build", "--quiet", "--package", "mote-cli", "--bin", "mote"])?;
     Ok(root().join("target").join("debug").join("mote"))
 }
 

@@ -15,7 +15,10 @@ fn main() -> u32 {
             }
         },
         Err(error) => {
-            mote_guest::println!("host call `upper` failed: {error:?}");
+            mote_guest::println!(
+                "host call `upper` failed: {error:?} (an embedder registers `upper`; `mote run` \
+                 registers no host functions)"
+            );
             2
         }
     }

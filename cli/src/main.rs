@@ -1,38 +1,54 @@
 //! `mote`: boot a guest kernel under KVM and exit with its exit code.
 
+/// Writes a line to standard error. Unlike `eprintln!`, a closed standard error (a reader that
+/// went away) does not make mote panic: the line is lost, the exit code still says what happened.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes a line to standard output, without `println!`'s panic on a closed pipe.
+macro_rules! print_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Writes text to standard output, without `print!`'s panic on a closed pipe.
+macro_rules! print_text {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod inspect;
+mod interrupt;
+mod parse;
+mod report;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
-use mote_host::{GuestImage, Hypervisor, Outcome, RunConfig, Snapshot, exit_status};
+use mote_host::{
+    CancelToken, Class, GuestImage, Hypervisor, Outcome, RunConfig, Snapshot, exit_status,
+};
+use serde_json::{Value, json};
 
-const EXIT_CODES: &str = "\
-Exit codes of `mote run`:
-  0-111  the guest's own exit code (the `exit` hypercall, or isa-debug-exit at port 0xF4:
-         0x10 means 0, 0x11 means 1, any other value v means v << 1 | 1).
-         Guest codes above 111 are reported as 111.
-  112    bad command line or option value
-  113    the guest file cannot be read
-  114    the guest file is not a kernel mote can boot
-  115    KVM is missing or /dev/kvm is not accessible
-  116    a host-side failure (a KVM call, guest memory, writing a result file)
-  117    the guest triple-faulted (an exception it could not handle)
-  118    the guest halted with nothing to wake it
-  119    KVM internal error: KVM could not run or emulate a guest instruction
-  120    the guest accessed an I/O port or address that nothing serves
-  121    the CPU refused to enter the guest
-  122    the guest stopped for an unexpected reason
-  123    the guest panicked (message and location on standard error)
-  124    the guest took a CPU exception (a fault or a stack overflow)
-  125    the guest ran past --timeout (30 s unless told otherwise)
-  126    the guest used up a limit (--console-limit, --output-limit, --hypercall-limit)";
+use report::EXIT_CODES;
+
+/// `mote --version`: the package's version, and the commit it was built from when known.
+const VERSION: &str = env!("MOTE_VERSION");
 
 /// mote: a minimal VMM that boots `bootloader_api` kernels directly under KVM.
 #[derive(Parser)]
-#[command(version, after_help = EXIT_CODES)]
+#[command(name = "mote", version = VERSION, after_help = EXIT_CODES)]
 struct Cli {
     /// Log what mote does on standard error (-v: each run, -vv: each exit).
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -63,10 +79,7 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Snapshot(SnapshotArgs),
     /// Show a guest's boot configuration, its segments and where mote would map everything.
-    Inspect {
-        /// The guest kernel ELF file.
-        guest: PathBuf,
-    },
+    Inspect(InspectArgs),
 }
 
 /// How the guest is laid out: fixed when a snapshot is taken.
@@ -74,10 +87,10 @@ enum Command {
 struct LayoutArgs {
     /// Guest memory size: bytes, or a number with K, M or G (binary units), e.g. 64M
     /// [default: 8M; a snapshot's own size when running a snapshot].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     mem: Option<u64>,
     /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
-    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_resolution)]
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse::resolution)]
     framebuffer: Option<(u32, u32)>,
     /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     #[arg(long)]
@@ -88,20 +101,20 @@ struct LayoutArgs {
 #[derive(clap::Args)]
 struct LimitArgs {
     /// Stop the guest after this long (e.g. 500ms, 2s, 1m), or `none` to let it run as long
-    /// as it likes; it ends with code 125 [default: 30s].
-    #[arg(long, value_name = "DURATION|none", value_parser = parse_timeout)]
-    timeout: Option<Deadline>,
+    /// as it likes; it ends with code 119 [default: 30s].
+    #[arg(long, value_name = "DURATION|none", value_parser = parse::timeout)]
+    timeout: Option<parse::Deadline>,
     /// Stop the guest once its console passes this many bytes (e.g. 1M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     console_limit: Option<u64>,
     /// Stop the guest once its output passes this many bytes (e.g. 16M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     output_limit: Option<u64>,
     /// Stop the guest at its hypercall number N + 1.
     #[arg(long, value_name = "N")]
     hypercall_limit: Option<u64>,
     /// Refuse input longer than this (e.g. 64M) [default: 16M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
     input_limit: Option<u64>,
 }
 
@@ -114,7 +127,7 @@ struct SnapshotArgs {
     output: PathBuf,
     /// How much input each run restored from the snapshot may have (e.g. 64K, 16M): the size
     /// of the window the guest finds it in, taken from guest memory.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse::size)]
     input_capacity: u64,
     #[command(flatten)]
     layout: LayoutArgs,
@@ -123,6 +136,19 @@ struct SnapshotArgs {
     /// Do not show the boot's console.
     #[arg(short, long)]
     quiet: bool,
+    /// Print the result as a JSON object on standard output (the boot's console then goes to
+    /// standard error); see docs/json.md.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// The guest kernel ELF file.
+    guest: PathBuf,
+    /// Print the description as a JSON object on standard output; see docs/json.md.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -139,8 +165,9 @@ struct RunArgs {
     /// Where the guest's output goes: a file, or - for standard output (the default).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Print a JSON object with the outcome and statistics on standard output; the console
-    /// then goes to standard error, and the output into the object unless --output is given.
+    /// Print the outcome, output and statistics as one JSON object on standard output (see
+    /// docs/json.md); the console then goes to standard error, and the output into the
+    /// object (base64) unless --output is given.
     #[arg(long)]
     json: bool,
     /// Do not show the guest's console.
@@ -152,70 +179,10 @@ struct RunArgs {
     screenshot: Option<PathBuf>,
 }
 
-/// Parses `4096`, `64K`, `16M`, `1G` (binary units, optional trailing `iB` or `B`).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let upper = trimmed.to_ascii_uppercase();
-    let number = upper.trim_end_matches("IB").trim_end_matches('B');
-    let (digits, shift) = match number.chars().last() {
-        Some('K') => (&number[..number.len() - 1], 10),
-        Some('M') => (&number[..number.len() - 1], 20),
-        Some('G') => (&number[..number.len() - 1], 30),
-        _ => (number, 0),
-    };
-    let value: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. 64M, 1G or 4194304"))?;
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// A run's deadline, as given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Deadline {
-    After(Duration),
-    Never,
-}
-
-/// Parses `none`, or a duration as [`parse_duration`] does.
-fn parse_timeout(text: &str) -> Result<Deadline, String> {
-    if text.trim().eq_ignore_ascii_case("none") {
-        return Ok(Deadline::Never);
-    }
-    parse_duration(text).map(Deadline::After)
-}
-
-/// Parses `500ms`, `2s`, `1m 30s`; zero is refused (it would stop every guest at once).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"))?;
-    if duration.is_zero() {
-        return Err("a timeout of zero would stop every guest at once".into());
-    }
-    Ok(duration)
-}
-
-/// Parses `640x480`.
-fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
-    let invalid = || format!("`{text}` is not a resolution; write WIDTHxHEIGHT, e.g. 640x480");
-    let (width, height) = text.split_once(['x', 'X']).ok_or_else(invalid)?;
-    let side = |s: &str| s.trim().parse::<u32>().map_err(|_| invalid());
-    Ok((side(width)?, side(height)?))
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(exit_status::USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(e) => return usage_error(&e),
     };
     if cli.verbose > 0 {
         let level = if cli.verbose > 1 {
@@ -232,47 +199,115 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Snapshot(args) => snapshot(&args),
-        Command::Inspect { guest } => inspect(&guest),
+        Command::Inspect(args) => inspect::inspect(&args.guest, args.json),
     }
 }
 
-/// A failure of the command itself, with its exit code.
+/// A command line clap refused: its message, or with `--json` the error object (a reader of
+/// JSON gets JSON whatever went wrong).
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if !error.use_stderr() {
+        // --help or --version.
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let mut args = std::env::args().skip(1);
+    let command = args
+        .by_ref()
+        .find(|arg| !arg.starts_with('-'))
+        .unwrap_or_default();
+    if std::env::args().any(|arg| arg == "--json")
+        && ["run", "snapshot", "inspect"].contains(&command.as_str())
+    {
+        let message = error.kind().as_str().map_or_else(
+            || error.to_string().trim().to_owned(),
+            |kind| format!("{kind}: {}", first_line(&error.to_string())),
+        );
+        let failure = Failure::usage(message);
+        print_line!("{}", failure.document(&command));
+    }
+    let _ = error.print();
+    ExitCode::from(exit_status::USAGE)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+}
+
+/// A failure of the command itself: what went wrong, its kind and class.
 struct Failure {
-    message: String,
+    kind: &'static str,
+    class: Class,
     code: u8,
+    message: String,
 }
 
 impl From<mote_host::Error> for Failure {
     fn from(error: mote_host::Error) -> Self {
         Self {
+            kind: error.kind(),
+            class: error.class(),
             code: error.process_exit_code(),
-            message: error.to_string(),
+            message: report::chain(&error),
         }
     }
 }
 
-fn usage(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit_status::USAGE,
+impl Failure {
+    fn new(kind: &'static str, class: Class, message: String) -> Self {
+        Self {
+            kind,
+            class,
+            code: class.exit_code(),
+            message,
+        }
     }
-}
 
-fn host_error(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit_status::HOST_ERROR,
+    fn usage(message: String) -> Self {
+        Self::new("usage", Class::Usage, message)
+    }
+
+    fn host(kind: &'static str, message: String) -> Self {
+        Self::new(kind, Class::HostFailure, message)
+    }
+
+    /// The command's JSON object for this failure.
+    fn document(&self, command: &str) -> Value {
+        report::document(
+            command,
+            self.code,
+            json!({ "error": report::error(self.kind, self.class, &self.message) }),
+        )
+    }
+
+    /// Reports the failure (a line on standard error; with `json`, the object on standard
+    /// output too) and gives the exit code.
+    fn report(&self, command: &str, json: bool) -> ExitCode {
+        if json {
+            print_line!("{}", self.document(command));
+        }
+        say!("mote: error: {}", self.message);
+        ExitCode::from(self.code)
     }
 }
 
 /// Reads the input file, or standard input for `-`, up to `limit` bytes: more is refused
 /// without reading on (`--input /dev/zero` ends at once).
 fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
-    let fail = |e: std::io::Error| usage(format!("cannot read input {}: {e}", path.display()));
+    let fail = |e: std::io::Error| {
+        Failure::new(
+            "read_input",
+            Class::Usage,
+            format!("cannot read input {}: {e}", path.display()),
+        )
+    };
     let source: Box<dyn Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(path).map_err(fail)?)
+        Box::new(File::open(path).map_err(fail)?)
     };
     let mut bytes = Vec::new();
     source
@@ -280,18 +315,27 @@ fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
         .read_to_end(&mut bytes)
         .map_err(fail)?;
     if bytes.len() as u64 > limit {
-        return Err(usage(format!(
-            "input {} is more than {limit} bytes, the input limit (raise it with --input-limit)",
-            path.display()
-        )));
+        return Err(Failure::new(
+            "input_too_large",
+            Class::Usage,
+            format!(
+                "input {} is more than {limit} bytes, the input limit (raise it with \
+                 --input-limit)",
+                path.display()
+            ),
+        ));
     }
     Ok(bytes)
 }
 
 /// Writes the guest's screen as a PNG file.
 fn write_png(path: &Path, file: File, screen: &mote_host::Screen) -> Result<(), Failure> {
-    let fail =
-        |e: &dyn std::fmt::Display| host_error(format!("cannot write {}: {e}", path.display()));
+    let fail = |e: &dyn std::fmt::Display| {
+        Failure::host(
+            "write_result",
+            format!("cannot write {}: {e}", path.display()),
+        )
+    };
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
@@ -300,13 +344,17 @@ fn write_png(path: &Path, file: File, screen: &mote_host::Screen) -> Result<(), 
     writer.finish().map_err(|e| fail(&e))
 }
 
-/// A configuration with the layout, limits and console of the command line.
+/// A configuration with the layout, limits and console of the command line, stopped early by
+/// `cancel`.
 fn config(
     layout: &LayoutArgs,
     limits: &LimitArgs,
     console: Box<dyn Write + Send>,
+    cancel: CancelToken,
 ) -> Result<RunConfig, Failure> {
-    let mut config = RunConfig::default().console_to(console);
+    let mut config = RunConfig::default()
+        .console_to(console)
+        .cancel_token(cancel);
     if let Some(bytes) = layout.mem {
         config = config.memory_size(bytes)?;
     }
@@ -317,8 +365,8 @@ fn config(
         config = config.acpi();
     }
     match limits.timeout {
-        Some(Deadline::After(timeout)) => config = config.timeout(timeout)?,
-        Some(Deadline::Never) => config = config.no_timeout(),
+        Some(parse::Deadline::After(timeout)) => config = config.timeout(timeout)?,
+        Some(parse::Deadline::Never) => config = config.no_timeout(),
         None => {}
     }
     if let Some(bytes) = limits.input_limit {
@@ -349,17 +397,20 @@ fn console(quiet: bool, json: bool) -> Box<dyn Write + Send> {
 /// Whether the file at `path` is a snapshot file (else it is taken for a kernel ELF).
 fn is_snapshot(path: &Path) -> bool {
     let mut magic = [0u8; 8];
-    std::fs::File::open(path)
+    File::open(path)
         .and_then(|mut file| file.read_exact(&mut magic))
         .is_ok_and(|()| magic == mote_host::snapshot_file::MAGIC)
 }
 
 /// Delivers the guest's output where `--output` says.
 fn deliver_output(args: &RunArgs, output: &[u8], file: Option<File>) -> Result<(), Failure> {
+    let fail = |what: String, e: std::io::Error| {
+        Failure::host("write_result", format!("cannot write {what}: {e}"))
+    };
     match (args.output.as_deref(), file) {
         (Some(path), Some(mut file)) => file
             .write_all(output)
-            .map_err(|e| host_error(format!("cannot write output {}: {e}", path.display()))),
+            .map_err(|e| fail(format!("output {}", path.display()), e)),
         // With --json and no --output the output travels inside the JSON object.
         (None, _) if args.json => Ok(()),
         // Nothing to write: leave standard output alone. The console's writer thread may still
@@ -370,7 +421,7 @@ fn deliver_output(args: &RunArgs, output: &[u8], file: Option<File>) -> Result<(
             stdout
                 .write_all(output)
                 .and_then(|()| stdout.flush())
-                .map_err(|e| host_error(format!("cannot write the output to standard output: {e}")))
+                .map_err(|e| fail("the output to standard output".into(), e))
         }
     }
 }
@@ -381,10 +432,14 @@ fn deliver_output(args: &RunArgs, output: &[u8], file: Option<File>) -> Result<(
 fn result_files(args: &RunArgs) -> Result<(Option<File>, Option<File>), Failure> {
     let create = |path: &Path| {
         File::create(path).map_err(|e| {
-            usage(format!(
-                "cannot write {}: {e} (give a path in a directory you can write)",
-                path.display()
-            ))
+            Failure::new(
+                "write_result",
+                Class::Usage,
+                format!(
+                    "cannot write {}: {e} (give a path in a directory you can write)",
+                    path.display()
+                ),
+            )
         })
     };
     let output = match args.output.as_deref() {
@@ -399,44 +454,33 @@ fn result_files(args: &RunArgs) -> Result<(Option<File>, Option<File>), Failure>
 /// the host cannot.
 fn restrict() {
     if let Err(error) = mote_host::restrict_process() {
-        eprintln!("mote: warning: running without a seccomp filter: {error}");
+        say!(
+            "mote: warning: running without a seccomp filter: {}",
+            report::chain(&error)
+        );
     }
 }
 
-/// The run as a JSON object: outcome, exit code, statistics.
-fn json(outcome: &Outcome, include_output: bool) -> serde_json::Value {
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    let phases = &outcome.stats.phases;
-    let exits = &outcome.stats.exits;
-    let mut object = serde_json::json!({
-        "outcome": outcome.exit.to_string(),
-        "exit_code": outcome.exit.process_exit_code(),
-        "guest_exit_code": outcome.exit.guest_code(),
-        "phases_us": {
-            "memory": micros(phases.memory),
-            "vm": micros(phases.vm),
-            "vcpu": micros(phases.vcpu),
-            "run": micros(phases.run),
-            "ready": phases.ready.map(micros),
-            "reset": micros(phases.reset),
-        },
-        "dirtied_pages": outcome.stats.dirtied_pages,
-        "exits": {
-            "total": exits.total,
-            "hypercalls": exits.hypercalls,
-            "serial": exits.serial,
-        },
-        "output_bytes": outcome.output.len(),
-    });
-    if include_output {
-        object["output"] = String::from_utf8_lossy(&outcome.output).into();
-    }
-    object
+/// Stops the run at SIGINT or SIGTERM; without the signal thread, those end mote as they
+/// would any program (the guest goes with it).
+fn cancel_on_signal(token: &CancelToken) -> interrupt::Interrupted {
+    interrupt::cancel_on_signal(token.clone()).unwrap_or_else(|error| {
+        say!("mote: warning: Ctrl-C will not stop the guest cleanly: {error}");
+        interrupt::Interrupted::default()
+    })
+}
+
+/// What a run leaves to report.
+struct Ran {
+    outcome: Outcome,
 }
 
 fn run(args: &RunArgs) -> ExitCode {
-    let result = (|| -> Result<Outcome, Failure> {
-        let mut config = config(&args.layout, &args.limits, console(args.quiet, args.json))?;
+    let cancel = CancelToken::new();
+    let interrupted = cancel_on_signal(&cancel);
+    let result = (|| -> Result<Ran, Failure> {
+        let console = console(args.quiet, args.json);
+        let mut config = config(&args.layout, &args.limits, console, cancel.clone())?;
         if let Some(path) = &args.input {
             let limit = config.max_input();
             config = config.input(read_input(path, limit)?);
@@ -446,7 +490,7 @@ fn run(args: &RunArgs) -> ExitCode {
         let outcome = if is_snapshot(&args.guest) {
             let snapshot = hypervisor.load_snapshot(&args.guest)?;
             if args.screenshot.is_some() && !snapshot.has_framebuffer() {
-                return Err(usage(
+                return Err(Failure::usage(
                     "--screenshot: the snapshot's guest has no framebuffer (take the snapshot \
                      with --framebuffer)"
                         .into(),
@@ -460,7 +504,7 @@ fn run(args: &RunArgs) -> ExitCode {
             hypervisor.run_snapshot(&snapshot, config)?
         } else {
             if args.screenshot.is_some() && args.layout.framebuffer.is_none() {
-                return Err(usage(
+                return Err(Failure::usage(
                     "--screenshot needs --framebuffer WIDTHxHEIGHT: without one the guest has \
                      no screen"
                         .into(),
@@ -478,29 +522,54 @@ fn run(args: &RunArgs) -> ExitCode {
         {
             write_png(path, file, screen)?;
         }
-        Ok(outcome)
+        Ok(Ran { outcome })
     })();
+    let signal = interrupted.signal();
     match result {
-        Ok(outcome) => {
-            let code = outcome.exit.process_exit_code();
+        Ok(Ran { outcome }) => {
+            let code = match signal {
+                Some(signal) if outcome.exit == mote_host::Exit::Cancelled => 128 + signal as u8,
+                _ => outcome.exit.process_exit_code(),
+            };
             if args.json {
-                println!("{}", json(&outcome, args.output.is_none()));
+                let mut exit = report::exit(&outcome.exit);
+                if let (Some(signal), mote_host::Exit::Cancelled) = (signal, &outcome.exit) {
+                    exit["signal"] = interrupt::name(signal).into();
+                }
+                let output = report::output(
+                    &outcome.output,
+                    args.output
+                        .as_deref()
+                        .filter(|path| *path != Path::new("-")),
+                );
+                let fields = json!({
+                    "guest": args.guest.display().to_string(),
+                    "exit": exit,
+                    "output": output,
+                    "stats": report::stats(&outcome.stats),
+                });
+                print_line!("{}", report::document("run", code, fields));
             }
-            if code != 0 {
-                eprintln!("mote: {}", outcome.exit);
+            match (signal, &outcome.exit) {
+                (Some(signal), mote_host::Exit::Cancelled) => say!(
+                    "mote: {} received: the guest was stopped",
+                    interrupt::name(signal)
+                ),
+                _ if code != 0 => say!("mote: {}", outcome.exit),
+                _ => {}
             }
             ExitCode::from(code)
         }
-        Err(failure) => {
-            eprintln!("mote: error: {}", failure.message);
-            ExitCode::from(failure.code)
-        }
+        Err(failure) => failure.report("run", args.json),
     }
 }
 
 fn snapshot(args: &SnapshotArgs) -> ExitCode {
+    let cancel = CancelToken::new();
+    let interrupted = cancel_on_signal(&cancel);
     let result = (|| -> Result<Snapshot, Failure> {
-        let config = config(&args.layout, &args.limits, console(args.quiet, false))?
+        let console = console(args.quiet, args.json);
+        let config = config(&args.layout, &args.limits, console, cancel.clone())?
             .input_capacity(args.input_capacity);
         let image = GuestImage::from_file(&args.guest)?;
         let hypervisor = Hypervisor::open()?;
@@ -510,8 +579,19 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
     })();
     match result {
         Ok(snapshot) => {
+            if args.json {
+                let fields = json!({
+                    "guest": args.guest.display().to_string(),
+                    "snapshot": {
+                        "path": args.output.display().to_string(),
+                        "memory_bytes": snapshot.memory_size(),
+                        "input_capacity": snapshot.input_capacity(),
+                    },
+                });
+                print_line!("{}", report::document("snapshot", 0, fields));
+            }
             if !args.quiet {
-                eprintln!(
+                say!(
                     "mote: snapshot of {} written to {} ({} MiB of guest memory, input up to {} \
                      bytes)",
                     args.guest.display(),
@@ -522,122 +602,21 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(failure) => {
-            eprintln!("mote: error: {}", failure.message);
-            ExitCode::from(failure.code)
-        }
-    }
-}
-
-fn inspect(path: &Path) -> ExitCode {
-    let image = match GuestImage::from_file(path) {
-        Ok(image) => image,
-        Err(error) => {
-            eprintln!("mote: error: {error}");
-            return ExitCode::from(error.process_exit_code());
-        }
-    };
-    let config = image.boot_config();
-    let about = image.describe();
-    let version = config.api_version;
-    println!("{}", path.display());
-    println!(
-        "  bootloader_api {}.{}.{}{}, {}, runs in {} mode",
-        version.major,
-        version.minor,
-        version.patch,
-        if version.pre_release {
-            " (pre-release)"
-        } else {
-            ""
+        Err(failure) => match interrupted.signal() {
+            Some(signal) if failure.class == Class::Cancelled => {
+                say!(
+                    "mote: {} received: the guest was stopped, no snapshot written",
+                    interrupt::name(signal)
+                );
+                ExitCode::from(128 + signal as u8)
+            }
+            _ => failure.report("snapshot", args.json),
         },
-        if about.position_independent {
-            "position-independent (ET_DYN)"
-        } else {
-            "at fixed addresses (ET_EXEC)"
-        },
-        if about.user_mode {
-            "user (CPL3, mote runtime note)"
-        } else {
-            "kernel (CPL0)"
-        },
-    );
-    println!(
-        "  entry {:#x}, loaded {:#x} above its link addresses",
-        about.entry, about.kernel_offset
-    );
-    println!("  stack {} KiB", config.kernel_stack_size / 1024);
-    println!("  config {config:?}");
-    println!("segments:");
-    for (address, size, writable, executable) in &about.segments {
-        println!(
-            "  {address:#018x}  {size:>10} bytes  r{}{}",
-            if *writable { "w" } else { "-" },
-            if *executable { "x" } else { "-" }
-        );
     }
-    println!(
-        "mappings{}:",
-        if about.aslr {
-            " (ASLR: these move at every run)"
-        } else {
-            ""
-        }
-    );
-    for (what, address) in &about.placements {
-        println!("  {address:#018x}  {what}");
-    }
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, parse_resolution, parse_size};
-
-    #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("16M"), Ok(16 << 20));
-        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999G").is_err());
-    }
-
-    #[test]
-    fn a_timeout_is_a_duration_or_none() {
-        use super::{Deadline, parse_timeout};
-        assert_eq!(
-            parse_timeout("250ms"),
-            Ok(Deadline::After(std::time::Duration::from_millis(250)))
-        );
-        assert_eq!(parse_timeout("none"), Ok(Deadline::Never));
-        assert_eq!(parse_timeout("NONE"), Ok(Deadline::Never));
-        assert!(parse_timeout("0s").is_err());
-        assert!(parse_timeout("never").is_err());
-    }
-
-    #[test]
-    fn durations_parse_and_zero_is_refused() {
-        assert_eq!(
-            parse_duration("500ms"),
-            Ok(std::time::Duration::from_millis(500))
-        );
-        assert_eq!(parse_duration("2s"), Ok(std::time::Duration::from_secs(2)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
-    fn resolutions_parse() {
-        assert_eq!(parse_resolution("640x480"), Ok((640, 480)));
-        assert_eq!(parse_resolution("1920X1080"), Ok((1920, 1080)));
-        assert!(parse_resolution("640").is_err());
-        assert!(parse_resolution("ax4").is_err());
-    }
-
     #[test]
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;

@@ -19,7 +19,7 @@ mod vcpu;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 pub use boot_info::{MemoryRegion, RegionKind};
-pub use config::{BootConfig, Mapping};
+pub use config::{ApiVersion, BootConfig, Mapping};
 pub use vcpu::{DescriptorTable, Segment, SyscallMsrs, VcpuState, msr};
 
 use boot_info::{BOOT_INFO_SIZE, BootInfoFields, MEMORY_REGION_SIZE};

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use mote_host::{GuestImage, Mapping};
+use mote_host::{GuestImage, Mapping, human_size};
 use serde_json::{Value, json};
 
 use crate::{Failure, report};
@@ -41,17 +41,6 @@ fn mapping_json(mapping: &Mapping) -> Value {
         Mapping::Dynamic => "dynamic".into(),
         Mapping::FixedAddress(address) => hex(*address).into(),
         other => format!("{other:?}").into(),
-    }
-}
-
-/// A size as a person reads it.
-fn size(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} bytes")
     }
 }
 
@@ -104,7 +93,7 @@ fn text(path: &Path, image: &GuestImage) -> String {
         format!("{} above its link addresses", hex(about.kernel_offset)),
     );
     out.push_str("boot config:\n");
-    line(&mut out, "stack", size(config.kernel_stack_size));
+    line(&mut out, "stack", human_size(config.kernel_stack_size));
     line(&mut out, "stack placed", mapping(&config.kernel_stack));
     line(&mut out, "kernel base", mapping(&config.kernel_base));
     line(&mut out, "BootInfo", mapping(&config.boot_info));
@@ -146,7 +135,7 @@ fn text(path: &Path, image: &GuestImage) -> String {
     for (address, bytes, writable, executable) in &about.segments {
         out.push_str(&format!(
             "  {address:#018x}  {:>12}  r{}{}\n",
-            size(*bytes),
+            human_size(*bytes),
             if *writable { "w" } else { "-" },
             if *executable { "x" } else { "-" }
         ));

@@ -319,9 +319,9 @@ fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
             "input_too_large",
             Class::Usage,
             format!(
-                "input {} is more than {limit} bytes, the input limit (raise it with \
-                 --input-limit)",
-                path.display()
+                "input {} is more than {}, the input limit (raise it with --input-limit)",
+                path.display(),
+                mote_host::human_size(limit)
             ),
         ));
     }
@@ -592,12 +592,11 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
             }
             if !args.quiet {
                 say!(
-                    "mote: snapshot of {} written to {} ({} MiB of guest memory, input up to {} \
-                     bytes)",
+                    "mote: snapshot of {} written to {} ({} of guest memory, input up to {})",
                     args.guest.display(),
                     args.output.display(),
-                    snapshot.memory_size() >> 20,
-                    snapshot.input_capacity()
+                    mote_host::human_size(snapshot.memory_size()),
+                    mote_host::human_size(snapshot.input_capacity())
                 );
             }
             ExitCode::SUCCESS

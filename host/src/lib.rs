@@ -76,7 +76,7 @@ use kvm_ioctls::Kvm;
 
 pub use host_function::run_deadline;
 pub use mote_abi::RunStart;
-pub use mote_boot::{BootConfig, BootError, Description, Mapping};
+pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
 pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
 pub use seccomp::restrict_process;
@@ -283,9 +283,15 @@ fn memory_size_problem(bytes: u64) -> String {
     }
 }
 
-/// `bytes` for people: `512 bytes`, `64 KiB`, `3 GiB`, `3073 MiB`, `21.4 MiB`. The largest unit
-/// that fits, whole; or the next smaller unit if that is whole and short; or tenths.
-pub(crate) fn human_size(bytes: u64) -> String {
+/// `bytes` as mote writes sizes for people: `512 bytes`, `64 KiB`, `3 GiB`, `3073 MiB`,
+/// `21.4 MiB`. The largest unit that fits, whole; or the next smaller unit if that is whole
+/// and short; or tenths.
+///
+/// ```
+/// assert_eq!(mote_host::human_size(16 << 20), "16 MiB");
+/// assert_eq!(mote_host::human_size(1536), "1536 bytes");
+/// ```
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
         (1 << 30, "GiB"),
         (1 << 20, "MiB"),
@@ -431,9 +437,9 @@ impl GuestImage {
         }
         if metadata.len() > MAX_GUEST_FILE {
             return Err(fail(std::io::Error::other(format!(
-                "{} bytes, more than the {} MiB a guest kernel may be",
-                metadata.len(),
-                MAX_GUEST_FILE >> 20
+                "{}, more than the {} a guest kernel may be",
+                human_size(metadata.len()),
+                human_size(MAX_GUEST_FILE)
             ))));
         }
         let mut bytes = Vec::with_capacity(metadata.len() as usize);

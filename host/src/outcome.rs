@@ -144,8 +144,10 @@ pub enum Limit {
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Limit::ConsoleBytes(n) => write!(f, "its limit of {n} console bytes"),
-            Limit::OutputBytes(n) => write!(f, "its limit of {n} output bytes"),
+            Limit::ConsoleBytes(n) => {
+                write!(f, "its console limit of {}", crate::human_size(*n))
+            }
+            Limit::OutputBytes(n) => write!(f, "its output limit of {}", crate::human_size(*n)),
             Limit::Hypercalls(n) => write!(f, "its limit of {n} hypercalls"),
         }
     }

@@ -29,6 +29,7 @@ mod inspect;
 mod interrupt;
 mod parse;
 mod report;
+mod serve;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -80,6 +81,16 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Show a guest's boot configuration, its segments and where mote would map everything.
     Inspect(InspectArgs),
+    /// Serve guests as functions over HTTP: `POST /functions/NAME` runs NAME's guest with the
+    /// request body as its input and answers with its output.
+    ///
+    /// Warm functions (the default) are snapshotted once and run on pools of VMs restored from
+    /// the snapshot. Answers: 200 with the output for exit code 0; otherwise mote's outcome
+    /// JSON with 422 (another exit code), 502 (the guest crashed), 504 (timeout), 507 (a limit),
+    /// 413 (a body over the input limit), 503 with Retry-After (busy), 500 (mote's own
+    /// failure). Also `GET /healthz` and `GET /metrics` (Prometheus). SIGTERM or Ctrl-C stops
+    /// accepting and lets the calls in flight finish (see docs/serve.md).
+    Serve(serve::ServeArgs),
 }
 
 /// How the guest is laid out: fixed when a snapshot is taken.
@@ -200,6 +211,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Snapshot(args) => snapshot(&args),
         Command::Inspect(args) => inspect::inspect(&args.guest, args.json),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 

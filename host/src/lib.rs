@@ -79,7 +79,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
 pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
-pub use seccomp::restrict_process;
+pub use seccomp::{restrict_process, restrict_run_thread};
 pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
 pub use stop::CancelToken;

@@ -212,6 +212,15 @@ pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
     install(&programs, false)
 }
 
+/// Filters the calling thread, and the threads it starts from now on, to what running guests
+/// needs: the filter [`restrict_process`] installs, for one thread. For a thread that does
+/// nothing but run guests (cold, restored or pooled), such as a server's worker threads: the
+/// filter cannot be lifted, and a call outside it ends the process after a line on standard
+/// error that names it. Host functions called by the guests it runs are held to it too.
+pub fn restrict_run_thread() -> Result<(), Error> {
+    restrict_thread(Thread::Pool)
+}
+
 /// Filters every thread of the process, those started later included, to what running guests
 /// needs: for a process that does nothing else from here on (`mote run` installs it just
 /// before its guest starts). The filter cannot be lifted. A call outside it ends the process,

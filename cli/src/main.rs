@@ -27,6 +27,7 @@ macro_rules! print_text {
 
 mod inspect;
 mod interrupt;
+mod package;
 mod parse;
 mod report;
 mod serve;
@@ -91,6 +92,9 @@ enum Command {
     /// failure). Also `GET /healthz` and `GET /metrics` (Prometheus). SIGTERM or Ctrl-C stops
     /// accepting and lets the calls in flight finish (see docs/serve.md).
     Serve(serve::ServeArgs),
+    /// Package a guest kernel as an OCI image (an image-layout tar, no registry needed) for
+    /// containerd and Kubernetes, run by `containerd-shim-mote-v1` (see docs/kubernetes.md).
+    Package(package::PackageArgs),
 }
 
 /// How the guest is laid out: fixed when a snapshot is taken.
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot(&args),
         Command::Inspect(args) => inspect::inspect(&args.guest, args.json),
         Command::Serve(args) => serve::serve(&args),
+        Command::Package(args) => package::package(&args),
     }
 }
 
@@ -229,7 +234,7 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         .find(|arg| !arg.starts_with('-'))
         .unwrap_or_default();
     if std::env::args().any(|arg| arg == "--json")
-        && ["run", "snapshot", "inspect"].contains(&command.as_str())
+        && ["run", "snapshot", "inspect", "package"].contains(&command.as_str())
     {
         let message = error.kind().as_str().map_or_else(
             || error.to_string().trim().to_owned(),

@@ -173,6 +173,7 @@ fn result_keys(command: &str) -> &'static [&'static str] {
     match command {
         "run" => &["guest", "exit", "output", "stats"],
         "snapshot" => &["guest", "snapshot"],
+        "package" => &["guest", "image"],
         "inspect" => &[
             "guest",
             "kernel",

@@ -249,4 +249,30 @@ fn inspect_and_snapshot_speak_json_too() {
     assert_eq!(report["snapshot"]["path"], file.display().to_string());
     assert_eq!(report["snapshot"]["input_capacity"], 1 << 20);
     let _ = std::fs::remove_file(&file);
+
+    let archive = std::env::temp_dir().join(format!("mote-json-{}.oci.tar", std::process::id()));
+    let out = mote(&[
+        "package".as_ref(),
+        echo.as_os_str(),
+        "-o".as_ref(),
+        archive.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = document(&out.stdout);
+    assert_eq!(report["image"]["name"], "mote.local/echo:latest");
+    let _ = std::fs::remove_file(&archive);
+    let out = mote(&[
+        "package".as_ref(),
+        "/nonexistent".as_ref(),
+        "-o".as_ref(),
+        archive.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    assert_eq!(document(&out.stdout)["error"]["kind"], "read_guest");
+    assert!(
+        !archive.exists(),
+        "no image for a guest that cannot be read"
+    );
 }

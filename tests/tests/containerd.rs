@@ -1,0 +1,377 @@
+//! The containerd shim under a real containerd: images `mote package` writes are imported and
+//! run with `ctr run --runtime io.containerd.mote.v1`; stdin, stdout, exit codes, `ctr task
+//! kill`, memory limits and a corrupt image, with nothing left behind.
+//!
+//! The test runs its own containerd (Debian's `containerd` package, installed if missing),
+//! with its root, state and sockets in a temporary directory and the CRI plugin off. Set
+//! `MOTE_SKIP_CONTAINERD=1` to skip it where containerd cannot run; without that, a host
+//! where it cannot run fails the test, saying why.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mote_tests::{guest_path, mote_bin, text, within};
+
+/// A containerd daemon of the test's own.
+struct Containerd {
+    daemon: Child,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Option<Self> {
+        if std::env::var_os("MOTE_SKIP_CONTAINERD").is_some() {
+            eprintln!("SKIPPED: MOTE_SKIP_CONTAINERD is set; the containerd shim was not tested");
+            return None;
+        }
+        install_containerd();
+        let dir = std::env::temp_dir().join(format!("mote-containerd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        // containerd finds shims on its PATH: the shim is built beside `mote`.
+        let shims = mote_bin().parent().unwrap().to_path_buf();
+        assert!(
+            shims.join("containerd-shim-mote-v1").is_file(),
+            "containerd-shim-mote-v1 is not built: run `cargo build --workspace --bins`"
+        );
+        let path = format!(
+            "{}:{}",
+            shims.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts");
+        let containerd = Self { daemon, dir };
+        let ready = Instant::now() + Duration::from_secs(20);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < ready,
+                "containerd did not answer within 20 s: {}",
+                containerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(containerd)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_with_input(args, b"")
+    }
+
+    fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let socket = self.dir.join("containerd.sock");
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ctr starts");
+        let _ = child.stdin.take().unwrap().write_all(input);
+        within(Duration::from_secs(60), move || {
+            child.wait_with_output().unwrap()
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn import(&self, archive: &Path) {
+        let out = self.ctr(&["image", "import", archive.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    /// Mounts of this containerd's that are still there.
+    fn mounts(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&dir))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        for mount in self.mounts() {
+            if let Some(target) = mount.split_whitespace().nth(1) {
+                let _ = Command::new("umount").args(["-l", target]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Installs Debian's containerd if `containerd` is missing.
+fn install_containerd() {
+    let present = |name: &str| {
+        Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if present("containerd") && present("ctr") {
+        return;
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "containerd"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    assert!(
+        installed.as_ref().is_ok_and(|out| out.status.success()) && present("containerd"),
+        "containerd is missing and `apt-get install containerd` did not install it ({}); \
+         install Debian's containerd package, or set MOTE_SKIP_CONTAINERD=1 to skip this test",
+        installed.map_or_else(|e| e.to_string(), |out| text(&out.stderr))
+    );
+}
+
+/// `mote package GUEST -o DIR/GUEST.oci.tar`.
+fn package(guest: &str, dir: &Path) -> PathBuf {
+    let archive = dir.join(format!("{guest}.oci.tar"));
+    let out = Command::new(mote_bin())
+        .arg("package")
+        .arg(guest_path(guest))
+        .arg("-o")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    archive
+}
+
+/// Shim processes still running.
+fn shims() -> usize {
+    Command::new("pgrep")
+        .args(["-c", "-f", "containerd-shim-mote-v1"])
+        .output()
+        .map(|out| text(&out.stdout).trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn containers_of_mote_guests_run_under_containerd() {
+    let Some(containerd) = Containerd::start() else {
+        return;
+    };
+    let shims_before = shims();
+    let sockets_before = shim_sockets();
+    for guest in ["echo", "panic", "spin"] {
+        containerd.import(&package(guest, &containerd.dir));
+    }
+    let images = text(&containerd.ctr(&["image", "ls", "-q"]).stdout);
+    assert!(images.contains("mote.local/echo:latest"), "{images}");
+
+    // stdin is the input, stdout the output, the exit code the guest's.
+    let runtime = "--runtime=io.containerd.mote.v1";
+    let out = containerd.ctr_with_input(
+        &["run", "--rm", runtime, "mote.local/echo:latest", "echo-1"],
+        b"through containerd",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "through containerd");
+
+    let out = containerd.ctr(&["run", "--rm", runtime, "mote.local/panic:latest", "panic-1"]);
+    assert_eq!(out.status.code(), Some(117), "{}", text(&out.stderr));
+    // Why the guest ended goes to the container's stderr.
+    assert!(
+        text(&out.stderr).contains("guest panicked at"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The memory limit sizes the guest; too small a limit is refused, saying why.
+    let out = containerd.ctr_with_input(
+        &[
+            "run",
+            "--rm",
+            runtime,
+            "--memory-limit",
+            "67108864",
+            "mote.local/echo:latest",
+            "echo-2",
+        ],
+        b"with a limit",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "with a limit");
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        runtime,
+        "--memory-limit",
+        "8388608",
+        "mote.local/echo:latest",
+        "echo-3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("raise the limit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = containerd.ctr(&["container", "rm", "echo-3"]);
+
+    // `ctr task kill` stops a guest that never ends: 143, as for a process SIGTERM ended. The
+    // shim, and with it the guest's memory, is in the container's memory cgroup meanwhile.
+    let spinner = {
+        let socket = containerd.dir.join("containerd.sock");
+        Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(["run", "--rm", runtime, "--memory-limit", "100000000"])
+            .args(["mote.local/spin:latest", "spin-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let running = Instant::now() + Duration::from_secs(20);
+    while !text(&containerd.ctr(&["task", "ls"]).stdout).contains("RUNNING") {
+        assert!(Instant::now() < running, "spin-1 never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cgroup = [
+        "/sys/fs/cgroup/default/spin-1",
+        "/sys/fs/cgroup/memory/default/spin-1",
+    ]
+    .map(PathBuf::from)
+    .into_iter()
+    .find(|path| path.is_dir())
+    .expect("the container's memory cgroup exists while it runs");
+    let limit = ["memory.max", "memory.limit_in_bytes"]
+        .iter()
+        .find_map(|file| std::fs::read_to_string(cgroup.join(file)).ok())
+        .unwrap();
+    // The kernel rounds the limit down to whole pages.
+    assert_eq!(limit.trim(), (100_000_000u64 & !0xFFF).to_string());
+    let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert_eq!(members.lines().count(), 1, "the shim alone: {members}");
+    let out = containerd.ctr(&["task", "kill", "spin-1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = within(Duration::from_secs(20), move || {
+        spinner.wait_with_output().unwrap()
+    });
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
+
+    // A corrupt image fails at create with the reason in containerd's error.
+    containerd.import(&corrupt_image(&containerd.dir));
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        runtime,
+        "mote.local/corrupt:latest",
+        "corrupt-1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not a guest mote can boot"), "{stderr}");
+    let _ = containerd.ctr(&["container", "rm", "corrupt-1"]);
+
+    // Nothing left: no shim, no mount, no container.
+    let settled = Instant::now() + Duration::from_secs(10);
+    while shims() > shims_before || !containerd.mounts().iter().all(|m| !m.contains("rootfs")) {
+        assert!(
+            Instant::now() < settled,
+            "left behind: {} shims, mounts {:?}",
+            shims() - shims_before,
+            containerd.mounts()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let containers = text(&containerd.ctr(&["container", "ls", "-q"]).stdout);
+    assert_eq!(containers.trim(), "", "containers left: {containers}");
+    assert_eq!(
+        shim_sockets(),
+        sockets_before,
+        "a shim left its socket behind"
+    );
+}
+
+/// The shims' sockets (containerd keeps them in /run/containerd/s whatever its state dir).
+fn shim_sockets() -> usize {
+    std::fs::read_dir("/run/containerd/s").map_or(0, Iterator::count)
+}
+
+/// An image in mote's layout whose `/guest.elf` is not a kernel.
+fn corrupt_image(dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let hex = |bytes: &[u8]| -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let tar = |files: &[(&str, &[u8])]| -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, contents) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o755);
+            builder.append_data(&mut header, path, *contents).unwrap();
+        }
+        builder.into_inner().unwrap()
+    };
+    let layer = tar(&[("guest.elf", b"#!/bin/sh\necho not a kernel\n")]);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Entrypoint": ["/guest.elf"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", hex(&layer))] },
+    })
+    .to_string();
+    let descriptor = |media: &str, bytes: &[u8]| serde_json::json!({ "mediaType": media, "size": bytes.len(), "digest": format!("sha256:{}", hex(bytes)) });
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config.as_bytes()),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+    })
+    .to_string();
+    let mut entry = descriptor(
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    );
+    entry["annotations"] =
+        serde_json::json!({ "io.containerd.image.name": "mote.local/corrupt:latest" });
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [entry] }).to_string();
+    let blob = |bytes: &[u8]| format!("blobs/sha256/{}", hex(bytes));
+    let archive = tar(&[
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json", index.as_bytes()),
+        (&blob(&layer), &layer),
+        (&blob(config.as_bytes()), config.as_bytes()),
+        (&blob(manifest.as_bytes()), manifest.as_bytes()),
+    ]);
+    let path = dir.join("corrupt.oci.tar");
+    std::fs::write(&path, archive).unwrap();
+    path
+}

@@ -63,6 +63,11 @@ pub struct State {
     killed_by: Option<u32>,
 }
 
+type ExitHook = Box<dyn FnOnce(u32, Timestamp) + Send>;
+
+/// The annotation containerd's CRI plugin puts on a pod's sandbox ("pause") container.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
 /// A container and its guest.
 pub struct Container {
     pub id: String,
@@ -70,7 +75,11 @@ pub struct Container {
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
+    /// The guest; `None` for a pod's sandbox container, which runs nothing.
     image: Mutex<Option<GuestImage>>,
+    sandbox: bool,
+    /// Called once the container has stopped, after it was started.
+    on_exit: Mutex<Option<ExitHook>>,
     memory: Option<u64>,
     /// The container's memory limit, if it has one.
     limit: Option<u64>,
@@ -118,6 +127,16 @@ impl Container {
         let bundle = Path::new(&request.bundle);
         let spec = containerd_shim::util::read_spec_from_file(&request.bundle)
             .map_err(|e| format!("cannot read the bundle's config.json: {e}"))?;
+        let sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|annotations| annotations.get(CONTAINER_TYPE))
+            .is_some_and(|kind| kind == "sandbox");
+        if sandbox {
+            // A pod's sandbox container only holds the pod's place (its namespaces, for a
+            // runc pod): a mote pod's containers are VMs, so it runs nothing at all.
+            return Ok(Self::new(request, None, None, None, OUTPUT_LIMIT, None));
+        }
         let root = spec
             .root()
             .as_ref()
@@ -176,13 +195,33 @@ impl Container {
                 None
             }
         };
-        Ok(Self {
+        Ok(Self::new(
+            request,
+            Some(image),
+            memory,
+            limit,
+            output_limit,
+            joined,
+        ))
+    }
+
+    fn new(
+        request: &CreateTaskRequest,
+        image: Option<GuestImage>,
+        memory: Option<u64>,
+        limit: Option<u64>,
+        output_limit: u64,
+        cgroup: Option<cgroup::Joined>,
+    ) -> Self {
+        Self {
             id: request.id.clone(),
             bundle: request.bundle.clone(),
             stdin: request.stdin.clone(),
             stdout: request.stdout.clone(),
             stderr: request.stderr.clone(),
-            image: Mutex::new(Some(image)),
+            sandbox: image.is_none(),
+            image: Mutex::new(image),
+            on_exit: Mutex::new(None),
             memory,
             limit,
             output_limit,
@@ -194,8 +233,31 @@ impl Container {
             }),
             changed: Condvar::new(),
             cancel: CancelToken::new(),
-            cgroup: Mutex::new(joined),
-        })
+            cgroup: Mutex::new(cgroup),
+        }
+    }
+
+    /// Marks the container stopped with `status` and tells whoever waits.
+    fn finish(&self, status: u32) {
+        let at = now();
+        {
+            let mut state = self.state();
+            if state.phase == Phase::Stopped {
+                return;
+            }
+            state.phase = Phase::Stopped;
+            state.exit_status = status;
+            state.exited_at = Some(at.clone());
+        }
+        self.changed.notify_all();
+        let hook = self
+            .on_exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook(status, at);
+        }
     }
 
     /// Leaves and removes the container's cgroup: the container is being deleted.
@@ -221,11 +283,12 @@ impl Container {
                 return Err(format!("container {} was already started", self.id));
             }
             state.phase = Phase::Running;
-            self.image
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .ok_or("the container's guest is gone")?
+            *self.on_exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(exited));
+            self.image.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        // A sandbox runs until it is killed.
+        let Some(image) = image else {
+            return Ok(());
         };
         let container = Arc::clone(self);
         let hypervisor = hypervisor.clone();
@@ -233,17 +296,12 @@ impl Container {
             .name("mote-container".into())
             .spawn(move || {
                 let status = container.run(&hypervisor, &image);
-                let at = now();
-                {
-                    let mut state = container.state();
-                    state.phase = Phase::Stopped;
-                    state.exit_status = status;
-                    state.exited_at = Some(at.clone());
-                }
-                container.changed.notify_all();
-                exited(status, at);
+                container.finish(status);
             })
-            .map_err(|e| format!("cannot start the guest's thread: {e}"))?;
+            .map_err(|e| {
+                self.finish(u32::from(mote_host::exit_status::HOST_FAILURE));
+                format!("cannot start the guest's thread: {e}")
+            })?;
         Ok(())
     }
 
@@ -319,11 +377,12 @@ impl Container {
         let mut state = self.state();
         match state.phase {
             Phase::Created => {
-                state.phase = Phase::Stopped;
-                state.exit_status = 128 + signal;
-                state.exited_at = Some(now());
                 drop(state);
-                self.changed.notify_all();
+                self.finish(128 + signal);
+            }
+            Phase::Running if self.sandbox => {
+                drop(state);
+                self.finish(128 + signal);
             }
             Phase::Running => {
                 state.killed_by.get_or_insert(signal);

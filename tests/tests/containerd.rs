@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use mote_tests::{guest_path, mote_bin, text, within};
 
+/// The tests take turns: each counts what shims leave in `/run/containerd/s`, which every
+/// containerd shares.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A containerd daemon of the test's own.
 struct Containerd {
     daemon: Child,
@@ -21,21 +25,42 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start() -> Option<Self> {
+    /// Starts containerd; with `cri`, with its CRI plugin on and `mote` as a runtime handler.
+    fn start(cri: bool) -> Option<Self> {
         if std::env::var_os("MOTE_SKIP_CONTAINERD").is_some() {
             eprintln!("SKIPPED: MOTE_SKIP_CONTAINERD is set; the containerd shim was not tested");
             return None;
         }
         install_containerd();
-        let dir = std::env::temp_dir().join(format!("mote-containerd-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "mote-containerd-{}-{}",
+            std::process::id(),
+            if cri { "cri" } else { "ctr" }
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.toml");
+        let plugins = if cri {
+            // The sandbox image is one of mote's (the shim runs nothing for it); pods use the
+            // host's network, so no CNI plugin is needed.
+            format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 sandbox_image = \"mote.local/pause:latest\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                 conf_dir = \"{d}/cni\"\nbin_dir = \"{d}/cni\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+                 default_runtime_name = \"mote\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.mote]\n\
+                 runtime_type = \"io.containerd.mote.v1\"\n",
+                d = dir.display()
+            )
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_owned()
+        };
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{plugins}\
                  [grpc]\n  address = \"{d}/containerd.sock\"\n\
                  [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n",
                 d = dir.display()
@@ -80,10 +105,15 @@ impl Containerd {
     }
 
     fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        self.ctr_in("default", args, input)
+    }
+
+    fn ctr_in(&self, namespace: &str, args: &[&str], input: &[u8]) -> Output {
         let socket = self.dir.join("containerd.sock");
         let mut child = Command::new("ctr")
             .arg("--address")
             .arg(socket)
+            .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -101,7 +131,15 @@ impl Containerd {
     }
 
     fn import(&self, archive: &Path) {
-        let out = self.ctr(&["image", "import", archive.to_str().unwrap()]);
+        self.import_in("default", archive);
+    }
+
+    fn import_in(&self, namespace: &str, archive: &Path) {
+        let out = self.ctr_in(
+            namespace,
+            &["image", "import", archive.to_str().unwrap()],
+            b"",
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
@@ -155,10 +193,16 @@ fn install_containerd() {
 
 /// `mote package GUEST -o DIR/GUEST.oci.tar`.
 fn package(guest: &str, dir: &Path) -> PathBuf {
-    let archive = dir.join(format!("{guest}.oci.tar"));
+    package_as(guest, &format!("mote.local/{guest}:latest"), dir)
+}
+
+/// `mote package GUEST --name NAME -o DIR/....oci.tar`.
+fn package_as(guest: &str, name: &str, dir: &Path) -> PathBuf {
+    let archive = dir.join(format!("{}.oci.tar", name.replace(['/', ':'], "-")));
     let out = Command::new(mote_bin())
         .arg("package")
         .arg(guest_path(guest))
+        .args(["--name", name])
         .arg("-o")
         .arg(&archive)
         .output()
@@ -167,10 +211,11 @@ fn package(guest: &str, dir: &Path) -> PathBuf {
     archive
 }
 
-/// Shim processes still running.
-fn shims() -> usize {
+/// Shim processes of `containerd` still running (each names its containerd's socket).
+fn shims(containerd: &Containerd) -> usize {
+    let pattern = format!("containerd-shim-mote-v1 .*{}", containerd.dir.display());
     Command::new("pgrep")
-        .args(["-c", "-f", "containerd-shim-mote-v1"])
+        .args(["-c", "-f", &pattern])
         .output()
         .map(|out| text(&out.stdout).trim().parse().unwrap_or(0))
         .unwrap_or(0)
@@ -178,10 +223,11 @@ fn shims() -> usize {
 
 #[test]
 fn containers_of_mote_guests_run_under_containerd() {
-    let Some(containerd) = Containerd::start() else {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(containerd) = Containerd::start(false) else {
         return;
     };
-    let shims_before = shims();
+    let shims_before = shims(&containerd);
     let sockets_before = shim_sockets();
     for guest in ["echo", "panic", "spin"] {
         containerd.import(&package(guest, &containerd.dir));
@@ -299,11 +345,13 @@ fn containers_of_mote_guests_run_under_containerd() {
 
     // Nothing left: no shim, no mount, no container.
     let settled = Instant::now() + Duration::from_secs(10);
-    while shims() > shims_before || !containerd.mounts().iter().all(|m| !m.contains("rootfs")) {
+    while shims(&containerd) > shims_before
+        || !containerd.mounts().iter().all(|m| !m.contains("rootfs"))
+    {
         assert!(
             Instant::now() < settled,
             "left behind: {} shims, mounts {:?}",
-            shims() - shims_before,
+            shims(&containerd) - shims_before,
             containerd.mounts()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -374,4 +422,354 @@ fn corrupt_image(dir: &Path) -> PathBuf {
     let path = dir.join("corrupt.oci.tar");
     std::fs::write(&path, archive).unwrap();
     path
+}
+
+/// The few messages of Kubernetes' CRI (runtime.v1) the test sends and reads, with the field
+/// numbers of its `api.proto`, and a client for its unary calls over containerd's socket.
+mod cri {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxMetadata {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub uid: String,
+        #[prost(string, tag = "3")]
+        pub namespace: String,
+        #[prost(uint32, tag = "4")]
+        pub attempt: u32,
+    }
+
+    /// `NamespaceMode`: 2 is NODE (the host's).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamespaceOption {
+        #[prost(int32, tag = "1")]
+        pub network: i32,
+        #[prost(int32, tag = "2")]
+        pub pid: i32,
+        #[prost(int32, tag = "3")]
+        pub ipc: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxSandboxSecurityContext {
+        #[prost(message, optional, tag = "1")]
+        pub namespace_options: Option<NamespaceOption>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxPodSandboxConfig {
+        #[prost(message, optional, tag = "2")]
+        pub security_context: Option<LinuxSandboxSecurityContext>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxConfig {
+        #[prost(message, optional, tag = "1")]
+        pub metadata: Option<PodSandboxMetadata>,
+        #[prost(string, tag = "3")]
+        pub log_directory: String,
+        #[prost(map = "string, string", tag = "6")]
+        pub labels: HashMap<String, String>,
+        #[prost(message, optional, tag = "8")]
+        pub linux: Option<LinuxPodSandboxConfig>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RunPodSandboxRequest {
+        #[prost(message, optional, tag = "1")]
+        pub config: Option<PodSandboxConfig>,
+        #[prost(string, tag = "2")]
+        pub runtime_handler: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RunPodSandboxResponse {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerMetadata {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(uint32, tag = "2")]
+        pub attempt: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageSpec {
+        #[prost(string, tag = "1")]
+        pub image: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxContainerResources {
+        #[prost(int64, tag = "4")]
+        pub memory_limit_in_bytes: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxContainerConfig {
+        #[prost(message, optional, tag = "1")]
+        pub resources: Option<LinuxContainerResources>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerConfig {
+        #[prost(message, optional, tag = "1")]
+        pub metadata: Option<ContainerMetadata>,
+        #[prost(message, optional, tag = "2")]
+        pub image: Option<ImageSpec>,
+        #[prost(string, tag = "11")]
+        pub log_path: String,
+        #[prost(message, optional, tag = "15")]
+        pub linux: Option<LinuxContainerConfig>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateContainerRequest {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+        #[prost(message, optional, tag = "2")]
+        pub config: Option<ContainerConfig>,
+        #[prost(message, optional, tag = "3")]
+        pub sandbox_config: Option<PodSandboxConfig>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateContainerResponse {
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+    }
+
+    /// StartContainer's, ContainerStatus's (with `verbose` false) and RemoveContainer's request.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerId {
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+    }
+
+    /// StopPodSandbox's and RemovePodSandbox's request.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxId {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    /// `ContainerState`: 2 is EXITED.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerStatus {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(int32, tag = "3")]
+        pub state: i32,
+        #[prost(int32, tag = "7")]
+        pub exit_code: i32,
+        #[prost(string, tag = "10")]
+        pub reason: String,
+        #[prost(string, tag = "11")]
+        pub message: String,
+        #[prost(string, tag = "15")]
+        pub log_path: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerStatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub status: Option<ContainerStatus>,
+    }
+
+    pub const EXITED: i32 = 2;
+    pub const NODE: i32 = 2;
+
+    /// A CRI client on containerd's socket.
+    pub struct Client {
+        runtime: tokio::runtime::Runtime,
+        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    }
+
+    impl Client {
+        pub fn connect(socket: &Path) -> Self {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let socket = socket.to_path_buf();
+            let channel = runtime
+                .block_on(
+                    // The URI is a placeholder: the connector dials the socket.
+                    tonic::transport::Endpoint::from_static("http://localhost")
+                        .connect_with_connector(tower::service_fn(move |_| {
+                            let socket = socket.clone();
+                            async move {
+                                tokio::net::UnixStream::connect(socket)
+                                    .await
+                                    .map(hyper_util::rt::TokioIo::new)
+                            }
+                        })),
+                )
+                .expect("containerd's CRI socket answers");
+            Self {
+                runtime,
+                grpc: tonic::client::Grpc::new(channel),
+            }
+        }
+
+        /// Calls `runtime.v1.RuntimeService/METHOD`.
+        pub fn call<Request, Response>(
+            &mut self,
+            method: &'static str,
+            request: Request,
+        ) -> Result<Response, tonic::Status>
+        where
+            Request: prost::Message + Send + Sync + 'static,
+            Response: prost::Message + Default + Send + Sync + 'static,
+        {
+            let path = format!("/runtime.v1.RuntimeService/{method}");
+            let grpc = &mut self.grpc;
+            self.runtime.block_on(async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let path = http::uri::PathAndQuery::try_from(path).unwrap();
+                grpc.unary(
+                    tonic::Request::new(request),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await
+                .map(tonic::Response::into_inner)
+            })
+        }
+    }
+}
+
+#[test]
+fn a_pod_runs_through_containerds_cri_plugin_as_kubernetes_would_run_it() {
+    use cri::*;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(containerd) = Containerd::start(true) else {
+        return;
+    };
+    let shims_before = shims(&containerd);
+    let sockets_before = shim_sockets();
+    // Kubernetes' images live in containerd's k8s.io namespace; nothing is pulled.
+    for (guest, name) in [
+        ("echo", "mote.local/pause:latest"),
+        ("hello", "mote.local/hello:latest"),
+        ("panic", "mote.local/panic:latest"),
+    ] {
+        containerd.import_in("k8s.io", &package_as(guest, name, &containerd.dir));
+    }
+    let logs = containerd.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "mote-pod".into(),
+            uid: "mote-pod-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        labels: Default::default(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NODE,
+                    pid: 0,
+                    ipc: 0,
+                }),
+            }),
+        }),
+    };
+    let mut client = Client::connect(&containerd.dir.join("containerd.sock"));
+    let pod: RunPodSandboxResponse = client
+        .call(
+            "RunPodSandbox",
+            RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                runtime_handler: "mote".into(),
+            },
+        )
+        .unwrap_or_else(|status| panic!("RunPodSandbox: {status}\n{}", containerd.log()));
+
+    // Each container of the pod is a guest; its console is the container's log.
+    let mut run = |name: &str, image: &str| -> ContainerStatus {
+        let created: CreateContainerResponse = client
+            .call(
+                "CreateContainer",
+                CreateContainerRequest {
+                    pod_sandbox_id: pod.pod_sandbox_id.clone(),
+                    config: Some(ContainerConfig {
+                        metadata: Some(ContainerMetadata {
+                            name: name.into(),
+                            attempt: 0,
+                        }),
+                        image: Some(ImageSpec {
+                            image: image.into(),
+                        }),
+                        log_path: format!("{name}.log"),
+                        linux: Some(LinuxContainerConfig {
+                            resources: Some(LinuxContainerResources {
+                                memory_limit_in_bytes: 64 << 20,
+                            }),
+                        }),
+                    }),
+                    sandbox_config: Some(sandbox.clone()),
+                },
+            )
+            .unwrap_or_else(|status| panic!("CreateContainer: {status}\n{}", containerd.log()));
+        let id = ContainerId {
+            container_id: created.container_id,
+        };
+        let _: Empty = client
+            .call("StartContainer", id.clone())
+            .unwrap_or_else(|status| panic!("StartContainer: {status}"));
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status: ContainerStatusResponse =
+                client.call("ContainerStatus", id.clone()).unwrap();
+            let status = status.status.unwrap();
+            if status.state == EXITED {
+                let _: Empty = client.call("RemoveContainer", id.clone()).unwrap();
+                break status;
+            }
+            assert!(Instant::now() < give_up, "{name} never exited: {status:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let hello = run("hello", "mote.local/hello:latest");
+    assert_eq!(hello.exit_code, 0, "{hello:?}");
+    let log = std::fs::read_to_string(logs.join("hello.log")).unwrap();
+    assert!(log.contains("stdout F Hello from a mote guest!"), "{log}");
+    let panicked = run("panic", "mote.local/panic:latest");
+    assert_eq!(panicked.exit_code, 117, "{panicked:?}");
+    let log = std::fs::read_to_string(logs.join("panic.log")).unwrap();
+    assert!(log.contains("stderr F mote: guest panicked at"), "{log}");
+
+    let id = PodSandboxId {
+        pod_sandbox_id: pod.pod_sandbox_id,
+    };
+    let _: Empty = client
+        .call("StopPodSandbox", id.clone())
+        .unwrap_or_else(|status| panic!("StopPodSandbox: {status}\n{}", containerd.log()));
+    let _: Empty = client
+        .call("RemovePodSandbox", id)
+        .unwrap_or_else(|status| panic!("RemovePodSandbox: {status}\n{}", containerd.log()));
+    let settled = Instant::now() + Duration::from_secs(10);
+    while shims(&containerd) > shims_before {
+        assert!(Instant::now() < settled, "a shim outlived its pod");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        shim_sockets(),
+        sockets_before,
+        "a shim left its socket behind"
+    );
 }

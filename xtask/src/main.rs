@@ -341,8 +341,11 @@ impl Step {
 /// - The guests build in their own target directory (another target, other profiles: nothing
 ///   there could be shared with the host).
 /// - The root clippy checks every host dependency; the fuzz workspace's clippy then runs in
-///   the root's target directory, so only what fuzz/ alone has (libfuzzer-sys, arbitrary) is
-///   checked again, and with `--no-default-features`, so libfuzzer-sys does not compile
+///   the root's target directory, so it reuses every dependency checked with the same
+///   features. It checks again only what fuzz/ alone has (libfuzzer-sys, arbitrary), mote's
+///   own crates (linted there as members, checked here as dependencies) and the few crates
+///   the root's dev-dependencies give more features (serde, zerocopy, and what depends on
+///   them). It runs with `--no-default-features`, so libfuzzer-sys does not compile
 ///   libFuzzer's C++ (see fuzz/Cargo.toml).
 /// - The host build takes `--tests` along with `--bins`: the tests turn on features of shared
 ///   dependencies (their dev-dependencies do), and a build without them would give a `mote`

@@ -2,15 +2,22 @@
 //!
 //! Cargo builds a workspace for one target at a time, so the guests (x86_64-unknown-none) live
 //! in `guest/`, a workspace of their own; this tool drives both.
+//!
+//! It builds no more than a command needs and lets cargo show its own progress: on a small
+//! machine a fresh build takes minutes, and a silent minute looks like a hang.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 const GUEST_TARGET: &str = "x86_64-unknown-none";
+
+/// The guest `cargo xtask run` boots when none is named.
+const DEFAULT_GUEST: &str = "hello";
 
 const USAGE: &str = "\
 cargo xtask: build, run, test and benchmark mote
@@ -18,11 +25,13 @@ cargo xtask: build, run, test and benchmark mote
 Usage:
   cargo xtask build              build every guest and the host
   cargo xtask run [NAME] [-- ARGS]
-                                 build, then boot guest NAME (default: hello) with
-                                 `mote run`, handing ARGS to it; exits with mote's code
-  cargo xtask test               what CI runs: install the guest target if missing, build
-                                 the guests, cargo fmt --check, clippy -D warnings, then
-                                 unit, integration, doc and end-to-end tests
+                                 build guest NAME (default: hello) and the `mote` command,
+                                 nothing else, then boot NAME with `mote run`, handing ARGS
+                                 to it; exits with mote's code
+  cargo xtask test               what CI runs: cargo fmt --check, build the guests (installing
+                                 their target if missing), clippy -D warnings on the root,
+                                 guest and fuzz workspaces, then the unit, integration, doc
+                                 and end-to-end tests; ends with a summary of every step
   cargo xtask bench              measure start-up against the raw KVM floor; writes
                                  target/mote-bench.json
   cargo xtask fuzz [--seconds N] [TARGET]
@@ -31,7 +40,7 @@ Usage:
                                  snapshot_file; run_path) for N seconds (default: 60) with
                                  cargo-fuzz, installing it if missing; crashing inputs land
                                  in fuzz/artifacts/TARGET
-  cargo xtask guests             list the guests `run` knows";
+  cargo xtask guests             list the guests `run` knows, by the package they come from";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,15 +65,10 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             cargo(&["build", "--workspace", "--bins"])?;
         }
         "run" => return run(rest),
-        "test" => test()?,
+        "test" => return test(),
         "bench" => bench()?,
         "fuzz" => fuzz(rest)?,
-        "guests" => {
-            build_guests()?;
-            for name in guest_names()? {
-                println!("{name}");
-            }
-        }
+        "guests" => list_guests()?,
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
@@ -91,8 +95,25 @@ fn guest_bin_dir() -> PathBuf {
         .join("release")
 }
 
+/// Says what is about to be built or run, and why, before cargo's own output starts.
+fn announce(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// A command as one would type it, `cargo fmt --all --check`: short enough for the summary
+/// line of a failed step.
+fn describe(command: &Command) -> String {
+    let program = command.get_program();
+    let program = Path::new(program).file_name().unwrap_or(program);
+    std::iter::once(program)
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn run_command(mut command: Command) -> Result<()> {
-    let shown = format!("{command:?}");
+    let shown = format!("`{}`", describe(&command));
     let status = command
         .status()
         .with_context(|| format!("cannot start {shown}"))?;
@@ -102,9 +123,17 @@ fn run_command(mut command: Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo_in(dir: &Path, args: &[&str]) -> Result<()> {
+/// A `cargo` command in `dir`: the cargo that runs this tool (so the pinned toolchain's), or
+/// the one on the PATH.
+fn cargo_command(dir: &Path) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(dir).args(args);
+    command.current_dir(dir);
+    command
+}
+
+fn cargo_in(dir: &Path, args: &[&str]) -> Result<()> {
+    let mut command = cargo_command(dir);
+    command.args(args);
     run_command(command)
 }
 
@@ -126,7 +155,7 @@ fn ensure_guest_target() -> Result<()> {
         _ => return Ok(()),
     };
     if !installed {
-        eprintln!("xtask: installing the {GUEST_TARGET} target");
+        announce(&format!("installing the {GUEST_TARGET} target"));
         let mut command = Command::new("rustup");
         command
             .current_dir(root())
@@ -136,49 +165,145 @@ fn ensure_guest_target() -> Result<()> {
     Ok(())
 }
 
+/// The cargo arguments that build the guests: release, since the tests, the benchmarks and
+/// `run` all boot the release ELF files.
+const GUEST_BUILD: [&str; 4] = ["build", "--release", "--target", GUEST_TARGET];
+
+/// Builds every guest (about thirty kernels): the tests, the benchmarks and the fuzz seeds
+/// need them all.
 fn build_guests() -> Result<()> {
     ensure_guest_target()?;
-    cargo_in(
-        &guest_dir(),
-        &["build", "--release", "--target", GUEST_TARGET],
-    )
+    announce("building every guest (release, x86_64-unknown-none)");
+    cargo_in(&guest_dir(), &GUEST_BUILD)
 }
 
-/// The guests that have been built, by name.
-fn guest_names() -> Result<Vec<String>> {
-    let dir = guest_bin_dir();
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type()?.is_file() && !name.contains('.') {
-            names.push(name);
+/// Builds the one guest `guest`, and of its package only that bin: booting `hello` should not
+/// wait for the test, conformance and benchmark kernels.
+fn build_guest(guest: &Guest) -> Result<()> {
+    ensure_guest_target()?;
+    announce(&format!(
+        "building guest `{}` (package {}, release, {GUEST_TARGET}): the kernel to boot",
+        guest.name, guest.package
+    ));
+    let mut args = GUEST_BUILD.to_vec();
+    args.extend(["--package", &guest.package, "--bin", &guest.name]);
+    cargo_in(&guest_dir(), &args)
+}
+
+/// A guest kernel: a bin target of a package of the guest workspace.
+struct Guest {
+    name: String,
+    package: String,
+    /// The heading `cargo xtask guests` lists it under.
+    group: String,
+}
+
+/// The headings `cargo xtask guests` shows, in order, and the guest packages under each, by
+/// their directory in `guest/` (`conformance/higher_half` is under `conformance`). A package
+/// missing here is still listed, under its directory's name.
+const GUEST_GROUPS: [(&str, &[&str]); 4] = [
+    ("examples", &["examples", "stock"]),
+    ("tests", &["test-guests"]),
+    ("conformance", &["conformance"]),
+    ("bench", &["bench"]),
+];
+
+/// Every guest the guest workspace defines, whether built or not, from `cargo metadata`: the
+/// manifests say which package holds which bin, so `run` can build just that one.
+fn guest_catalog() -> Result<Vec<Guest>> {
+    let output = cargo_command(&guest_dir())
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata in guest/ failed ({})", output.status);
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
+    let guest_dir = guest_dir();
+    let mut guests = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let package_name = package["name"].as_str().unwrap_or_default();
+        // The first directory below guest/ says what kind of guest the package holds.
+        let directory = package["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(|manifest| manifest.strip_prefix(&guest_dir).ok())
+            .and_then(|relative| relative.components().next())
+            .map(|first| first.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_else(|| package_name.to_owned());
+        let group = GUEST_GROUPS
+            .iter()
+            .find(|(_, directories)| directories.contains(&directory.as_str()))
+            .map_or(directory, |(heading, _)| heading.to_string());
+        for target in package["targets"].as_array().into_iter().flatten() {
+            let is_bin = target["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"));
+            if let (true, Some(name)) = (is_bin, target["name"].as_str()) {
+                guests.push(Guest {
+                    name: name.to_owned(),
+                    package: package_name.to_owned(),
+                    group: group.clone(),
+                });
+            }
         }
     }
-    names.sort();
-    Ok(names)
+    // Known headings in their order, any others after them; names sorted within each.
+    let rank = |group: &str| {
+        GUEST_GROUPS
+            .iter()
+            .position(|(heading, _)| *heading == group)
+            .unwrap_or(GUEST_GROUPS.len())
+    };
+    guests.sort_by(|a, b| {
+        (rank(&a.group), &a.group, &a.name).cmp(&(rank(&b.group), &b.group, &b.name))
+    });
+    Ok(guests)
+}
+
+fn list_guests() -> Result<()> {
+    let mut heading = None;
+    for guest in guest_catalog()? {
+        if heading != Some(guest.group.clone()) {
+            if heading.is_some() {
+                println!();
+            }
+            println!("{}:", guest.group);
+            heading = Some(guest.group.clone());
+        }
+        println!("  {}", guest.name);
+    }
+    Ok(())
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {
     let (name, mote_args) = match args.split_first() {
         Some((first, rest)) if first != "--" => (first.as_str(), rest),
-        _ => ("hello", args),
+        _ => (DEFAULT_GUEST, args),
     };
     let mote_args = match mote_args.split_first() {
         Some((first, rest)) if first == "--" => rest,
         Some(_) => bail!("put arguments for mote after `--`: cargo xtask run {name} -- ARGS"),
         None => mote_args,
     };
-    build_guests()?;
-    let mote = build_mote()?;
-    let guest = guest_bin_dir().join(name);
-    if !guest.is_file() {
+    let catalog = guest_catalog()?;
+    let Some(guest) = catalog.iter().find(|guest| guest.name == name) else {
+        let names: Vec<&str> = catalog.iter().map(|guest| guest.name.as_str()).collect();
         bail!(
-            "no guest named `{name}`; the guests are: {}",
-            guest_names()?.join(", ")
+            "no guest named `{name}`; `cargo xtask guests` lists them: {}",
+            names.join(", ")
         );
-    }
-    let mut command_args: Vec<OsString> = vec!["run".into(), guest.into_os_string()];
+    };
+    build_guest(guest)?;
+    let mote = build_mote(&format!("the host that boots `{name}`"))?;
+    let guest_path = guest_bin_dir().join(name);
+    announce(&format!(
+        "booting `{name}`: mote run {}",
+        guest_path.display()
+    ));
+    let mut command_args: Vec<OsString> = vec!["run".into(), guest_path.into_os_string()];
     command_args.extend(mote_args.iter().map(OsString::from));
     let status = Command::new(&mote)
         .args(&command_args)
@@ -188,43 +313,238 @@ fn run(args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
 
-fn test() -> Result<()> {
-    build_guests()?;
-    cargo(&["fmt", "--all", "--check"])?;
-    cargo_in(&guest_dir(), &["fmt", "--all", "--check"])?;
-    cargo_in(&fuzz_dir(), &["fmt", "--all", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo_in(
-        &guest_dir(),
-        &[
-            "clippy",
-            "--workspace",
-            "--release",
-            "--target",
-            GUEST_TARGET,
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
-    cargo_in(
-        &fuzz_dir(),
-        &["clippy", "--all-targets", "--", "-D", "warnings"],
-    )?;
-    // The end-to-end tests run the `mote` binary: build it first.
-    cargo(&["build", "--workspace", "--bins"])?;
-    cargo(&["test", "--workspace"])
+/// One step of `cargo xtask test`: a name for the summary and what it runs. A step's `Ok`
+/// may carry a detail for its summary line (the test counts).
+struct Step {
+    name: &'static str,
+    run: Box<dyn FnOnce() -> Result<Option<String>>>,
+}
+
+impl Step {
+    fn new(name: &'static str, run: impl FnOnce() -> Result<Option<String>> + 'static) -> Self {
+        Step {
+            name,
+            run: Box::new(run),
+        }
+    }
+
+    /// A step that is one cargo command in `dir`.
+    fn cargo(name: &'static str, dir: PathBuf, args: &'static [&'static str]) -> Self {
+        Step::new(name, move || cargo_in(&dir, args).map(|()| None))
+    }
+}
+
+/// What CI runs (`.ci/run`). The order is cheapest-to-fail first, and each build reuses what
+/// the one before it left in a shared target directory:
+///
+/// - fmt first: seconds, and the commonest failure.
+/// - The guests build in their own target directory (another target, other profiles: nothing
+///   there could be shared with the host).
+/// - The root clippy checks every host dependency; the fuzz workspace's clippy then runs in
+///   the root's target directory, so it reuses every dependency checked with the same
+///   features. It checks again only what fuzz/ alone has (libfuzzer-sys, arbitrary), mote's
+///   own crates (linted there as members, checked here as dependencies) and the few crates
+///   the root's dev-dependencies give more features (serde, zerocopy, and what depends on
+///   them). It runs with `--no-default-features`, so libfuzzer-sys does not compile
+///   libFuzzer's C++ (see fuzz/Cargo.toml).
+/// - The host build takes `--tests` along with `--bins`: the tests turn on features of shared
+///   dependencies (their dev-dependencies do), and a build without them would give a `mote`
+///   that `cargo test` then compiles everything under it again for. Built together, `cargo
+///   test` compiles nothing more but its doctests.
+fn test() -> Result<ExitCode> {
+    let fuzz_clippy = {
+        let fuzz_dir = fuzz_dir();
+        move || {
+            let mut command = cargo_command(&fuzz_dir);
+            command.args([
+                "clippy",
+                "--all-targets",
+                "--no-default-features",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            // A target directory of their own would check every dependency a second time.
+            if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+                command.env("CARGO_TARGET_DIR", root().join("target"));
+            }
+            run_command(command).map(|()| None)
+        }
+    };
+    let steps = vec![
+        Step::cargo("fmt (root)", root(), &["fmt", "--all", "--check"]),
+        Step::cargo("fmt (guest)", guest_dir(), &["fmt", "--all", "--check"]),
+        Step::cargo("fmt (fuzz)", fuzz_dir(), &["fmt", "--all", "--check"]),
+        Step::new("build guests", || build_guests().map(|()| None)),
+        Step::cargo(
+            "clippy (guest)",
+            guest_dir(),
+            &[
+                "clippy",
+                "--workspace",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        Step::cargo(
+            "clippy (root)",
+            root(),
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        Step::new("clippy (fuzz)", fuzz_clippy),
+        // The end-to-end tests run the `mote` binary, which `cargo test` does not build.
+        Step::cargo(
+            "build host",
+            root(),
+            &["build", "--workspace", "--bins", "--tests"],
+        ),
+        Step::new("cargo test", cargo_test),
+    ];
+    Ok(run_steps("xtask test", steps))
+}
+
+/// Runs `steps` in order until one fails, then prints one line per step and a total.
+fn run_steps(title: &str, steps: Vec<Step>) -> ExitCode {
+    let started = Instant::now();
+    let count = steps.len();
+    // (name, outcome, time, detail) of each step that ran.
+    let mut results: Vec<(&str, bool, Duration, String)> = Vec::new();
+    let mut names = steps.iter().map(|step| step.name).collect::<Vec<_>>();
+    for (index, step) in steps.into_iter().enumerate() {
+        announce(&format!("step {}/{count}: {}", index + 1, step.name));
+        let step_started = Instant::now();
+        let outcome = (step.run)();
+        let time = step_started.elapsed();
+        let (passed, detail) = match outcome {
+            Ok(detail) => (true, detail.unwrap_or_default()),
+            Err(error) => (false, format!("{error:#}")),
+        };
+        results.push((step.name, passed, time, detail));
+        if !passed {
+            break;
+        }
+    }
+    let not_run = names.split_off(results.len());
+    let failed = results.iter().filter(|(_, passed, ..)| !passed).count();
+    let passed = results.len() - failed;
+
+    println!();
+    println!("{title} summary:");
+    let width = results
+        .iter()
+        .map(|(name, ..)| name.len())
+        .chain(not_run.iter().map(|name| name.len()))
+        .max()
+        .unwrap_or(0);
+    for (name, step_passed, time, detail) in &results {
+        let outcome = if *step_passed { "passed" } else { "FAILED" };
+        let line = format!(
+            "  {name:width$}  {outcome}  {:>7}  {detail}",
+            duration(*time)
+        );
+        println!("{}", line.trim_end());
+    }
+    for name in &not_run {
+        println!("  {name:width$}  not run");
+    }
+    let not_run = match not_run.len() {
+        0 => String::new(),
+        n => format!(", {n} not run"),
+    };
+    println!(
+        "{title}: {count} steps, {passed} passed, {failed} failed{not_run} in {}",
+        duration(started.elapsed())
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `cargo test --workspace`, its output shown as it comes; its summary detail is the sum of
+/// libtest's `test result:` lines, one per test binary and one per crate's doctests.
+fn cargo_test() -> Result<Option<String>> {
+    let mut command = cargo_command(&root());
+    command.args(["test", "--workspace"]);
+    let mut counts = TestCounts::default();
+    let result = run_command_watching(command, Watched::Stdout, |line| counts.add_line(line));
+    match result {
+        Ok(()) => Ok(Some(counts.to_string())),
+        // A failing run still reports its counts: how many failed, beside why cargo stopped.
+        Err(error) => bail!("{counts}; {error:#}"),
+    }
+}
+
+/// Test counts summed over libtest's `test result:` lines.
+#[derive(Default, Debug, PartialEq)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of `line` if it is libtest's summary of one test binary:
+    /// `test result: ok. 42 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some((_, rest)) = line.split_once("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            // The first part is `ok. 42 passed` (or `FAILED. 41 passed`): the last two words.
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(number)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += number,
+                "failed" => self.failed += number,
+                "ignored" => self.ignored += number,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TestCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if self.ignored > 0 {
+            write!(f, ", {} ignored", self.ignored)?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration as people read it: `0.4s`, `41.2s`, `3m 12s`.
+fn duration(time: Duration) -> String {
+    let seconds = time.as_secs_f64();
+    if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else {
+        let whole = time.as_secs();
+        format!("{}m {:02}s", whole / 60, whole % 60)
+    }
 }
 
 fn bench() -> Result<()> {
     build_guests()?;
+    announce("building `mote` (release): the benchmark times the command as users run it");
     cargo(&[
         "build",
         "--release",
@@ -233,9 +553,9 @@ fn bench() -> Result<()> {
         "--bin",
         "mote",
     ])?;
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    announce("running the start-up benchmark");
+    let mut command = cargo_command(&root());
     command
-        .current_dir(root())
         .args(["bench", "--package", "mote-host", "--bench", "startup"])
         .env("MOTE_GUEST_DIR", guest_bin_dir())
         .env(
@@ -301,16 +621,15 @@ fn fuzz(args: &[String]) -> Result<()> {
     // --careful; with `--sanitizer none` its RUSTFLAGS are all stable `-C` flags and `--cfg
     // fuzzing`, so the project's pinned stable toolchain builds the target without
     // RUSTC_BOOTSTRAP. The price is no AddressSanitizer, which safe Rust barely needs.
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut command = cargo_command(&fuzz_dir());
     command
-        .current_dir(fuzz_dir())
         .args(["fuzz", "run", "--sanitizer", "none", target])
         .arg(&corpus)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"));
     // libFuzzer ends a run that found nothing with `Done N runs in S second(s)`.
     let mut done = None;
-    run_command_watching_stderr(command, |line| {
+    run_command_watching(command, Watched::Stderr, |line| {
         done = libfuzzer_done_line(line).or(done);
     })?;
     match done {
@@ -354,7 +673,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
 fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if SNAPSHOT_FUZZ_TARGETS.contains(&target) {
-        let mote = build_mote()?;
+        let mote = build_mote("to snapshot the seed guests")?;
         for name in SNAPSHOT_SEED_GUESTS {
             let mut command = Command::new(&mote);
             command
@@ -378,18 +697,20 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
     if !ELF_FUZZ_TARGETS.contains(&target) {
         return Ok(());
     }
-    for name in guest_names()? {
-        let from = guest_bin_dir().join(&name);
-        let to = dir.join(&name);
+    for guest in guest_catalog()? {
+        let from = guest_bin_dir().join(&guest.name);
+        let to = dir.join(&guest.name);
         std::fs::copy(&from, &to)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
 }
 
-/// Builds the `mote` binary (debug) and says where it is.
-fn build_mote() -> Result<PathBuf> {
-    cargo(&["build", "--quiet", "--package", "mote-cli", "--bin", "mote"])?;
+/// Builds the `mote` binary (debug), and of the host workspace nothing else, saying `why`;
+/// then says where it is.
+fn build_mote(why: &str) -> Result<PathBuf> {
+    announce(&format!("building `mote` (package mote-cli, debug): {why}"));
+    cargo(&["build", "--package", "mote-cli", "--bin", "mote"])?;
     Ok(root().join("target").join("debug").join("mote"))
 }
 
@@ -407,19 +728,39 @@ fn script_calling(call: u32) -> Vec<u8> {
     script
 }
 
-/// Like [`run_command`], but also hands each line of the command's standard error to
-/// `on_line`, still showing it as it comes: libFuzzer reports its totals there, and a long
-/// run should not look hung.
-fn run_command_watching_stderr(mut command: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
-    let shown = format!("{command:?}");
+/// Which output of a command [`run_command_watching`] reads.
+#[derive(Clone, Copy)]
+enum Watched {
+    Stdout,
+    Stderr,
+}
+
+/// Like [`run_command`], but also hands each line of the command's standard output or error
+/// to `on_line`, still showing it as it comes: libtest reports its counts on standard output,
+/// libFuzzer its totals on standard error, and a long run should not look hung.
+fn run_command_watching(
+    mut command: Command,
+    watched: Watched,
+    mut on_line: impl FnMut(&str),
+) -> Result<()> {
+    let shown = format!("`{}`", describe(&command));
+    match watched {
+        Watched::Stdout => command.stdout(Stdio::piped()),
+        Watched::Stderr => command.stderr(Stdio::piped()),
+    };
     let mut child = command
-        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?;
-    let stderr = child.stderr.take().expect("stderr was piped");
-    for line in BufReader::new(stderr).split(b'\n') {
+    let output: Box<dyn std::io::Read> = match watched {
+        Watched::Stdout => Box::new(child.stdout.take().expect("stdout was piped")),
+        Watched::Stderr => Box::new(child.stderr.take().expect("stderr was piped")),
+    };
+    for line in BufReader::new(output).split(b'\n') {
         let line = String::from_utf8_lossy(&line?).into_owned();
-        eprintln!("{line}");
+        match watched {
+            Watched::Stdout => println!("{line}"),
+            Watched::Stderr => eprintln!("{line}"),
+        }
         on_line(&line);
     }
     let status = child.wait()?;
@@ -427,4 +768,52 @@ fn run_command_watching_stderr(mut command: Command, mut on_line: impl FnMut(&st
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_counts_sum_every_libtest_result_line() {
+        let mut counts = TestCounts::default();
+        for line in [
+            "running 42 tests",
+            "test boot::loads ... ok",
+            "test result: ok. 42 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+             finished in 0.03s",
+            "test result: FAILED. 5 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; \
+             finished in 1.20s",
+            "   Doc-tests mote_host",
+            "test result: ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+             finished in 0.06s",
+        ] {
+            counts.add_line(line);
+        }
+        assert_eq!(
+            counts,
+            TestCounts {
+                passed: 54,
+                failed: 2,
+                ignored: 1
+            }
+        );
+        assert_eq!(counts.to_string(), "54 passed, 2 failed, 1 ignored");
+    }
+
+    #[test]
+    fn durations_read_as_seconds_then_minutes() {
+        assert_eq!(duration(Duration::from_millis(400)), "0.4s");
+        assert_eq!(duration(Duration::from_millis(41_249)), "41.2s");
+        assert_eq!(duration(Duration::from_secs(192)), "3m 12s");
+    }
+
+    #[test]
+    fn libfuzzer_done_line_gives_runs_and_seconds() {
+        assert_eq!(
+            libfuzzer_done_line("Done 123456 runs in 61 second(s)"),
+            Some((123456, 61))
+        );
+        assert_eq!(libfuzzer_done_line("#2 INITED cov: 10"), None);
+    }
 }

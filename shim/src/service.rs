@@ -29,6 +29,8 @@ fn rpc_error(code: Code, message: impl ToString) -> RpcError {
 pub struct Service {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The socket this shim serves on (`unix://...`), in its serving process.
+    socket: String,
     container: Arc<Mutex<Option<Arc<Container>>>>,
     hypervisor: Arc<Mutex<Option<Hypervisor>>>,
     publisher: Option<Arc<RemotePublisher>>,
@@ -77,6 +79,7 @@ impl containerd_shim::Shim for Service {
         Service {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             container: Arc::new(Mutex::new(None)),
             hypervisor: Arc::new(Mutex::new(None)),
             publisher: None,
@@ -109,6 +112,16 @@ impl containerd_shim::Shim for Service {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The crate removes the socket after this, at the address it reads back from the
+        // bundle; containerd may have removed the bundle by then (a pod's sandbox, measured),
+        // and the socket would stay in /run/containerd/s. Unlinking it here, while the server
+        // still runs, costs nothing: no one connects to a shim that is going away.
+        if let Some(path) = self.socket.strip_prefix("unix://")
+            && let Err(error) = std::fs::remove_file(path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("cannot remove the socket {path}: {error}");
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

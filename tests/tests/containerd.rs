@@ -164,7 +164,9 @@ impl Drop for Containerd {
                 let _ = Command::new("umount").args(["-l", target]).status();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("MOTE_KEEP_CONTAINERD").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

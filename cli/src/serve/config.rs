@@ -39,6 +39,7 @@ fn duration(text: &Option<String>, what: &str, default: Duration) -> Result<Dura
 struct File {
     listen: Option<String>,
     workers: Option<usize>,
+    http_threads: Option<usize>,
     max_requests: Option<usize>,
     queue_timeout: Option<String>,
     read_timeout: Option<String>,
@@ -68,6 +69,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Threads that run guests; each runs one at a time.
     pub workers: usize,
+    /// Threads that serve HTTP (the async runtime's).
+    pub http_threads: usize,
     /// Requests in flight at once (reading, waiting for a worker, running); more get 503.
     pub max_requests: usize,
     /// The longest a request waits for a worker before it gets 503.
@@ -154,6 +157,7 @@ impl Config {
                 .parse()
                 .map_err(|e| format!("listen address: {e} (write e.g. 127.0.0.1:8080)"))?,
             workers: workers.or(written.workers).unwrap_or_else(default_workers),
+            http_threads: written.http_threads.unwrap_or_else(default_http_threads),
             max_requests: written.max_requests.unwrap_or(1024),
             queue_timeout: duration(
                 &written.queue_timeout,
@@ -177,8 +181,8 @@ impl Config {
                 .transpose()?,
             functions: BTreeMap::new(),
         };
-        if config.workers == 0 || config.max_requests == 0 {
-            return Err("workers and max_requests must be at least 1".into());
+        if config.workers == 0 || config.max_requests == 0 || config.http_threads == 0 {
+            return Err("workers, http_threads and max_requests must be at least 1".into());
         }
         for (name, function) in written.functions {
             check_name(&name)?;
@@ -237,6 +241,13 @@ impl Config {
 /// should go on.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+}
+
+/// One HTTP thread per two CPUs: serving a call's HTTP costs about a third of running it, and
+/// fewer HTTP threads wake each other less (measured on 2 cores: one thread answered 5-8 %
+/// more calls than two).
+fn default_http_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
 }
 
 #[cfg(test)]

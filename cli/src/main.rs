@@ -268,7 +268,7 @@ impl From<mote_host::Error> for Failure {
             kind: error.kind(),
             class: error.class(),
             code: error.process_exit_code(),
-            message: report::chain(&error),
+            message: error.full_message(),
         }
     }
 }
@@ -473,7 +473,7 @@ fn restrict() {
     if let Err(error) = mote_host::restrict_process() {
         say!(
             "mote: warning: running without a seccomp filter: {}",
-            report::chain(&error)
+            error.full_message()
         );
     }
 }

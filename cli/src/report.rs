@@ -31,18 +31,6 @@ Exit codes:
   130, 143  mote was stopped by SIGINT (Ctrl-C) or SIGTERM; the guest was stopped with it
 --json gives the exact outcome (`exit.kind`) beside the class (`exit.class`).";
 
-/// `error` with its causes, as one line: `cannot read guest x: No such file or directory`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
-
 /// An address, as JSON gives it: a hex string (a JSON number cannot hold every 64-bit value).
 fn address(value: u64) -> Value {
     format!("{value:#x}").into()

@@ -402,6 +402,19 @@ impl Error {
         }
     }
 
+    /// The message with its causes, as one line: `cannot read guest x: No such file or
+    /// directory (os error 2)`. Each part is said once.
+    pub fn full_message(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(inner) = cause {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        text
+    }
+
     /// The exit code `mote` ends with for this error: its class's (see [`exit_status`]).
     pub fn process_exit_code(&self) -> u8 {
         match self {

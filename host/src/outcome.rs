@@ -185,6 +185,19 @@ pub enum Class {
 }
 
 impl Class {
+    /// The classes mote itself ends a run or a command with: all but [`Class::GuestExit`].
+    pub const MOTE: [Class; 9] = [
+        Class::Usage,
+        Class::BadImage,
+        Class::NoKvm,
+        Class::HostFailure,
+        Class::Busy,
+        Class::GuestFault,
+        Class::Limit,
+        Class::Timeout,
+        Class::Cancelled,
+    ];
+
     /// The class's process exit code, the one `mote` exits with (see [`exit_status`]); for
     /// [`Class::GuestExit`], [`exit_status::GUEST_MAX`] (use [`Exit::process_exit_code`] for
     /// the guest's own code).
@@ -543,20 +556,10 @@ mod tests {
             TIMEOUT
         );
         assert!(port.to_string().contains("0x1234"));
-        let classes = [
-            Class::Usage,
-            Class::BadImage,
-            Class::NoKvm,
-            Class::HostFailure,
-            Class::Busy,
-            Class::GuestFault,
-            Class::Limit,
-            Class::Timeout,
-            Class::Cancelled,
-        ];
-        let mut codes: Vec<u8> = classes.iter().map(|class| class.exit_code()).collect();
+        let mut codes: Vec<u8> = Class::MOTE.iter().map(|class| class.exit_code()).collect();
+        codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes.len(), classes.len(), "two classes share a code");
+        assert_eq!(codes.len(), Class::MOTE.len(), "two classes share a code");
         // Above the guest's codes, below what shells give their own meaning (126 and up).
         assert!(codes.iter().all(|&code| code > GUEST_MAX && code < 126));
     }

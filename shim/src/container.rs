@@ -157,7 +157,7 @@ impl Container {
             GuestImage::from_file(&path).map_err(|e| {
                 format!(
                     "the container's command {command} is not a guest mote can boot: {}",
-                    chain(&e)
+                    e.full_message()
                 )
             })
         })();
@@ -365,7 +365,7 @@ impl Container {
                 }
             }
             Err(error) => {
-                let _ = writeln!(stderr, "mote: error: {}", chain(&error));
+                let _ = writeln!(stderr, "mote: error: {}", error.full_message());
                 u32::from(error.process_exit_code())
             }
         }
@@ -404,18 +404,6 @@ impl Container {
             state.exited_at.clone().unwrap_or_default(),
         )
     }
-}
-
-/// `error` with its causes.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// Mounts the request's root filesystem at `root`; whether anything was mounted.

@@ -145,15 +145,3 @@ pub fn within<T: Send + 'static>(
         .recv_timeout(limit)
         .unwrap_or_else(|_| panic!("did not end within {limit:?}"))
 }
-
-/// `error` with its causes, as `mote` prints it: `what: why: deeper why`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}

@@ -357,17 +357,7 @@ fn the_exit_code_table_is_the_same_in_help_docs_and_library() {
         "/../docs/exit-codes.md"
     ))
     .unwrap();
-    for class in [
-        Class::Usage,
-        Class::BadImage,
-        Class::NoKvm,
-        Class::HostFailure,
-        Class::Busy,
-        Class::GuestFault,
-        Class::Limit,
-        Class::Timeout,
-        Class::Cancelled,
-    ] {
+    for class in Class::MOTE {
         let (code, name) = (class.exit_code(), class.name());
         let row = format!("| {code} | `{name}` |");
         assert!(docs.contains(&row), "docs/exit-codes.md lacks {row}");

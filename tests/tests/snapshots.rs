@@ -353,35 +353,32 @@ fn a_snapshot_file_restores_in_another_process_and_refuses_what_it_cannot_be() {
             matches!(error, Error::SnapshotFile { .. }),
             "byte {at}: {error}"
         );
-        assert_eq!(mote_tests::chain(&error).lines().count(), 1, "{error}");
+        assert_eq!(error.full_message().lines().count(), 1, "{error}");
     }
     let mut longer = good.clone();
     longer.push(0);
     assert!(matches!(refused(&longer), Error::SnapshotFile { .. }));
     let error = refused(b"#!/bin/sh\necho not a snapshot\n");
     assert!(
-        mote_tests::chain(&error).contains("not a mote snapshot"),
+        error.full_message().contains("not a mote snapshot"),
         "{error}"
     );
 
     let mut other_version = good.clone();
     other_version[8] = 2;
     let error = refused(&other_version);
-    assert!(
-        mote_tests::chain(&error).contains("format version 2"),
-        "{error}"
-    );
+    assert!(error.full_message().contains("format version 2"), "{error}");
     let mut other_mote = good.clone();
     other_mote[12..28].copy_from_slice(b"0.0.1-elsewhere\0");
     let error = refused(&other_mote);
     assert!(
-        mote_tests::chain(&error).contains("mote 0.0.1-elsewhere"),
+        error.full_message().contains("mote 0.0.1-elsewhere"),
         "{error}"
     );
     let mut other_size = good.clone();
     other_size[28..36].copy_from_slice(&(1u64 << 40).to_le_bytes());
     reseal(&mut other_size);
-    assert!(mote_tests::chain(&refused(&other_size)).contains("memory size"));
+    assert!(refused(&other_size).full_message().contains("memory size"));
 
     // Another CPU: a feature bit the host does not have (CPUID leaf 1, ECX bit 31 means "a
     // hypervisor", so flip ECX bit 30, RDRAND, the other way round).

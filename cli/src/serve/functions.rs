@@ -40,7 +40,7 @@ impl Function {
         vms: usize,
     ) -> Result<Self, SetupError> {
         let fail = |error: Error| SetupError {
-            message: format!("function {name}: {}", crate::report::chain(&error)),
+            message: format!("function {name}: {}", error.full_message()),
             error: Some(error),
         };
         let image = GuestImage::from_file(&settings.guest).map_err(fail)?;

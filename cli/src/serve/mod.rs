@@ -448,7 +448,7 @@ async fn answer(
         Ok(Done::Ran(result)) => match *result {
             Ok(outcome) => outcome_response(function, &outcome),
             Err(error) => {
-                let message = report::chain(&error);
+                let message = error.full_message();
                 refusal(error_status(&error), error.kind(), error.class(), &message)
             }
         },

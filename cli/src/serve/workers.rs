@@ -118,7 +118,7 @@ impl Workers {
 fn work(shared: &(Mutex<State>, Condvar), queue_timeout: Duration) {
     if let Err(error) = mote_host::restrict_run_thread() {
         tracing::warn!(
-            error = %crate::report::chain(&error),
+            error = %error.full_message(),
             "a worker runs guests without a seccomp filter"
         );
     }

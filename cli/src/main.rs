@@ -620,11 +620,15 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
         }
         Err(failure) => match interrupted.signal() {
             Some(signal) if failure.class == Class::Cancelled => {
+                let code = 128 + signal as u8;
+                if args.json {
+                    print_line!("{}", Failure { code, ..failure }.document("snapshot"));
+                }
                 say!(
                     "mote: {} received: the guest was stopped, no snapshot written",
                     interrupt::name(signal)
                 );
-                ExitCode::from(128 + signal as u8)
+                ExitCode::from(code)
             }
             _ => failure.report("snapshot", args.json),
         },

@@ -132,8 +132,6 @@ fn tar(files: &[(&str, u32, &[u8])]) -> std::io::Result<Vec<u8>> {
 
 /// Writes the image; its name and manifest digest.
 fn build(args: &PackageArgs) -> Result<(String, String), Failure> {
-    // Only a guest mote can boot is worth packaging.
-    GuestImage::from_file(&args.guest)?;
     let guest = std::fs::read(&args.guest).map_err(|e| {
         Failure::new(
             "read_guest",
@@ -141,6 +139,8 @@ fn build(args: &PackageArgs) -> Result<(String, String), Failure> {
             format!("cannot read guest {}: {e}", args.guest.display()),
         )
     })?;
+    // Only a guest mote can boot is worth packaging: the bytes packaged are the bytes checked.
+    GuestImage::from_bytes(&args.guest.display().to_string(), guest.clone())?;
     let name = args
         .name
         .clone()

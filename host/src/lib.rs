@@ -417,12 +417,7 @@ impl Error {
 
     /// The exit code `mote` ends with for this error: its class's (see [`exit_status`]).
     pub fn process_exit_code(&self) -> u8 {
-        match self {
-            Error::NotReady(outcome) if outcome.exit.guest_code().is_none() => {
-                outcome.exit.process_exit_code()
-            }
-            _ => self.class().exit_code(),
-        }
+        self.class().exit_code()
     }
 }
 

@@ -90,8 +90,10 @@ impl Drop for Attached {
 
 /// Cancels runs from any thread: give a clone to [`RunConfig::cancel_token`], keep one, and
 /// call [`cancel`](Self::cancel) to end the runs it was given to with [`Exit::Cancelled`] at
-/// once, wherever they are (booting, in the guest, waiting for a slow console reader). A run
-/// started with a token already cancelled ends before its guest runs.
+/// once, from the moment their guest is about to run: in the guest, in a host function's
+/// return, waiting for a slow console reader. A run cancelled while it is still being set up
+/// (waiting for memory budget or a pool's VM, booting) ends as cancelled before its guest's
+/// first instruction.
 ///
 /// A token is cancelled for good; one token may serve many runs, on many threads (all the runs
 /// of one request, say).

@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::SystemTime;
 
 use containerd_shim::api::{CreateTaskRequest, Status};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -88,17 +87,14 @@ pub struct Container {
     changed: Condvar,
     cancel: CancelToken,
     cgroup: Mutex<Option<cgroup::Joined>>,
+    /// Set while the run waits for its input on stdin: a kill then ends the container at once
+    /// (the read cannot be cancelled; the thread is left to the shim's exit).
+    reading_input: std::sync::atomic::AtomicBool,
 }
 
+/// Now, as containerd's events and answers carry it.
 fn now() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-        ..Default::default()
-    }
+    containerd_shim::util::timestamp().unwrap_or_default()
 }
 
 /// The guest memory a container with a memory limit of `limit` bytes gets, and the output
@@ -153,7 +149,7 @@ impl Container {
                 "the container has no command: a mote image names its guest as its entrypoint \
                  (build it with `mote package`)",
             )?;
-            let path = root.join(command.trim_start_matches('/'));
+            let path = inside(&root, command)?;
             GuestImage::from_file(&path).map_err(|e| {
                 format!(
                     "the container's command {command} is not a guest mote can boot: {}",
@@ -234,6 +230,7 @@ impl Container {
             changed: Condvar::new(),
             cancel: CancelToken::new(),
             cgroup: Mutex::new(cgroup),
+            reading_input: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -312,7 +309,16 @@ impl Container {
             Some(file) => Box::new(file),
             None => Box::new(std::io::sink()),
         };
-        let input = match read_input(&self.stdin) {
+        use std::sync::atomic::Ordering;
+        self.reading_input.store(true, Ordering::SeqCst);
+        let input = read_input(&self.stdin);
+        self.reading_input.store(false, Ordering::SeqCst);
+        if self.cancel.is_cancelled() {
+            // Killed while it waited for its input (`kill` may have ended the container
+            // already; a second end changes nothing).
+            return 128 + self.state().killed_by.unwrap_or(libc::SIGKILL as u32);
+        }
+        let input = match input {
             Ok(input) => input,
             Err(message) => {
                 let _ = writeln!(stderr, "mote: {message}");
@@ -380,8 +386,12 @@ impl Container {
                 drop(state);
                 self.finish(128 + signal);
             }
-            Phase::Running if self.sandbox => {
+            Phase::Running
+                if self.sandbox || self.reading_input.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                state.killed_by.get_or_insert(signal);
                 drop(state);
+                self.cancel.cancel();
                 self.finish(128 + signal);
             }
             Phase::Running => {
@@ -403,6 +413,21 @@ impl Container {
             state.exit_status,
             state.exited_at.clone().unwrap_or_default(),
         )
+    }
+}
+
+/// `command` resolved inside the container's root filesystem `root`: the image names it, and
+/// a root process opens it, so `..` and symbolic links may not lead out of the image.
+fn inside(root: &Path, command: &str) -> Result<PathBuf, String> {
+    let outside = || format!("the container's command {command} leads out of its root filesystem");
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| format!("cannot resolve the root filesystem {}: {e}", root.display()))?;
+    let path = std::fs::canonicalize(root.join(command.trim_start_matches('/')))
+        .map_err(|e| format!("the container's command {command} cannot be found: {e}"))?;
+    if path.starts_with(&root) {
+        Ok(path)
+    } else {
+        Err(outside())
     }
 }
 

@@ -157,6 +157,9 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // After a failed test a shim may still run a guest that never ends: it goes too.
+        let pattern = format!("containerd-shim-mote-v1 .*{}", self.dir.display());
+        let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         for mount in self.mounts() {
@@ -330,6 +333,39 @@ fn containers_of_mote_guests_run_under_containerd() {
     });
     assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
     assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
+
+    // A container still waiting for its input on stdin is stopped by a kill too.
+    let mut waiting = {
+        let socket = containerd.dir.join("containerd.sock");
+        Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args([
+                "run",
+                "--rm",
+                runtime,
+                "mote.local/echo:latest",
+                "echo-waiting",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stdin_held = waiting.stdin.take();
+    let running = Instant::now() + Duration::from_secs(20);
+    while !text(&containerd.ctr(&["task", "ls"]).stdout).contains("echo-waiting") {
+        assert!(Instant::now() < running, "echo-waiting never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = containerd.ctr(&["task", "kill", "echo-waiting"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = within(Duration::from_secs(20), move || {
+        waiting.wait_with_output().unwrap()
+    });
+    drop(stdin_held);
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
 
     // A corrupt image fails at create with the reason in containerd's error.
     containerd.import(&corrupt_image(&containerd.dir));

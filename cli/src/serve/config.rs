@@ -33,6 +33,19 @@ fn duration(text: &Option<String>, what: &str, default: Duration) -> Result<Dura
         .map_err(|e| format!("{what}: {e}"))
 }
 
+/// A duration that may be zero (a shutdown that waits for nothing).
+fn duration_or_zero(
+    text: &Option<String>,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match text.as_deref() {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| format!("{what}: `{text}` is not a duration ({e}); write e.g. 0s or 10s")),
+        None => Ok(default),
+    }
+}
+
 /// The configuration file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,7 +182,7 @@ impl Config {
                 "read_timeout",
                 Duration::from_secs(10),
             )?,
-            shutdown_grace: duration(
+            shutdown_grace: duration_or_zero(
                 &written.shutdown_grace,
                 "shutdown_grace",
                 Duration::from_secs(10),

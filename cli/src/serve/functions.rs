@@ -98,16 +98,13 @@ impl Function {
     /// Runs one call with `input`, stopped early by `cancel`.
     pub fn call(&self, input: Vec<u8>, cancel: CancelToken) -> Result<Outcome, Error> {
         let settings = &self.settings;
-        let config = limits(settings)?.input(input).cancel_token(cancel);
         match &self.engine {
-            Engine::Warm(pool) => pool.run(config),
-            Engine::Cold(image) => {
-                let config = match settings.memory {
-                    Some(bytes) => config.memory_size(bytes)?,
-                    None => config,
-                };
-                self.hypervisor.run(image, config)
-            }
+            // A restored run keeps the snapshot's memory.
+            Engine::Warm(pool) => pool.run(limits(settings)?.input(input).cancel_token(cancel)),
+            Engine::Cold(image) => self.hypervisor.run(
+                image,
+                base_config(settings)?.input(input).cancel_token(cancel),
+            ),
         }
     }
 }

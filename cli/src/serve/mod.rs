@@ -296,7 +296,7 @@ fn refusal(status: StatusCode, kind: &str, class: Class, message: &str) -> Respo
         json!({ "error": report::error(kind, class, message) }),
     );
     let mut response = json_response(status, &document);
-    if class == Class::Busy {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -327,7 +327,9 @@ pub fn status(outcome: &Outcome) -> StatusCode {
 /// The status of a call mote could not run to an outcome.
 fn error_status(error: &mote_host::Error) -> StatusCode {
     match (error.class(), error) {
-        (_, mote_host::Error::InputTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        (_, mote_host::Error::InputTooLarge { .. } | mote_host::Error::MemoryTooSmall { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         (Class::Busy, _) => StatusCode::SERVICE_UNAVAILABLE,
         (Class::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,
         (Class::Cancelled, _) => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -393,7 +395,7 @@ async fn answer(
     request: Request,
     started: Instant,
 ) -> Response {
-    let Ok(_slot) = Arc::clone(&server.slots).try_acquire_owned() else {
+    let Ok(slot) = Arc::clone(&server.slots).try_acquire_owned() else {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_requests",
@@ -432,6 +434,9 @@ async fn answer(
         queued: Instant::now(),
         reply,
         metrics: Arc::clone(&server.metrics),
+        // The request's slot goes with its call: a call whose client went away still holds
+        // its body until a worker drops it, and counts against `max_requests` till then.
+        _slot: slot,
     };
     if server.workers.submit(job).is_err() {
         guard.answered = true;
@@ -462,11 +467,12 @@ async fn answer(
                 server.workers.queue_timeout().as_millis()
             ),
         ),
+        // The server is stopping and cancelled the calls still waiting.
         Ok(Done::Abandoned) | Err(_) => refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            Class::HostFailure,
-            "the call was dropped before it ran",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cancelled",
+            Class::Cancelled,
+            "the server is stopping; the call was cancelled before it ran; try again",
         ),
     }
 }

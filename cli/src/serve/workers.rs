@@ -34,6 +34,8 @@ pub struct Job {
     pub queued: Instant,
     pub reply: oneshot::Sender<Done>,
     pub metrics: Arc<Metrics>,
+    /// The request's place among `max_requests`, released when the call is done with.
+    pub _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct State {

@@ -15,7 +15,14 @@ fn main() -> ExitCode {
     match run(&guest) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
+            // The error, then what caused it.
+            let mut line = error.to_string();
+            let mut cause = error.source();
+            while let Some(inner) = cause {
+                line = format!("{line}: {inner}");
+                cause = inner.source();
+            }
+            eprintln!("error: {line}");
             ExitCode::from(1)
         }
     }

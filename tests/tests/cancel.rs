@@ -181,7 +181,9 @@ fn spinning_mote(extra: &[&str]) -> (std::process::Child, std::thread::JoinHandl
     let mut child = Command::new(mote_bin())
         .arg("run")
         .arg(guest_path("spin"))
-        .args(["--timeout", "none"])
+        // Far past any signal this test sends, yet finite: a child a failed assertion leaves
+        // behind still ends.
+        .args(["--timeout", "120s"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

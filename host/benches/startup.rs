@@ -55,8 +55,8 @@
 //! loopback, driven by a small HTTP/1.1 client in this process, each call posting the same 16
 //! bytes as `warm_call_null` and checked for a 200 with them back:
 //! - `serve_runs_per_s_1`, `serve_runs_per_s_16`, `serve_runs_per_s_64`: answers per second,
-//!   closed loop: 1, 16 or 64 keep-alive connections, each on its own thread sending its next
-//!   call as soon as the last is answered. `serve_closed_<n>_client_cores` and
+//!   closed loop: 1, 16 or 64 keep-alive connections, all driven by one thread with poll(2),
+//!   each sending its next call as soon as the last is answered. `serve_closed_<n>_client_cores` and
 //!   `_server_cores`: the CPU time this process and the server used over the same seconds,
 //!   in cores (client and server share the machine). `serve_vs_library`:
 //!   `serve_runs_per_s_64` / `pool_runs_per_s_64`, what HTTP and the server's queue cost
@@ -940,17 +940,35 @@ impl HttpConnection {
 
     /// Sends the request and reads its answer: (status, body).
     fn call(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
-        use std::io::{Error, ErrorKind, Write};
-        let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
-        self.stream.write_all(&self.request)?;
-        let head_end = loop {
-            if let Some(at) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
+        self.send()?;
+        loop {
+            if let Some(answer) = self.take_answer()? {
+                return Ok(answer);
             }
+            self.fill()?;
+        }
+    }
+
+    /// Sends the request.
+    fn send(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(&self.request)
+    }
+
+    /// The answer, if all of it has been read: (status, body).
+    fn take_answer(&mut self) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+        use std::io::{Error, ErrorKind};
+        let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
+        let Some(head_end) = self
+            .read
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| at + 4)
+        else {
             if self.read.len() > 64 << 10 {
                 return Err(bad("an answer's head over 64 KiB".into()));
             }
-            self.fill()?;
+            return Ok(None);
         };
         let head = std::str::from_utf8(&self.read[..head_end])
             .map_err(|_| bad("an answer's head that is not UTF-8".into()))?;
@@ -970,12 +988,12 @@ impl HttpConnection {
             }
         }
         let length = length.ok_or_else(|| bad("an answer without a Content-Length".into()))?;
-        while self.read.len() < head_end + length {
-            self.fill()?;
+        if self.read.len() < head_end + length {
+            return Ok(None);
         }
         let body = self.read[head_end..head_end + length].to_vec();
         self.read.drain(..head_end + length);
-        Ok((status, body))
+        Ok(Some((status, body)))
     }
 
     /// Reads what has arrived (at least one byte) onto `read`.
@@ -992,19 +1010,24 @@ impl HttpConnection {
 
     /// One call to `echo`, checked: a 200 with the input back.
     fn echo(&mut self) -> Result<(), String> {
-        match self.call() {
-            Ok((200, body)) if body == SERVE_INPUT => Ok(()),
-            Ok((200, body)) => Err(format!(
-                "200 with {:?} for {:?}",
-                String::from_utf8_lossy(&body),
-                String::from_utf8_lossy(SERVE_INPUT)
-            )),
-            Ok((status, body)) => Err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&body)
-            )),
-            Err(error) => Err(format!("the connection failed: {error}")),
-        }
+        check_echo(self.call())
+    }
+}
+
+/// An answer of `echo`, checked: a 200 with the input back.
+fn check_echo(answer: std::io::Result<(u16, Vec<u8>)>) -> Result<(), String> {
+    match answer {
+        Ok((200, body)) if body == SERVE_INPUT => Ok(()),
+        Ok((200, body)) => Err(format!(
+            "200 with {:?} for {:?}",
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(SERVE_INPUT)
+        )),
+        Ok((status, body)) => Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body)
+        )),
+        Err(error) => Err(format!("the connection failed: {error}")),
     }
 }
 
@@ -1084,41 +1107,75 @@ fn sleep_until(at: Instant) {
 /// as soon as the last is answered, over `SERVE_CLOSED_TIME` after `SERVE_WARM_UP`; with the
 /// client's and the server's CPU over those seconds, in cores.
 fn serve_closed_loop(server: &ServeProcess, connections: usize) -> (f64, f64, f64) {
+    // One thread drives every connection with poll(2), as wrk does: a thread per connection
+    // would spend the two cores the server needs on switching between 64 client threads.
     let mut open: Vec<HttpConnection> = (0..connections).map(|_| server.connect()).collect();
+    for connection in &mut open {
+        connection.stream.set_nonblocking(true).unwrap();
+    }
     let errors = LoadErrors::default();
     let start = Instant::now() + SERVE_WARM_UP;
     let end = start + SERVE_CLOSED_TIME;
-    let (answered, cores) = std::thread::scope(|scope| {
-        let errors = &errors;
-        let threads: Vec<_> = open
-            .iter_mut()
-            .map(|connection| {
-                scope.spawn(move || {
-                    let mut counted = 0_usize;
-                    loop {
-                        if let Err(error) = connection.echo() {
-                            errors.record(error);
-                            break;
-                        }
-                        let done = Instant::now();
-                        if done >= end {
-                            break;
-                        }
-                        if done >= start {
-                            counted += 1;
-                        }
-                    }
-                    counted
-                })
-            })
-            .collect();
-        sleep_until(start);
-        let clock = CpuClock::start(server);
-        sleep_until(end);
-        let cores = clock.cores(server);
-        let answered: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        (answered, cores)
-    });
+    let mut polls: Vec<libc::pollfd> = open
+        .iter()
+        .map(|connection| libc::pollfd {
+            fd: connection.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    for connection in &mut open {
+        if let Err(error) = connection.send() {
+            errors.record(format!("the connection failed: {error}"));
+        }
+    }
+    let mut answered = 0_usize;
+    let mut clock = None;
+    let mut live = open.len();
+    while live > 0 {
+        let now = Instant::now();
+        if clock.is_none() && now >= start {
+            clock = Some(CpuClock::start(server));
+        }
+        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structures for the call.
+        let ready = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 1000) };
+        if ready < 0 {
+            errors.record(format!("poll: {}", std::io::Error::last_os_error()));
+            break;
+        }
+        for (connection, poll) in open.iter_mut().zip(polls.iter_mut()) {
+            if poll.fd < 0 || poll.revents == 0 {
+                continue;
+            }
+            let answer = loop {
+                match connection.take_answer() {
+                    Ok(Some(answer)) => break Some(Ok(answer)),
+                    Err(error) => break Some(Err(error)),
+                    Ok(None) => {}
+                }
+                match connection.fill() {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break None,
+                    Err(error) => break Some(Err(error)),
+                }
+            };
+            let Some(answer) = answer else { continue };
+            let done = Instant::now();
+            let failed = check_echo(answer).err();
+            if let Some(error) = &failed {
+                errors.record(error.clone());
+            }
+            if done >= start && done < end {
+                answered += 1;
+            }
+            if failed.is_some() || done >= end || connection.send().is_err() {
+                // This connection is done: poll no longer looks at it.
+                poll.fd = -1;
+                live -= 1;
+            }
+        }
+    }
+    let cores = clock.map_or((0.0, 0.0), |clock| clock.cores(server));
     errors.check(&format!("closed loop over {connections} connections"));
     (
         answered as f64 / SERVE_CLOSED_TIME.as_secs_f64(),

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use mote_host::{GuestImage, Mapping, human_size};
 use serde_json::{Value, json};
 
+use crate::report::hex;
 use crate::{Failure, report};
 
 pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
@@ -20,10 +21,6 @@ pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
         print_text!("{}", text(path, &image));
     }
     ExitCode::SUCCESS
-}
-
-fn hex(value: u64) -> String {
-    format!("{value:#x}")
 }
 
 /// A mapping as a person reads it.

@@ -31,9 +31,10 @@ Exit codes:
   130, 143  mote was stopped by SIGINT (Ctrl-C) or SIGTERM; the guest was stopped with it
 --json gives the exact outcome (`exit.kind`) beside the class (`exit.class`).";
 
-/// An address, as JSON gives it: a hex string (a JSON number cannot hold every 64-bit value).
-fn address(value: u64) -> Value {
-    format!("{value:#x}").into()
+/// An address or other 64-bit machine value as mote writes it, in text and in JSON alike: a hex
+/// string (a JSON number cannot hold every 64-bit value).
+pub fn hex(value: u64) -> String {
+    format!("{value:#x}")
 }
 
 /// The `exit` object: how the run ended, with the fields of its kind.
@@ -51,11 +52,11 @@ pub fn exit(exit: &Exit) -> Value {
         Exit::Halted {
             rip,
             interrupts_enabled,
-        } => json!({ "rip": address(*rip), "interrupts_enabled": interrupts_enabled }),
+        } => json!({ "rip": hex(*rip), "interrupts_enabled": interrupts_enabled }),
         Exit::InternalError { suberror, rip } => {
-            json!({ "suberror": suberror, "rip": address(*rip) })
+            json!({ "suberror": suberror, "rip": hex(*rip) })
         }
-        Exit::FailedEntry { reason } => json!({ "reason": address(*reason) }),
+        Exit::FailedEntry { reason } => json!({ "reason": hex(*reason) }),
         Exit::UnservedPort { port, write, size } => {
             json!({ "port": port, "write": write, "size": size })
         }
@@ -63,7 +64,7 @@ pub fn exit(exit: &Exit) -> Value {
             address: at,
             write,
             size,
-        } => json!({ "address": address(*at), "write": write, "size": size }),
+        } => json!({ "address": hex(*at), "write": write, "size": size }),
         Exit::Aborted {
             message,
             file,
@@ -79,14 +80,14 @@ pub fn exit(exit: &Exit) -> Value {
             let mut fields = json!({
                 "vector": vector,
                 "name": mote_abi::note::exception_name(*vector),
-                "rip": address(*rip),
+                "rip": hex(*rip),
                 "stack_overflow": stack_overflow,
             });
             if mote_abi::note::exception_has_error_code(*vector) {
-                fields["error_code"] = address(*error_code);
+                fields["error_code"] = hex(*error_code).into();
             }
             if *vector == 14 {
-                fields["cr2"] = address(*cr2);
+                fields["cr2"] = hex(*cr2).into();
             }
             fields
         }

@@ -6,31 +6,40 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use mote_host::{CancelToken, Exit, GuestImage, Pool, PoolConfig, RunConfig};
+use mote_host::{CancelToken, Exit, GuestImage, Outcome, Pool, PoolConfig, RunConfig};
 use mote_tests::{guest_path, hypervisor, mote_bin, text, within};
 
 fn spin() -> GuestImage {
     GuestImage::from_file(guest_path("spin")).unwrap()
 }
 
-#[test]
-fn a_token_stops_a_spinning_guest_from_another_thread() {
+/// Runs `spin` with no deadline, its console to `console` (collected if `None`), and cancels
+/// it from another thread `after` it starts.
+fn spin_until_cancelled(
+    console: Option<Box<dyn std::io::Write + Send>>,
+    after: Duration,
+) -> Outcome {
     let image = spin();
     let token = CancelToken::new();
     let canceller = token.clone();
     let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(after);
         canceller.cancel();
     });
+    let mut config = RunConfig::default().no_timeout().cancel_token(token);
+    if let Some(console) = console {
+        config = config.console_to(console);
+    }
     let outcome = within(Duration::from_secs(20), move || {
-        hypervisor()
-            .run(
-                &image,
-                RunConfig::default().no_timeout().cancel_token(token),
-            )
-            .unwrap()
+        hypervisor().run(&image, config).unwrap()
     });
     stopper.join().unwrap();
+    outcome
+}
+
+#[test]
+fn a_token_stops_a_spinning_guest_from_another_thread() {
+    let outcome = spin_until_cancelled(None, Duration::from_millis(100));
     assert_eq!(outcome.exit, Exit::Cancelled);
     assert_eq!(outcome.exit.class(), mote_host::Class::Cancelled);
     // It did run before the cancel.
@@ -141,9 +150,6 @@ impl std::io::Write for StartSignal {
 
 #[test]
 fn a_cancel_reaches_a_run_held_up_by_a_console_reader_that_stopped_reading() {
-    let image = spin();
-    let token = CancelToken::new();
-    let canceller = token.clone();
     let (release, stalled) = std::sync::mpsc::channel::<()>();
     struct Stalled(std::sync::mpsc::Receiver<()>);
     impl std::io::Write for Stalled {
@@ -155,23 +161,10 @@ fn a_cancel_reaches_a_run_held_up_by_a_console_reader_that_stopped_reading() {
             Ok(())
         }
     }
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        canceller.cancel();
-    });
     // `spin` prints one line, which the stalled reader never takes; the guest spins on, and
-    // the run ends only when the cancel arrives (`no_timeout`).
-    let outcome = within(Duration::from_secs(20), move || {
-        hypervisor()
-            .run(
-                &image,
-                RunConfig::default()
-                    .no_timeout()
-                    .cancel_token(token)
-                    .console_to(Box::new(Stalled(stalled))),
-            )
-            .unwrap()
-    });
+    // the run ends only when the cancel arrives (it has no deadline).
+    let outcome =
+        spin_until_cancelled(Some(Box::new(Stalled(stalled))), Duration::from_millis(200));
     drop(release);
     assert_eq!(outcome.exit, Exit::Cancelled);
 }

@@ -109,21 +109,41 @@ impl Containerd {
     }
 
     fn ctr_in(&self, namespace: &str, args: &[&str], input: &[u8]) -> Output {
-        let socket = self.dir.join("containerd.sock");
-        let mut child = Command::new("ctr")
+        let mut child = self.spawn_ctr(namespace, args);
+        let _ = child.stdin.take().unwrap().write_all(input);
+        within(Duration::from_secs(60), move || {
+            child.wait_with_output().unwrap()
+        })
+    }
+
+    /// Starts `ctr ARGS` against this containerd, with its stdin, stdout and stderr piped.
+    fn spawn_ctr(&self, namespace: &str, args: &[&str]) -> Child {
+        Command::new("ctr")
             .arg("--address")
-            .arg(socket)
+            .arg(self.dir.join("containerd.sock"))
             .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("ctr starts");
-        let _ = child.stdin.take().unwrap().write_all(input);
-        within(Duration::from_secs(60), move || {
-            child.wait_with_output().unwrap()
-        })
+            .expect("ctr starts")
+    }
+
+    /// Waits until the task `id` runs.
+    fn wait_running(&self, id: &str) {
+        let running = Instant::now() + Duration::from_secs(20);
+        loop {
+            let tasks = text(&self.ctr(&["task", "ls"]).stdout);
+            if tasks
+                .lines()
+                .any(|line| line.starts_with(id) && line.contains("RUNNING"))
+            {
+                return;
+            }
+            assert!(Instant::now() < running, "{id} never ran: {tasks}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn log(&self) -> String {
@@ -292,24 +312,21 @@ fn containers_of_mote_guests_run_under_containerd() {
 
     // `ctr task kill` stops a guest that never ends: 143, as for a process SIGTERM ended. The
     // shim, and with it the guest's memory, is in the container's memory cgroup meanwhile.
-    let spinner = {
-        let socket = containerd.dir.join("containerd.sock");
-        Command::new("ctr")
-            .arg("--address")
-            .arg(socket)
-            .args(["run", "--rm", runtime, "--memory-limit", "100000000"])
-            .args(["mote.local/spin:latest", "spin-1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let running = Instant::now() + Duration::from_secs(20);
-    while !text(&containerd.ctr(&["task", "ls"]).stdout).contains("RUNNING") {
-        assert!(Instant::now() < running, "spin-1 never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut spinner = containerd.spawn_ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            runtime,
+            "--memory-limit",
+            "100000000",
+            "mote.local/spin:latest",
+            "spin-1",
+        ],
+    );
+    // No input: the guest starts at once.
+    drop(spinner.stdin.take());
+    containerd.wait_running("spin-1");
     let cgroup = [
         "/sys/fs/cgroup/default/spin-1",
         "/sys/fs/cgroup/memory/default/spin-1",
@@ -335,30 +352,18 @@ fn containers_of_mote_guests_run_under_containerd() {
     assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
 
     // A container still waiting for its input on stdin is stopped by a kill too.
-    let mut waiting = {
-        let socket = containerd.dir.join("containerd.sock");
-        Command::new("ctr")
-            .arg("--address")
-            .arg(socket)
-            .args([
-                "run",
-                "--rm",
-                runtime,
-                "mote.local/echo:latest",
-                "echo-waiting",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let mut waiting = containerd.spawn_ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            runtime,
+            "mote.local/echo:latest",
+            "echo-waiting",
+        ],
+    );
     let stdin_held = waiting.stdin.take();
-    let running = Instant::now() + Duration::from_secs(20);
-    while !text(&containerd.ctr(&["task", "ls"]).stdout).contains("echo-waiting") {
-        assert!(Instant::now() < running, "echo-waiting never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    containerd.wait_running("echo-waiting");
     let out = containerd.ctr(&["task", "kill", "echo-waiting"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = within(Duration::from_secs(20), move || {

@@ -310,9 +310,26 @@ fn not_found(message: &str) -> Response {
 
 /// The status of a call that ran: see docs/serve.md for the table.
 pub fn status(outcome: &Outcome) -> StatusCode {
-    match outcome.exit.class() {
-        Class::GuestExit if outcome.exit.guest_code() == Some(0) => StatusCode::OK,
-        Class::GuestExit => StatusCode::UNPROCESSABLE_ENTITY,
+    match outcome.exit.guest_code() {
+        Some(0) => StatusCode::OK,
+        Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => class_status(outcome.exit.class()),
+    }
+}
+
+/// The status of a call mote could not run to an outcome.
+fn error_status(error: &mote_host::Error) -> StatusCode {
+    match error {
+        mote_host::Error::InputTooLarge { .. } | mote_host::Error::MemoryTooSmall { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => class_status(error.class()),
+    }
+}
+
+/// The status of a class of ending other than the guest's own exit.
+fn class_status(class: Class) -> StatusCode {
+    match class {
         Class::GuestFault => StatusCode::BAD_GATEWAY,
         Class::Timeout => StatusCode::GATEWAY_TIMEOUT,
         Class::Limit => StatusCode::INSUFFICIENT_STORAGE,
@@ -320,19 +337,6 @@ pub fn status(outcome: &Outcome) -> StatusCode {
         // A cancelled call's client has gone (or the server is stopping): 499, as nginx says
         // of a client that closed its request.
         Class::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The status of a call mote could not run to an outcome.
-fn error_status(error: &mote_host::Error) -> StatusCode {
-    match (error.class(), error) {
-        (_, mote_host::Error::InputTooLarge { .. } | mote_host::Error::MemoryTooSmall { .. }) => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-        (Class::Busy, _) => StatusCode::SERVICE_UNAVAILABLE,
-        (Class::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,
-        (Class::Cancelled, _) => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -21,19 +21,25 @@ impl Server {
     /// Starts `mote serve` with the configuration `toml` (guests named by their built paths)
     /// and waits until it listens.
     fn start(toml: &str) -> Self {
+        Self::start_with(toml, |_| {})
+    }
+
+    /// [`Server::start`], with `prepare` adjusting the command first.
+    fn start_with(toml: &str, prepare: impl FnOnce(&mut Command)) -> Self {
         let path = std::env::temp_dir().join(format!(
             "mote-serve-{}-{}.toml",
             std::process::id(),
             toml.len()
         ));
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(mote_bin())
+        let mut command = Command::new(mote_bin());
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mote serve starts");
+            .stderr(Stdio::piped());
+        prepare(&mut command);
+        let mut child = command.spawn().expect("mote serve starts");
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
         let (address, stderr) = within(Duration::from_secs(30), move || {
             let mut line = String::new();
@@ -227,6 +233,45 @@ fn every_ending_has_its_status_and_outcome_json() {
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+}
+
+/// mote's own failures answer 500: here the host cannot reserve a guest's memory, since the
+/// server's address space is limited below it.
+#[test]
+fn a_host_failure_answers_500_with_its_error_json() {
+    const ADDRESS_SPACE: libc::rlim_t = 1 << 30;
+    let server = Server::start_with(
+        &format!(
+            "[functions.big]\nguest = \"{}\"\nwarm = false\nmemory = \"2G\"\n",
+            guest("hello")
+        ),
+        |command| {
+            // SAFETY: between fork and exec the closure only calls setrlimit, which is
+            // async-signal-safe, on a stack value; it allocates nothing and takes no lock.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(command, || {
+                    let limit = libc::rlimit {
+                        rlim_cur: ADDRESS_SPACE,
+                        rlim_max: ADDRESS_SPACE,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    );
+    let (status, body, retry) = server.post("big", b"");
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(retry, None);
+    let report = json(&body);
+    assert_eq!(report["error"]["class"], "host_failure");
+    assert_eq!(report["error"]["kind"], "memory");
+    // The server logs its own failures, and carries on.
+    assert!(server.log.lock().unwrap().contains("\"status\":500"));
+    assert_eq!(server.get("/healthz"), (200, "ok\n".into()));
 }
 
 #[test]

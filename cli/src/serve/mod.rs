@@ -133,6 +133,7 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
         .worker_threads(config.http_threads)
         .enable_all()
         .thread_name("mote-http")
+        .on_thread_start(yield_to_workers)
         .build()
     {
         Ok(runtime) => runtime,
@@ -156,6 +157,28 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failure) => failure.report("serve", false),
+    }
+}
+
+/// Puts the calling HTTP thread in Linux's `SCHED_BATCH` class, so that its wake-ups do not
+/// preempt a worker in the middle of a run. Every answer a worker hands back wakes an HTTP
+/// thread; in the normal class that wake-up preempts whichever worker holds the core, whose
+/// vCPU then leaves the guest. A batch thread waits for the running worker's slice instead
+/// and then answers every call that finished meanwhile. Measured at 64 connections on
+/// 2 cores: about 10 % more calls answered, the median latency no worse
+/// (docs/decisions.md). The HTTP threads keep their fair share of the CPU; only their
+/// wake-ups lose priority.
+fn yield_to_workers() {
+    let normal_priority = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `normal_priority` is a valid `sched_param` that outlives the call, and pid 0
+    // names the calling thread (Linux schedules threads): the call changes this thread's
+    // scheduling class and nothing else. `SCHED_BATCH` needs no privilege.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &normal_priority) };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "an HTTP thread keeps the normal scheduling class"
+        );
     }
 }
 

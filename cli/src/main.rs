@@ -25,6 +25,7 @@ macro_rules! print_text {
     }};
 }
 
+mod bench;
 mod inspect;
 mod interrupt;
 mod package;

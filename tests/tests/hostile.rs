@@ -359,6 +359,15 @@ fn a_system_call_outside_motes_filter_is_named_before_the_process_ends() {
         if std::thread::spawn(|| 7).join().ok() != Some(7) {
             std::process::exit(4);
         }
+        // Opening a file fails (the C library's allocator tries one and copes), and the
+        // process goes on.
+        let opened = std::fs::File::open("/proc/sys/vm/overcommit_memory");
+        if opened.as_ref().map_err(std::io::Error::kind).err()
+            != Some(std::io::ErrorKind::PermissionDenied)
+        {
+            eprintln!("opening a file gave {opened:?}");
+            std::process::exit(5);
+        }
         // SAFETY: a plain socket(2) call; the filter stops it before it does anything.
         unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         // Reached only if the filter let the call through.

@@ -448,10 +448,6 @@ impl Machine<'_> {
                 self.output_write(buffer)
             }
             Request::WallClock => Ok(wall_clock_ns()),
-            Request::Samples { name, cycles } => match self.record_samples(name, cycles) {
-                Ok(result) => result,
-                Err(exceeded) => return Served::Stop(Exit::LimitExceeded(exceeded)),
-            },
             Request::Random(buffer) => self.random(buffer),
             Request::HostCall {
                 name,
@@ -460,6 +456,10 @@ impl Machine<'_> {
             } => match self.host_call(name, request, response) {
                 Ok(result) => result,
                 Err(panicked) => return Served::Stop(panicked),
+            },
+            Request::Samples { name, cycles } => match self.record_samples(name, cycles) {
+                Ok(result) => result,
+                Err(exceeded) => return Served::Stop(Exit::LimitExceeded(exceeded)),
             },
             Request::Ready => {
                 self.mark_ready();

@@ -139,9 +139,10 @@ pub enum Limit {
     OutputBytes(u64),
     /// Hypercalls.
     Hypercalls(u64),
-    /// Timing samples reported (`RunConfig::sample_limit`).
+    /// Timing samples reported ([`RunConfig::sample_limit`](crate::RunConfig::sample_limit)).
     Samples(u64),
-    /// Distinct names of timing samples (`mote_abi::SAMPLE_NAMES_MAX`, for every run).
+    /// Distinct names of timing samples ([`mote_abi::SAMPLE_NAMES_MAX`], the same for every
+    /// run).
     SampleNames(u64),
 }
 

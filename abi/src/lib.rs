@@ -67,6 +67,16 @@ pub const ABORT_TEXT_MAX: u64 = 4096;
 /// The longest host-function name.
 pub const HOST_FUNCTION_NAME_MAX: u64 = 256;
 
+/// The longest name of a timing sample ([`Hypercall::Samples`]), in bytes of UTF-8. A name has
+/// at least one byte.
+pub const SAMPLE_NAME_MAX: u64 = 64;
+
+/// The most samples one [`Hypercall::Samples`] call hands over.
+pub const SAMPLES_PER_CALL_MAX: u64 = 8192;
+
+/// The most distinct sample names one run may report; a call that names one more ends the run.
+pub const SAMPLE_NAMES_MAX: u64 = 256;
+
 /// The hypercalls, by number (the value written to [`HYPERCALL_PORT`]).
 ///
 /// Arguments are listed in [`ARGUMENT_REGISTERS`] order: `rdi`, `rsi`, `r8`, `r9`, `r10`, `r12`.
@@ -108,11 +118,18 @@ pub enum Hypercall {
     /// input's length in [`READY_INPUT_LENGTH_REGISTER`]; the input itself is at the start of
     /// the `bootloader_api` ramdisk. See [`RunStart`].
     ReadyForInput = 10,
+    /// Hands the host a batch of timing samples of one name. Args: name address, name length
+    /// (1 to [`SAMPLE_NAME_MAX`] bytes of UTF-8), address of an array of `u64` TSC tick counts,
+    /// how many (at most [`SAMPLES_PER_CALL_MAX`]). Returns how many samples the host took
+    /// (all of them). A run may report at most [`SAMPLE_NAMES_MAX`] names and as many samples
+    /// as its host allows; the call that would pass either ends the run. Hosts older than this
+    /// call answer [`HypercallError::UnknownCall`].
+    Samples = 11,
 }
 
 impl Hypercall {
     /// Every call, in number order.
-    pub const ALL: [Hypercall; 11] = [
+    pub const ALL: [Hypercall; 12] = [
         Hypercall::Exit,
         Hypercall::ConsoleWrite,
         Hypercall::Abort,
@@ -124,6 +141,7 @@ impl Hypercall {
         Hypercall::Nop,
         Hypercall::Exception,
         Hypercall::ReadyForInput,
+        Hypercall::Samples,
     ];
 
     /// The call with this number, if there is one.

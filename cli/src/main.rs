@@ -564,6 +564,7 @@ fn run(args: &RunArgs) -> ExitCode {
                     "guest": args.guest.display().to_string(),
                     "exit": exit,
                     "output": output,
+                    "samples": report::samples(&outcome.samples),
                     "stats": report::stats(&outcome.stats),
                 });
                 print_line!("{}", report::document("run", code, fields));

@@ -24,7 +24,8 @@ Exit codes:
   116    busy: no room now (memory budget, pool); trying again later may work
   117    guest fault: the guest panicked, took a CPU exception, triple-faulted, touched a
          port or address nothing serves, ran what KVM cannot, or halted for good
-  118    limit: the guest used up --console-limit, --output-limit or --hypercall-limit
+  118    limit: the guest used up --console-limit, --output-limit or --hypercall-limit,
+         or reported more timing samples or sample names than a run may
   119    timeout: the guest ran past --timeout (30 s unless told otherwise)
   120    cancelled: the run was cancelled
   121-125 kept for classes to come
@@ -99,6 +100,8 @@ pub fn exit(exit: &Exit) -> Value {
                 Limit::ConsoleBytes(n) => ("console_bytes", *n),
                 Limit::OutputBytes(n) => ("output_bytes", *n),
                 Limit::Hypercalls(n) => ("hypercalls", *n),
+                Limit::Samples(n) => ("samples", *n),
+                Limit::SampleNames(n) => ("sample_names", *n),
                 _ => ("other", 0),
             };
             json!({ "limit": { "name": name, "value": value } })
@@ -145,6 +148,11 @@ pub fn stats(stats: &Stats) -> Value {
     })
 }
 
+/// The `samples` object: how many timing samples the guest reported.
+pub fn samples(samples: &[mote_host::Sample]) -> Value {
+    json!({ "count": samples.len() })
+}
+
 /// The `output` object: the guest's output, inline as base64, or where it was written.
 pub fn output(bytes: &[u8], written_to: Option<&Path>) -> Value {
     match written_to {
@@ -160,7 +168,7 @@ pub fn output(bytes: &[u8], written_to: Option<&Path>) -> Value {
 /// command failed before it had them.
 fn result_keys(command: &str) -> &'static [&'static str] {
     match command {
-        "run" => &["guest", "exit", "output", "stats"],
+        "run" => &["guest", "exit", "output", "samples", "stats"],
         "snapshot" => &["guest", "snapshot"],
         "package" => &["guest", "image"],
         "inspect" => &[
@@ -189,4 +197,48 @@ pub fn document(command: &str, exit_code: u8, fields: Value) -> Value {
     }
     merge(&mut object, fields);
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(name: &str) -> String {
+        let path = format!("{}/../docs/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_limit_has_its_name_in_the_schema_and_the_docs() {
+        let schema: Value = serde_json::from_str(&doc("json-schema.json")).unwrap();
+        let exits = schema["$defs"]["exit"]["oneOf"].as_array().unwrap();
+        let limit_case = exits
+            .iter()
+            .find(|case| case["properties"]["kind"]["const"] == "limit")
+            .unwrap();
+        let names = &limit_case["properties"]["limit"]["properties"]["name"]["enum"];
+        let (json_md, exit_codes_md) = (doc("json.md"), doc("exit-codes.md"));
+        let limits = [
+            Limit::ConsoleBytes(1),
+            Limit::OutputBytes(2),
+            Limit::Hypercalls(3),
+            Limit::Samples(4),
+            Limit::SampleNames(5),
+        ];
+        for (value, limit) in (1u64..).zip(limits) {
+            let object = exit(&Exit::LimitExceeded(limit));
+            let name = object["limit"]["name"].as_str().unwrap();
+            assert_eq!(object["limit"]["value"], value, "{limit:?}");
+            assert!(
+                names.as_array().unwrap().iter().any(|n| n == name),
+                "the schema lacks the limit name {name}"
+            );
+            let quoted = format!("`{name}`");
+            assert!(json_md.contains(&quoted), "docs/json.md lacks {quoted}");
+            assert!(
+                exit_codes_md.contains(&quoted),
+                "docs/exit-codes.md lacks {quoted}"
+            );
+        }
+    }
 }

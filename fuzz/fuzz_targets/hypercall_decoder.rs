@@ -31,6 +31,11 @@ fuzz_target!(|bytes: &[u8]| {
                 request,
                 response,
             } => vec![name, request, response],
+            Request::Samples { name, cycles } => {
+                assert!((1..=mote_abi::SAMPLE_NAME_MAX).contains(&name.len));
+                assert!(cycles.len <= mote_abi::SAMPLES_PER_CALL_MAX * 8);
+                vec![name, cycles]
+            }
             _ => vec![],
         };
         for buffer in buffers {

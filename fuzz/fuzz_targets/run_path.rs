@@ -20,6 +20,7 @@ const DEADLINE: Duration = Duration::from_millis(20);
 const HYPERCALL_LIMIT: u64 = 10_000;
 const OUTPUT_LIMIT: u64 = 64 * 1024;
 const CONSOLE_LIMIT: u64 = 64 * 1024;
+const SAMPLE_LIMIT: u64 = 10_000;
 
 /// The script guest's writable buffer, in bytes.
 const BUFFER_LEN: u64 = 64 * 1024;
@@ -58,6 +59,7 @@ fn config() -> RunConfig {
         .hypercall_limit(HYPERCALL_LIMIT)
         .output_limit(OUTPUT_LIMIT)
         .console_limit(CONSOLE_LIMIT)
+        .sample_limit(SAMPLE_LIMIT)
         .host_function("echo", Arc::new(|request: &[u8]| Ok(request.to_vec())))
         .host_function("fails", Arc::new(|_: &[u8]| Err("refused".into())))
 }
@@ -70,6 +72,7 @@ fuzz_target!(|script: &[u8]| {
         .unwrap_or_else(|e| panic!("the run ended in an error of mote's: {e}"));
     assert!(outcome.output.len() as u64 <= OUTPUT_LIMIT);
     assert!(outcome.console.len() as u64 <= CONSOLE_LIMIT);
+    assert!(outcome.samples.len() as u64 <= SAMPLE_LIMIT);
     if let Exit::Timeout { limit } = outcome.exit {
         assert_eq!(limit, DEADLINE);
     }
@@ -80,6 +83,10 @@ fuzz_target!(|script: &[u8]| {
         .run(config().input(rig.show_buffer.clone()))
         .unwrap_or_else(|e| panic!("the run after ended in an error of mote's: {e}"));
     assert_eq!(next.exit, Exit::Guest { code: 0 }, "the run after");
+    assert!(
+        next.samples.is_empty(),
+        "the run after saw this run's samples"
+    );
     assert!(
         next.output.len() as u64 == BUFFER_LEN && next.output.iter().all(|&b| b == 0),
         "the run after saw this run's writes"

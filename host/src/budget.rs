@@ -4,10 +4,10 @@
 //! and then up to its whole memory size. Two guests within their own limits could therefore
 //! take more than the machine (or the process's memory cgroup) has, and the kernel's OOM killer
 //! would end the whole process, every other guest with it. So every run is charged its worst
-//! case up front (its memory size, the output and console it may make mote hold, its input),
-//! and a run that would take the budget past its limit is refused, or waits, as the embedder
-//! chooses. What many runs share (a snapshot's memory) is charged once, for as long as it is
-//! held.
+//! case up front (its memory size, the output, console and timing samples it may make mote hold,
+//! its input), and a run that would take the budget past its limit is refused, or waits, as the
+//! embedder chooses. What many runs share (a snapshot's memory) is charged once, for as long as
+//! it is held.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 
 use mote_abi::{
     COM1_PORT, DEBUG_EXIT_PORT, HOST_FUNCTION_NAME_MAX, HYPERCALL_PORT, Hypercall, HypercallError,
-    note,
+    SAMPLE_NAME_MAX, SAMPLES_PER_CALL_MAX, note,
 };
 
 /// A port access, as KVM reports it.
@@ -90,6 +90,14 @@ pub enum Request {
     ReadyForInput,
     /// Nothing.
     Nop,
+    /// Record timing samples of one name.
+    Samples {
+        /// The name: 1 to `SAMPLE_NAME_MAX` bytes (UTF-8 is checked once it is read).
+        name: GuestBuffer,
+        /// The samples: an array of little-endian `u64`s, at most `SAMPLES_PER_CALL_MAX` of
+        /// them (8 bytes each).
+        cycles: GuestBuffer,
+    },
     /// End the run reporting a CPU exception.
     Exception {
         /// The exception vector.
@@ -200,6 +208,16 @@ fn decode_hypercall(size: usize, number: u32, a: [u64; 6]) -> Result<Request, Hy
         Hypercall::Ready => Request::Ready,
         Hypercall::ReadyForInput => Request::ReadyForInput,
         Hypercall::Nop => Request::Nop,
+        Hypercall::Samples => {
+            if !(1..=SAMPLE_NAME_MAX).contains(&a[1]) || a[3] > SAMPLES_PER_CALL_MAX {
+                return Err(HypercallError::InvalidArgument);
+            }
+            Request::Samples {
+                name: GuestBuffer::new(a[0], a[1])?,
+                // At most 8192 samples: 64 KiB, far from overflowing.
+                cycles: GuestBuffer::new(a[2], a[3] * 8)?,
+            }
+        }
         Hypercall::Exception => {
             let vector: u8 = small(a[0])?;
             if usize::from(vector) >= note::EXCEPTION_VECTORS {
@@ -275,6 +293,13 @@ mod tests {
 
         assert_eq!(call(Hypercall::Nop, a), Ok(Request::Nop));
         assert_eq!(
+            call(Hypercall::Samples, a),
+            Ok(Request::Samples {
+                name: buffer(0x1000, 5),
+                cycles: buffer(0x2000, 6 * 8)
+            })
+        );
+        assert_eq!(
             call(Hypercall::Exception, [14, 2, 0x1234, 0xdead, 0, 0]),
             Ok(Request::Exception {
                 vector: 14,
@@ -330,6 +355,44 @@ mod tests {
         assert_eq!(
             call(Hypercall::Exception, [32, 0, 0, 0, 0, 0]),
             Err(HypercallError::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn sample_calls_are_held_to_their_limits() {
+        let samples = |name_len: u64, cycles: u64, count: u64| {
+            call(Hypercall::Samples, [0x1000, name_len, cycles, count, 0, 0])
+        };
+        // Names of 1 to 64 bytes, up to 8192 samples; no samples at all is allowed.
+        assert_eq!(
+            samples(64, 0x2000, 8192),
+            Ok(Request::Samples {
+                name: buffer(0x1000, 64),
+                cycles: buffer(0x2000, 65536)
+            })
+        );
+        assert_eq!(
+            samples(1, 0x2000, 0),
+            Ok(Request::Samples {
+                name: buffer(0x1000, 1),
+                cycles: buffer(0x2000, 0)
+            })
+        );
+        for (name_len, count) in [(0, 1), (65, 1), (u64::MAX, 1), (4, 8193), (4, u64::MAX)] {
+            assert_eq!(
+                samples(name_len, 0x2000, count),
+                Err(HypercallError::InvalidArgument),
+                "{name_len} {count}"
+            );
+        }
+        // An array or a name that wraps around the address space.
+        assert_eq!(
+            samples(4, u64::MAX - 15, 4),
+            Err(HypercallError::BadAddress)
+        );
+        assert_eq!(
+            call(Hypercall::Samples, [u64::MAX - 1, 4, 0x2000, 1, 0, 0]),
+            Err(HypercallError::BadAddress)
         );
     }
 

@@ -55,6 +55,7 @@ mod outcome;
 mod pool;
 mod ram;
 mod reaper;
+mod samples;
 mod seccomp;
 mod serial;
 mod snapshot;
@@ -79,6 +80,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
 pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
+pub use samples::Sample;
 pub use seccomp::{restrict_process, restrict_run_thread};
 pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
@@ -226,8 +228,8 @@ pub enum Error {
         human_size(*limit)
     )]
     OverBudget {
-        /// What the run may take: its memory size and the output, console and input mote
-        /// holds for it.
+        /// What the run may take: its memory size and the output, console, timing samples and
+        /// input mote holds for it.
         needed: u64,
         /// What is free now.
         free: u64,
@@ -508,6 +510,7 @@ pub(crate) struct Limits {
     pub(crate) output_bytes: u64,
     pub(crate) input_bytes: u64,
     pub(crate) hypercalls: u64,
+    pub(crate) samples: u64,
 }
 
 /// How long a run may take unless told otherwise ([`RunConfig::timeout`],
@@ -524,6 +527,10 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
 /// The default input limit: 16 MiB.
 pub const DEFAULT_INPUT_LIMIT: u64 = 16 << 20;
 
+/// The default limit on timing samples per run ([`RunConfig::sample_limit`]): 1 Mi samples,
+/// 24 MiB of [`Sample`]s at most.
+pub const DEFAULT_SAMPLE_LIMIT: u64 = 1 << 20;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -532,6 +539,7 @@ impl Default for Limits {
             output_bytes: DEFAULT_OUTPUT_LIMIT,
             input_bytes: DEFAULT_INPUT_LIMIT,
             hypercalls: u64::MAX,
+            samples: DEFAULT_SAMPLE_LIMIT,
         }
     }
 }
@@ -599,12 +607,18 @@ impl RunConfig {
     }
 
     /// The most host memory a run of this configuration may take, with `memory_size` bytes of
-    /// guest memory: all of it written, and the output, console and input mote holds for it.
+    /// guest memory: all of it written, and the output, console, timing samples and input mote
+    /// holds for it.
     pub(crate) fn worst_case(&self, memory_size: u64) -> u64 {
         let input = self.input.as_ref().map_or(0, |input| input.len() as u64);
+        let samples = self
+            .limits
+            .samples
+            .saturating_mul(std::mem::size_of::<Sample>() as u64);
         memory_size
             .saturating_add(self.limits.output_bytes)
             .saturating_add(self.limits.console_bytes)
+            .saturating_add(samples)
             .saturating_add(input)
     }
 
@@ -733,6 +747,17 @@ impl RunConfig {
         self
     }
 
+    /// Stops the guest when it reports more than `count` timing samples in all (the `samples`
+    /// hypercall; outcome [`Exit::LimitExceeded`] with [`Limit::Samples`]); the samples it
+    /// reported before the call that passed the limit are kept. Every run may also report at
+    /// most 256 distinct names ([`Limit::SampleNames`]). Samples are held in host memory,
+    /// 24 bytes each, so the run is charged `count` × 24 bytes against the memory budget.
+    /// Default: [`DEFAULT_SAMPLE_LIMIT`].
+    pub fn sample_limit(mut self, count: u64) -> Self {
+        self.limits.samples = count;
+        self
+    }
+
     /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
@@ -852,9 +877,9 @@ impl Hypervisor {
 
     /// Sets the memory budget: how much host memory the guests of this hypervisor (and its
     /// clones and pools) may take together. Each run is charged its worst case before it
-    /// starts (its memory size, the output and console mote may hold for it, its input), a
-    /// snapshot its memory size for as long as it is held, and a pooled VM the pages it may
-    /// keep between runs; a run that would go past the budget is refused with
+    /// starts (its memory size, the output, console and timing samples mote may hold for it,
+    /// its input), a snapshot its memory size for as long as it is held, and a pooled VM the
+    /// pages it may keep between runs; a run that would go past the budget is refused with
     /// [`Error::OverBudget`], or waits for room ([`RunConfig::wait_for_memory`]). Default:
     /// three quarters of the machine's memory, or of this process's memory cgroup's limit if
     /// that is lower.
@@ -883,6 +908,21 @@ impl Hypervisor {
     /// cannot install the filter. Default: off.
     pub fn set_filtered_runs(&self, on: bool) {
         self.shared.filtered_runs.store(on, Ordering::Relaxed);
+    }
+
+    /// The TSC frequency mote tells its guests, in kHz (runtime note and CPUID leaf
+    /// `0x4000_0001`): the rate of a guest's TSC ticks, such as [`Sample::cycles`]. `None` when
+    /// KVM cannot say (guests are then told 0).
+    ///
+    /// KVM reports the frequency per vCPU; mote asks the first vCPU it makes and tells every
+    /// guest that. Before the first run, this makes a VM to ask (about a millisecond, once);
+    /// `None` too if that VM cannot be made.
+    pub fn tsc_khz(&self) -> Option<u64> {
+        let info = match self.shared.machine.get() {
+            Some(info) => info,
+            None => self.shared.learn_machine().ok()?,
+        };
+        (info.tsc_khz != 0).then_some(u64::from(info.tsc_khz))
     }
 
     /// Boots `image` in a fresh VM and runs it until it ends.
@@ -1006,6 +1046,7 @@ pub(crate) fn outcome(
             .framebuffer
             .filter(|_| screen)
             .map(|framebuffer| machine::screen(&vm.ram, &framebuffer)),
+        samples: finished.samples,
         stats: finished.stats,
     })
 }
@@ -1018,6 +1059,19 @@ impl Shared {
         }
         let info = vm::MachineInfo::new(&self.supported_cpuid, vcpu)?;
         Ok(self.machine.get_or_init(|| info))
+    }
+
+    /// What every vCPU gets, learnt from a VM made for the purpose: for a question asked before
+    /// any run made a vCPU.
+    fn learn_machine(&self) -> Result<&vm::MachineInfo, Error> {
+        let vm = self
+            .kvm
+            .create_vm()
+            .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| Error::kvm("KVM_CREATE_VCPU", e))?;
+        self.machine_info(&vcpu)
     }
 
     /// The MSRs a snapshot saves, learnt from `vcpu` the first time.
@@ -1060,12 +1114,16 @@ mod tests {
 
     #[test]
     fn every_run_has_finite_limits_unless_told_otherwise() {
-        let limits = RunConfig::default().limits;
+        let config = RunConfig::default();
+        let limits = config.limits;
         assert_eq!(limits.timeout, Some(DEFAULT_TIMEOUT));
         assert!(DEFAULT_TIMEOUT <= std::time::Duration::from_secs(60));
-        // The worst a default run holds in host memory is a small multiple of its RAM.
-        let held = DEFAULT_MEMORY_SIZE + limits.console_bytes + limits.output_bytes;
-        assert!(held <= 4 * DEFAULT_MEMORY_SIZE, "{held}");
+        // The worst a default run holds in host memory is a small multiple of its RAM: its
+        // memory, 1 MiB of console, 16 MiB of output, 24 MiB of timing samples.
+        let held = config.worst_case(DEFAULT_MEMORY_SIZE);
+        assert_eq!(held, DEFAULT_MEMORY_SIZE + (41 << 20));
+        assert!(held <= 8 * DEFAULT_MEMORY_SIZE, "{held}");
+        assert_eq!(std::mem::size_of::<Sample>(), 24);
         assert_eq!(limits.input_bytes, DEFAULT_INPUT_LIMIT);
         assert_eq!(RunConfig::default().no_timeout().limits.timeout, None);
     }

@@ -12,11 +12,12 @@ use crate::console::{self, Console};
 use crate::decode::{self, GuestBuffer, PortAccess, PortEvent, Request};
 use crate::guest_memory::{AddressSpace, read_virtual, write_virtual};
 use crate::ram::{GuestRam, HostWrites};
+use crate::samples::{self, SampleLog};
 use crate::serial::Serial;
 use crate::stop::{Attached, RunStop, StopReason, Watched};
 use crate::vm::{GuestFacts, Vm};
 use crate::watchdog::{self, Armed, Kickable};
-use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Screen, Shared, Stats};
+use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Sample, Screen, Shared, Stats};
 
 /// The guest's RFLAGS.IF bit.
 const RFLAGS_IF: u64 = 1 << 9;
@@ -44,6 +45,7 @@ pub(crate) struct Finished {
     pub(crate) end: End,
     pub(crate) console: Vec<u8>,
     pub(crate) output: Vec<u8>,
+    pub(crate) samples: Vec<Sample>,
     pub(crate) stats: Stats,
     pub(crate) serial: Serial,
 }
@@ -68,6 +70,7 @@ struct Machine<'a> {
     console: Console,
     console_bytes: u64,
     output: Vec<u8>,
+    samples: SampleLog,
     limits: Limits,
     host_functions: &'a HostFunctions,
     guest: &'a GuestFacts,
@@ -131,6 +134,7 @@ pub(crate) fn run(
         console,
         console_bytes: 0,
         output: Vec::new(),
+        samples: SampleLog::new(config.limits.samples),
         limits: config.limits,
         host_functions: &config.host_functions,
         guest,
@@ -149,6 +153,7 @@ pub(crate) fn run(
         serial,
         console,
         output,
+        samples,
         stats,
         ..
     } = machine;
@@ -161,6 +166,7 @@ pub(crate) fn run(
         end,
         console: console.finish(),
         output,
+        samples: samples.into_samples(),
         stats,
         serial,
     })
@@ -451,6 +457,10 @@ impl Machine<'_> {
                 Ok(result) => result,
                 Err(panicked) => return Served::Stop(panicked),
             },
+            Request::Samples { name, cycles } => match self.record_samples(name, cycles) {
+                Ok(result) => result,
+                Err(exceeded) => return Served::Stop(Exit::LimitExceeded(exceeded)),
+            },
             Request::Ready => {
                 self.mark_ready();
                 Ok(0)
@@ -516,6 +526,29 @@ impl Machine<'_> {
             &mut self.output,
         )?;
         Ok(buffer.len)
+    }
+
+    /// Records timing samples for the guest: its result for the guest, or the limit that ends
+    /// the run. A bad call is answered with its error before any limit is looked at: only
+    /// samples the guest could really report count.
+    fn record_samples(
+        &mut self,
+        name: GuestBuffer,
+        cycles: GuestBuffer,
+    ) -> Result<Result<u64, HypercallError>, Limit> {
+        let name = match self.read(name) {
+            Ok(name) => name,
+            Err(error) => return Ok(Err(error)),
+        };
+        let name = match samples::parse_name(&name) {
+            Ok(name) => name,
+            Err(error) => return Ok(Err(error)),
+        };
+        let cycles = match self.read(cycles) {
+            Ok(cycles) => cycles,
+            Err(error) => return Ok(Err(error)),
+        };
+        self.samples.record(name, &cycles).map(Ok)
     }
 
     fn random(&mut self, buffer: GuestBuffer) -> Result<u64, HypercallError> {

@@ -139,6 +139,11 @@ pub enum Limit {
     OutputBytes(u64),
     /// Hypercalls.
     Hypercalls(u64),
+    /// Timing samples reported ([`RunConfig::sample_limit`](crate::RunConfig::sample_limit)).
+    Samples(u64),
+    /// Distinct names of timing samples ([`mote_abi::SAMPLE_NAMES_MAX`], the same for every
+    /// run).
+    SampleNames(u64),
 }
 
 impl fmt::Display for Limit {
@@ -149,6 +154,8 @@ impl fmt::Display for Limit {
             }
             Limit::OutputBytes(n) => write!(f, "its output limit of {}", crate::human_size(*n)),
             Limit::Hypercalls(n) => write!(f, "its limit of {n} hypercalls"),
+            Limit::Samples(n) => write!(f, "its limit of {n} timing samples"),
+            Limit::SampleNames(n) => write!(f, "its limit of {n} timing-sample names"),
         }
     }
 }
@@ -176,7 +183,8 @@ pub enum Class {
     /// The guest crashed: a panic, a CPU exception, a triple fault, an access to nothing, an
     /// instruction KVM cannot run, a halt nothing can wake.
     GuestFault,
-    /// The guest used up one of the run's limits (console, output, hypercalls).
+    /// The guest used up one of the run's limits (console, output, hypercalls, timing
+    /// samples).
     Limit,
     /// The run reached its deadline.
     Timeout,
@@ -498,6 +506,11 @@ pub struct Outcome {
     pub output: Vec<u8>,
     /// The framebuffer's contents at the end of the run, if the run had one.
     pub framebuffer: Option<Screen>,
+    /// The timing samples the guest reported (the `samples` hypercall, `mote_guest::bench`),
+    /// in the order it reported them: call by call, each call's samples in its order. Only
+    /// this run's: a run restored from a snapshot or on a pool starts with none. A run that
+    /// passed a sample limit keeps those it reported before the call that passed it.
+    pub samples: Vec<crate::Sample>,
     /// What it cost.
     pub stats: Stats,
 }

@@ -108,7 +108,13 @@ fn fail(e: seccompiler::BackendError) -> Error {
 /// `clone3` passes its flags in memory, where a filter cannot look, so a second program makes
 /// it fail with `ENOSYS`: the C library then starts threads with `clone`, whose flags the first
 /// program checks. (Of two programs the kernel takes the stricter answer, so `clone3` must be
-/// allowed by the first for the second's `ENOSYS` to be the answer.)
+/// allowed by the main program for the second's `ENOSYS` to be the answer.)
+///
+/// `openat` fails with `EACCES` the same way, through a third program, rather than trap: glibc's
+/// allocator opens `/proc/sys/vm/overcommit_memory` once per process, the first time a thread's
+/// heap gives memory back to the kernel, and goes on without it if the open fails (seen: a
+/// `mote serve` worker was stopped there once a change moved its allocations a little). No
+/// file is opened either way.
 fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
@@ -127,6 +133,8 @@ fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Err
         libc::SYS_clone,
         vec![SeccompRule::new(vec![thread]).map_err(fail)?],
     );
+    // Answered by the `refuse_open` program below.
+    rules.insert(libc::SYS_openat, Vec::new());
     // Closing a descriptor first asks whether it is open (the standard library checks, to
     // catch a descriptor closed twice): that, sealing a snapshot's memfd where asked, and
     // nothing else fcntl does.
@@ -180,10 +188,18 @@ fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Err
         TargetArch::x86_64,
     )
     .map_err(fail)?;
+    let refuse_open = SeccompFilter::new(
+        [(libc::SYS_openat, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(fail)?;
     // Installing a program takes a `prctl` first, which the main program may not allow: it
     // goes last.
     Ok(vec![
         BpfProgram::try_from(clone3).map_err(fail)?,
+        BpfProgram::try_from(refuse_open).map_err(fail)?,
         BpfProgram::try_from(filter).map_err(fail)?,
     ])
 }

@@ -319,6 +319,7 @@ pub(crate) fn capture(
             console: finished.console,
             output: finished.output,
             framebuffer: None,
+            samples: finished.samples,
             stats: finished.stats,
         };
         shared.dispose(Box::new(vm));

@@ -32,6 +32,14 @@ pub const OUTPUT_LIMIT: u64 = 16 << 20;
 /// counted against the memory limit as mote counts any run's).
 pub const CONSOLE_LIMIT: u64 = 1 << 20;
 
+/// The timing samples a container's guest may report (`mote_guest::bench`). The shim passes
+/// them nowhere, but mote holds them until the run ends, so they count against the memory
+/// limit (24 bytes each: 1.5 MiB); a guest that reports more is stopped as past a limit.
+pub const SAMPLE_LIMIT: u64 = 64 * 1024;
+
+/// Host memory the guest's timing samples may take.
+const SAMPLES_HELD: u64 = SAMPLE_LIMIT * std::mem::size_of::<mote_host::Sample>() as u64;
+
 /// The input a container's guest may be given on stdin, at most.
 pub const INPUT_LIMIT: u64 = mote_host::DEFAULT_INPUT_LIMIT;
 
@@ -102,15 +110,17 @@ fn now() -> Timestamp {
 /// into the guest, comes out of the guest's share when the container starts.
 pub fn split_memory(limit: u64) -> Result<(u64, u64), String> {
     let output = OUTPUT_LIMIT.min(limit / 4);
-    let guest = limit.saturating_sub(OVERHEAD + output + CONSOLE_LIMIT) & !0xFFF;
+    let guest = limit.saturating_sub(OVERHEAD + output + CONSOLE_LIMIT + SAMPLES_HELD) & !0xFFF;
     if guest < 2 << 20 {
         return Err(format!(
             "the container's memory limit of {} leaves no room for a guest: mote keeps {} for \
-             itself and KVM, {} for the console and a quarter of the limit (at most {}) for the \
-             guest's output, and a guest needs at least 2 MiB; raise the limit",
+             itself and KVM, {} for the console, {} for timing samples and a quarter of the limit \
+             (at most {}) for the guest's output, and a guest needs at least 2 MiB; raise the \
+             limit",
             mote_host::human_size(limit),
             mote_host::human_size(OVERHEAD),
             mote_host::human_size(CONSOLE_LIMIT),
+            mote_host::human_size(SAMPLES_HELD),
             mote_host::human_size(OUTPUT_LIMIT)
         ));
     }
@@ -340,6 +350,7 @@ impl Container {
             .input_limit(INPUT_LIMIT)
             .console_limit(CONSOLE_LIMIT)
             .output_limit(self.output_limit)
+            .sample_limit(SAMPLE_LIMIT)
             .console_to(console)
             .cancel_token(self.cancel.clone())
             .input(input);
@@ -522,10 +533,13 @@ mod tests {
     fn a_memory_limit_is_split_between_mote_and_the_guest() {
         let (guest, output) = split_memory(128 << 20).unwrap();
         assert_eq!(output, 16 << 20);
-        assert_eq!(guest, (128 << 20) - OVERHEAD - (16 << 20) - CONSOLE_LIMIT);
+        assert_eq!(
+            guest,
+            (128 << 20) - OVERHEAD - (16 << 20) - CONSOLE_LIMIT - (1536 << 10)
+        );
         let (guest, output) = split_memory(32 << 20).unwrap();
         assert_eq!(output, 8 << 20);
-        assert_eq!(guest, 7 << 20);
+        assert_eq!(guest, 5632 << 10);
         let refused = split_memory(16 << 20).unwrap_err();
         assert!(refused.contains("raise the limit"), "{refused}");
     }

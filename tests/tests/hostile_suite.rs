@@ -79,8 +79,10 @@ fn cases() -> Vec<Case> {
     vec![
         // Bad hypercall arguments: each answered with its error, the run goes on.
         Case {
-            name: "unknown call",
-            script: script().call_width(11, 4, [0; 6]).result(),
+            name: "unknown call, the first number past the calls",
+            script: script()
+                .call_width(Hypercall::ALL.len() as u32, 4, [0; 6])
+                .result(),
             config: default,
             expect: Expect::Results(vec![bad(UnknownCall)]),
         },
@@ -187,6 +189,43 @@ fn cases() -> Vec<Case> {
                 .ask(H::HostCall, [BUFFER, 4, BUFFER, (1 << 20) + 1, BUFFER, 8]),
             config: with_host_function,
             expect: Expect::Results(vec![bad(InvalidArgument)]),
+        },
+        // Timing samples: the buffer's zeros make a name (NUL is UTF-8) and 8192 samples.
+        Case {
+            name: "samples named by an unmapped page",
+            script: script().ask(H::Samples, [0x10, 4, BUFFER, 1, 0, 0]),
+            config: default,
+            expect: Expect::Results(vec![bad(BadAddress)]),
+        },
+        Case {
+            name: "samples from mote's own page",
+            script: script().ask(H::Samples, [BUFFER, 4, KERNEL_PAGE, 1, 0, 0]),
+            config: default,
+            expect: Expect::Results(vec![bad(BadAddress)]),
+        },
+        Case {
+            name: "sample name of 64 bytes, then 65",
+            script: script()
+                .ask(H::Samples, [BUFFER, 64, BUFFER, 1, 0, 0])
+                .ask(H::Samples, [BUFFER, 65, BUFFER, 1, 0, 0]),
+            config: default,
+            expect: Expect::Results(vec![Ok(1), bad(InvalidArgument)]),
+        },
+        Case {
+            name: "sample name that is not UTF-8",
+            script: script()
+                .write(BUFFER, 0xFF)
+                .ask(H::Samples, [BUFFER, 4, BUFFER, 1, 0, 0]),
+            config: default,
+            expect: Expect::Results(vec![bad(InvalidArgument)]),
+        },
+        Case {
+            name: "8192 samples in one call, then 8193",
+            script: script()
+                .ask(H::Samples, [BUFFER, 4, BUFFER, 8192, 0, 0])
+                .ask(H::Samples, [BUFFER, 4, BUFFER, 8193, 0, 0]),
+            config: default,
+            expect: Expect::Results(vec![Ok(8192), bad(InvalidArgument)]),
         },
         Case {
             name: "host-call reply into read-only memory",
@@ -447,6 +486,20 @@ fn cases() -> Vec<Case> {
             script: script().call(H::ConsoleWrite, args(BUFFER, 100)),
             config: || default().console_limit(99),
             expect: Expect::Exit(Exit::LimitExceeded(Limit::ConsoleBytes(99))),
+        },
+        Case {
+            name: "100 samples under a limit of 100",
+            script: script().call(H::Samples, [BUFFER, 4, BUFFER, 100, 0, 0]),
+            config: || default().sample_limit(100),
+            expect: Expect::Matches(|o| {
+                o.exit == Exit::Guest { code: 0 } && o.samples.len() == 100
+            }),
+        },
+        Case {
+            name: "100 samples under a limit of 99",
+            script: script().call(H::Samples, [BUFFER, 4, BUFFER, 100, 0, 0]),
+            config: || default().sample_limit(99),
+            expect: Expect::Exit(Exit::LimitExceeded(Limit::Samples(99))),
         },
         Case {
             name: "a spin past its deadline",

@@ -86,6 +86,20 @@ fn binary_output_comes_back_byte_for_byte_and_the_console_goes_to_stderr() {
     assert_eq!(code, Some(0));
     assert!(stderr.contains("Hello from a mote guest!"), "{stderr}");
     assert_eq!(report["output"]["bytes"], 0);
+    assert_eq!(report["samples"]["count"], 0);
+}
+
+#[test]
+fn a_run_says_how_many_timing_samples_its_guest_reported() {
+    let (code, report, stderr) = run_json("hashbench", &["-q"], b"");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["samples"]["count"], 2000);
+
+    let (code, report, _) = run_json("samples-hostile", &["--input", "-"], b"name-flood");
+    assert_eq!(code, Some(i32::from(exit_status::LIMIT)));
+    assert_eq!(report["exit"]["limit"]["name"], "sample_names");
+    assert_eq!(report["exit"]["limit"]["value"], 256);
+    assert_eq!(report["samples"]["count"], 256);
 }
 
 #[test]
@@ -165,6 +179,7 @@ fn errors_before_the_run_are_json_of_the_same_shape() {
     assert_eq!(report["error"]["class"], "usage");
     assert_eq!(report["exit"], Value::Null);
     assert_eq!(report["output"], Value::Null);
+    assert_eq!(report["samples"], Value::Null);
     // The cause is said once.
     let message = report["error"]["message"].as_str().unwrap();
     assert_eq!(

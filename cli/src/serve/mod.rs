@@ -586,6 +586,7 @@ fn outcome_response(function: &Function, outcome: &Outcome) -> Response {
             "guest": function.name,
             "exit": exit,
             "output": report::output(&outcome.output, None),
+            "samples": report::samples(&outcome.samples),
             "stats": report::stats(&outcome.stats),
         }),
     );

@@ -97,6 +97,21 @@ pub fn host_call(name: &str, request: &[u8], response: &mut [u8]) -> Result<usiz
     call(Hypercall::HostCall, args).map(|n| n as usize)
 }
 
+/// Hands the host timing samples of one name: `name` is 1 to [`mote_abi::SAMPLE_NAME_MAX`]
+/// bytes, `cycles` at most [`mote_abi::SAMPLES_PER_CALL_MAX`] TSC tick counts. Returns how many
+/// the host took (all of them). [`bench`](crate::bench) buffers samples and makes this call.
+pub fn samples(name: &str, cycles: &[u64]) -> Result<u64, HypercallError> {
+    let args = [
+        name.as_ptr() as u64,
+        name.len() as u64,
+        cycles.as_ptr() as u64,
+        cycles.len() as u64,
+        0,
+        0,
+    ];
+    call(Hypercall::Samples, args)
+}
+
 /// Tells the host the guest finished initialising (the bare marker of ABI v1; the runtime
 /// makes [`ready_for_input`] instead, which also counts).
 pub fn ready() {

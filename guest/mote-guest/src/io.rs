@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use mote_abi::{HypercallError, RunStart};
 use spin::Once;
 
-use crate::{console, hypercall, platform};
+use crate::{bench, console, hypercall, platform};
 
 /// Where the loader mapped the ramdisk, and its length: the input of a cold run, or the empty
 /// input window of a snapshot's guest.
@@ -45,7 +45,9 @@ pub(crate) fn start_run() {
         INPUT.call_once(|| ramdisk(len));
         return;
     }
-    // Text buffered during initialisation belongs to the boot, not to every restored run.
+    // Text and samples buffered during initialisation belong to the boot, not to every
+    // restored run.
+    bench::flush();
     console::flush();
     let start = hypercall::ready_for_input();
     RUN_START.call_once(|| start);

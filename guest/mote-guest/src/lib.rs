@@ -4,7 +4,8 @@
 //! point ([`entry!`]), [`print!`] and [`println!`], a heap (so `alloc` works), a panic handler that
 //! reports the message and location and exits non-zero, handlers for every CPU exception,
 //! [`exit`], and what a function needs: its [`input`], its [`output`], [`time`],
-//! [`random_bytes`] and [`host_call`].
+//! [`random_bytes`] and [`host_call`]; and for benchmarks, named timing samples for the host
+//! ([`bench`](mod@crate::bench)).
 //!
 //! Under mote the guest runs in user mode (CPL3): the runtime carries a note that asks mote to
 //! build the privileged state, so no privileged instruction runs on the start path and the
@@ -29,6 +30,7 @@
 
 extern crate alloc;
 
+pub mod bench;
 pub mod console;
 mod exceptions;
 mod heap;
@@ -61,8 +63,9 @@ pub const BOOT_CONFIG: bootloader_api::BootloaderConfig = {
 ///
 /// `main` returns `()`, a `u32` exit code or a `Result<(), E>` with `E: Debug`; see
 /// [`Termination`]. The runtime sets up the console and the heap, runs `init` if there is one,
-/// tells mote the guest is ready for its input, calls `main`, flushes the console and exits
-/// with `main`'s code.
+/// tells mote the guest is ready for its input, calls `main`, hands the host the timing samples
+/// still buffered ([`bench`](mod@crate::bench)), flushes the console and exits with `main`'s
+/// code.
 ///
 /// mote can snapshot a guest at the moment it is ready for input and restore that snapshot
 /// for each run (`mote snapshot`, `Hypervisor::snapshot`, pools): whatever `init` builds (a

@@ -2,7 +2,7 @@
 
 use core::fmt::{self, Debug, Write};
 
-use crate::{console, exceptions, heap, hypercall, io, platform, println, time};
+use crate::{bench, console, exceptions, heap, hypercall, io, platform, println, time};
 
 /// What `main` may return; turned into the guest's exit code.
 pub trait Termination {
@@ -65,8 +65,10 @@ pub fn start<S>(
     exit(code)
 }
 
-/// Flushes the console and ends the guest with `code`.
+/// Hands the host the timing samples still buffered ([`bench`](mod@crate::bench)), flushes the
+/// console and ends the guest with `code`.
 pub fn exit(code: u32) -> ! {
+    bench::flush();
     console::flush();
     if platform::under_mote() {
         hypercall::exit(code)

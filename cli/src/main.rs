@@ -93,6 +93,16 @@ enum Command {
     /// failure). Also `GET /healthz` and `GET /metrics` (Prometheus). SIGTERM or Ctrl-C stops
     /// accepting and lets the calls in flight finish (see docs/serve.md).
     Serve(serve::ServeArgs),
+    /// Benchmark guests: run each many times, collect the samples they report
+    /// (`mote_guest::bench`) and mote's own figures, and report statistics, comparisons,
+    /// JSON, CSV and plots.
+    ///
+    /// Runs of several guests interleave in a random order, and each guest after the first is
+    /// compared with the first (or with --baseline): faster, slower or no change, with a
+    /// confidence interval and a p-value. Intervals resample whole runs, since the samples of
+    /// one run are not independent. See docs/bench.md.
+    #[command(after_help = EXIT_CODES)]
+    Bench(bench::BenchArgs),
     /// Package a guest kernel as an OCI image (an image-layout tar, no registry needed) for
     /// containerd and Kubernetes, run by `containerd-shim-mote-v1` (see docs/kubernetes.md).
     Package(package::PackageArgs),
@@ -218,6 +228,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(&args.guest, args.json),
         Command::Serve(args) => serve::serve(&args),
         Command::Package(args) => package::package(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
 
@@ -235,7 +246,7 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         .find(|arg| !arg.starts_with('-'))
         .unwrap_or_default();
     if std::env::args().any(|arg| arg == "--json")
-        && ["run", "snapshot", "inspect", "package"].contains(&command.as_str())
+        && ["run", "snapshot", "inspect", "package", "bench"].contains(&command.as_str())
     {
         let message = error.kind().as_str().map_or_else(
             || error.to_string().trim().to_owned(),

@@ -43,6 +43,8 @@ const COMMON: &[i64] = &[
     libc::SYS_nanosleep,
     libc::SYS_clock_nanosleep,
     libc::SYS_clock_gettime,
+    // A thread's own CPU use: `mote bench` counts the vCPU thread's preemptions around a run.
+    libc::SYS_getrusage,
     libc::SYS_getpid,
     libc::SYS_gettid,
     libc::SYS_close,

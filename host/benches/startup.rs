@@ -68,8 +68,24 @@
 //!   for a free connection or in the server's queue counts; `_achieved_per_s`: answers per
 //!   second over the phase; `_client_cores`, `_server_cores` as above.
 //!
+//! The benchmark rig, `mote_guest::bench` (`docs/abi.md`, Timing samples):
+//! - `bench_measure_overhead_cycles`: what an empty `bench::measure` costs inside a guest, in
+//!   TSC ticks: the calibrated overhead that `measure` takes off every sample (`bench-spread`'s
+//!   `overhead` sample; the median over its runs). `bench_empty_measure_cycles`: the median of
+//!   its `empty` samples, empty measurements with that overhead taken off, in ticks (about 0).
+//! - `bench_spread_cv_mote`, `bench_spread_cv_native`: the run-to-run spread of a fixed
+//!   workload timed with `bench::measure`'s harness, in percent: the coefficient of variation
+//!   (standard deviation over mean) of the runs' medians. Under mote, `bench-spread` runs 30
+//!   times, each timing the compute workload (40,000 rounds, about 71 µs) 100 times; natively,
+//!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
+//!   calibration), the runs of the two alternating. `_unpreempted`: over the runs whose thread
+//!   had no involuntary context switch (`getrusage`; left out with fewer than two such runs),
+//!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
+//!   preemption by the machine under it, if any, is not counted. `bench_spread_vs_native`:
+//!   `bench_spread_cv_mote` / `bench_spread_cv_native` (goal: mote adds no spread).
+//!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
-//! alike; ratios are of medians measured in this same run.
+//! alike; ratios are of medians (`bench_spread_vs_native`: of spreads) measured in this same run.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -99,6 +115,16 @@ const CONCURRENT_THREADS: usize = 64;
 const HELD_GUESTS: usize = 1000;
 /// Rounds of the compute workload: long enough that start-up noise does not matter.
 const COMPUTE_ROUNDS: u64 = 10_000_000;
+/// Runs of `bench-spread` under mote, and as many native runs of the same timings.
+const SPREAD_RUNS: usize = 30;
+/// Rounds of the compute workload per `bench-spread` timing: about 71 µs on this project's
+/// machines (1.8 ns a round), long enough that the fences' jitter is nothing, short enough
+/// that a run of 100 is over in under 10 ms.
+const SPREAD_ROUNDS: u64 = 40_000;
+/// Empty measurements per run (`bench-spread`'s, and the calibration's on both sides).
+const SPREAD_EMPTY: usize = 1000;
+/// Timings of the workload per run, as `bench-spread` takes.
+const SPREAD_COMPUTE: usize = 100;
 /// Restore-floor cycles and warm calls of each kind per round of the exit loop.
 const WARM_SAMPLES_PER_ROUND: usize = 25;
 /// The restore floors: (figure, pages written per cycle). The first must write none.
@@ -498,6 +524,98 @@ mod compute {
         env!("CARGO_MANIFEST_DIR"),
         "/../guest/bench/src/compute.rs"
     ));
+}
+
+/// `mote_guest::bench::measure`'s timing harness, for native timings. This mirrors
+/// `guest/mote-guest/src/bench.rs` (a `no_std` guest crate, which cannot be linked into the
+/// host): the same fences, the same fallback without RDTSCP, the same calibration. Keep the two
+/// alike.
+struct TscHarness {
+    rdtscp: bool,
+    /// The fewest ticks of `SPREAD_EMPTY` empty measurements, taken off every measurement.
+    overhead: u64,
+}
+
+impl TscHarness {
+    /// Decides on RDTSCP and measures the overhead, as the guest's first `measure` does.
+    fn calibrate() -> Self {
+        // CPUID leaf 0x8000_0001, EDX bit 27: RDTSCP.
+        let rdtscp = std::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0;
+        let mut harness = Self {
+            rdtscp,
+            overhead: 0,
+        };
+        harness.overhead = (0..SPREAD_EMPTY)
+            .map(|_| harness.measure(|| ()).0)
+            .min()
+            .unwrap_or(0);
+        harness
+    }
+
+    /// Times `f`: (TSC ticks less the overhead, what `f` returned).
+    #[inline]
+    fn measure<R>(&self, f: impl FnOnce() -> R) -> (u64, R) {
+        let start = tsc_start();
+        let result = std::hint::black_box(f());
+        let end = self.tsc_end();
+        (
+            end.saturating_sub(start).saturating_sub(self.overhead),
+            result,
+        )
+    }
+
+    /// `rdtscp; lfence`, or without RDTSCP what `tsc_start` does.
+    #[inline(always)]
+    fn tsc_end(&self) -> u64 {
+        if !self.rdtscp {
+            return tsc_start();
+        }
+        let mut processor = 0u32;
+        // SAFETY: RDTSCP only reads the TSC and IA32_TSC_AUX into `processor`, a local; CPUID
+        // said the CPU has it.
+        let ticks = unsafe { std::arch::x86_64::__rdtscp(&mut processor) };
+        lfence();
+        ticks
+    }
+}
+
+/// `lfence; rdtsc; lfence`.
+#[inline(always)]
+fn tsc_start() -> u64 {
+    lfence();
+    // SAFETY: RDTSC only reads the TSC, which Linux lets user space read.
+    let ticks = unsafe { std::arch::x86_64::_rdtsc() };
+    lfence();
+    ticks
+}
+
+/// LFENCE: later instructions start only once every earlier one has finished.
+#[inline(always)]
+fn lfence() {
+    // SAFETY: LFENCE only orders instructions; it touches no memory or register.
+    unsafe { std::arch::asm!("lfence", options(nostack, preserves_flags)) };
+}
+
+/// The host's TSC rate in kHz, counted against the monotonic clock over 20 ms.
+fn host_tsc_khz() -> f64 {
+    let (clock, ticks) = (Instant::now(), tsc_start());
+    while clock.elapsed() < Duration::from_millis(20) {
+        std::hint::spin_loop();
+    }
+    let (ticks, elapsed) = (tsc_start() - ticks, clock.elapsed());
+    ticks as f64 / elapsed.as_secs_f64() / 1000.0
+}
+
+/// How many times the calling thread has been preempted (involuntary context switches).
+fn involuntary_switches() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` where it is pointed, which has room for it;
+    // RUSAGE_THREAD reads the calling thread's own counters.
+    let done = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(done, 0, "getrusage: {}", std::io::Error::last_os_error());
+    // SAFETY: getrusage succeeded, so it wrote the struct (which was zeroed before anyway).
+    let usage = unsafe { usage.assume_init() };
+    u64::try_from(usage.ru_nivcsw).unwrap_or(0)
 }
 
 /// What reading hypercall arguments from a 48-byte block at a guest-virtual address would add
@@ -1305,6 +1423,171 @@ fn serve_figures(values: &mut BTreeMap<String, f64>, mote_bin: &Path, echo: &Pat
     }
 }
 
+/// One run of the spread figures: the median of its `compute` timings, in TSC ticks, and how
+/// often its thread was preempted while it ran.
+struct SpreadRun {
+    median: u64,
+    /// Involuntary context switches of the thread during the run.
+    switches: u64,
+}
+
+impl SpreadRun {
+    fn preempted(&self) -> bool {
+        self.switches > 0
+    }
+}
+
+/// The coefficient of variation of the runs' medians, in percent: the sample standard
+/// deviation over the mean. `None` for fewer than two runs.
+fn spread_cv_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f64> {
+    let medians: Vec<f64> = runs.map(|run| run.median as f64).collect();
+    if medians.len() < 2 {
+        return None;
+    }
+    let count = medians.len() as f64;
+    let mean = medians.iter().sum::<f64>() / count;
+    let variance = medians.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (count - 1.0);
+    Some(100.0 * variance.sqrt() / mean)
+}
+
+/// The cost of `mote_guest::bench::measure` and the run-to-run spread of a fixed workload timed
+/// with it, under mote (`bench-spread`) and natively (`TscHarness`), into `values`: the
+/// `bench_*` figures. Runs of the two alternate, all on this thread.
+fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, guest_dir: &Path) {
+    // The guest and the host compute the same checksum (`bench-spread` itself reports none).
+    let expected = compute::workload(SPREAD_ROUNDS);
+    let compute_guest =
+        GuestImage::from_file(guest_dir.join("bench-compute")).expect("bench-compute");
+    let seen = bench_guest(hypervisor, &compute_guest, &SPREAD_ROUNDS.to_string());
+    assert_eq!(
+        seen["result"],
+        expected.to_string(),
+        "guest and host disagree"
+    );
+
+    let image = GuestImage::from_file(guest_dir.join("bench-spread")).expect("bench-spread");
+    let input = SPREAD_ROUNDS.to_string().into_bytes();
+    let mut overheads = Vec::new();
+    let mut empties = Vec::new();
+    let mote_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
+        let before = involuntary_switches();
+        let outcome = hypervisor
+            .run(&image, RunConfig::default().input(input.clone()))
+            .unwrap();
+        let switches = involuntary_switches() - before;
+        assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "bench-spread failed");
+        let of = |name: &str| -> Vec<u64> {
+            outcome
+                .samples
+                .iter()
+                .filter(|sample| &*sample.name == name)
+                .map(|sample| sample.cycles)
+                .collect()
+        };
+        let (overhead, empty, compute) = (of("overhead"), of("empty"), of("compute"));
+        assert_eq!(overhead.len(), 1, "bench-spread's overhead samples");
+        assert_eq!(empty.len(), SPREAD_EMPTY, "bench-spread's empty samples");
+        assert_eq!(
+            compute.len(),
+            SPREAD_COMPUTE,
+            "bench-spread's compute samples"
+        );
+        overheads.extend(overhead);
+        empties.extend(empty);
+        SpreadRun {
+            median: median_count(&compute),
+            switches,
+        }
+    };
+    let mut native_overheads = Vec::new();
+    let mut native_empties = Vec::new();
+    // What `bench-spread` does, natively: calibrate, measure nothing, time the workload.
+    let native_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
+        let before = involuntary_switches();
+        let harness = TscHarness::calibrate();
+        for _ in 0..SPREAD_EMPTY {
+            empties.push(harness.measure(|| ()).0);
+        }
+        let mut compute = Vec::with_capacity(SPREAD_COMPUTE);
+        for _ in 0..SPREAD_COMPUTE {
+            let (ticks, checksum) =
+                harness.measure(|| compute::workload(std::hint::black_box(SPREAD_ROUNDS)));
+            assert_eq!(checksum, expected, "the native workload's checksum");
+            compute.push(ticks);
+        }
+        let switches = involuntary_switches() - before;
+        overheads.push(harness.overhead);
+        SpreadRun {
+            median: median_count(&compute),
+            switches,
+        }
+    };
+    // One uncounted run of each: page in the image and the code.
+    mote_run(&mut Vec::new(), &mut Vec::new());
+    native_run(&mut Vec::new(), &mut Vec::new());
+    let (mut mote, mut native) = (Vec::new(), Vec::new());
+    for _ in 0..SPREAD_RUNS {
+        mote.push(mote_run(&mut overheads, &mut empties));
+        native.push(native_run(&mut native_overheads, &mut native_empties));
+    }
+
+    values.insert(
+        "bench_measure_overhead_cycles".into(),
+        median_count(&overheads) as f64,
+    );
+    values.insert(
+        "bench_empty_measure_cycles".into(),
+        median_count(&empties) as f64,
+    );
+    for (kind, runs) in [("mote", &mote), ("native", &native)] {
+        let preempted = runs.iter().filter(|run| run.preempted()).count();
+        values.insert(
+            format!("bench_spread_preempted_runs_{kind}"),
+            preempted as f64,
+        );
+        if let Some(cv) = spread_cv_percent(runs.iter()) {
+            values.insert(format!("bench_spread_cv_{kind}"), cv);
+        }
+        if let Some(cv) = spread_cv_percent(runs.iter().filter(|run| !run.preempted())) {
+            values.insert(format!("bench_spread_cv_{kind}_unpreempted"), cv);
+        }
+    }
+
+    // What one sample took, in time: the guest's ticks at the rate mote tells it, the host's
+    // at the rate counted here.
+    let median_of_medians = |runs: &[SpreadRun]| {
+        median_count(&runs.iter().map(|run| run.median).collect::<Vec<_>>()) as f64
+    };
+    let host_khz = host_tsc_khz();
+    let guest_khz = hypervisor.tsc_khz().map_or(host_khz, |khz| khz as f64);
+    println!(
+        "bench-spread: {SPREAD_ROUNDS} rounds a sample took {:.1} µs under mote (TSC {guest_khz:.0} \
+         kHz), {:.1} µs natively (TSC {host_khz:.0} kHz); an empty measurement costs {} ticks \
+         under mote, {} natively (median {} after that is taken off)",
+        median_of_medians(&mote) * 1e3 / guest_khz,
+        median_of_medians(&native) * 1e3 / host_khz,
+        median_count(&overheads),
+        median_count(&native_overheads),
+        median_count(&native_empties),
+    );
+    for (kind, runs) in [("mote", &mote), ("native", &native)] {
+        let medians: Vec<String> = runs
+            .iter()
+            .map(|run| match run.switches {
+                0 => run.median.to_string(),
+                switches => format!("{}*{switches}", run.median),
+            })
+            .collect();
+        let unpreempted = runs.iter().filter(|run| !run.preempted()).count();
+        println!(
+            "bench-spread, {kind}: run medians in ticks (*n: preempted n times; {unpreempted} of \
+             {} runs not preempted): {}",
+            runs.len(),
+            medians.join(" ")
+        );
+    }
+}
+
 /// A ratio's goal.
 #[derive(Clone, Copy)]
 enum Goal {
@@ -1642,6 +1925,8 @@ fn main() {
 
     // Throughput and density, beside the raw floor doing the same.
     let mut values: BTreeMap<String, f64> = BTreeMap::new();
+    // The benchmark rig's own figures first, while the machine is otherwise quiet.
+    spread_figures(&mut values, &hypervisor, guest.parent().unwrap());
     let floor_run = || {
         kvm_floor(&kvm, true);
     };
@@ -1754,6 +2039,11 @@ fn main() {
             Some(Goal::AtMost(1.2)),
         ),
         (
+            "bench_spread_vs_native".into(),
+            values["bench_spread_cv_mote"] / values["bench_spread_cv_native"],
+            Some(Goal::AtMost(1.0)),
+        ),
+        (
             "seq_runs_floor_vs_mote".into(),
             values["kvm_floor_seq_runs_per_s"] / values["mote_seq_runs_per_s"],
             None,
@@ -1825,7 +2115,12 @@ fn main() {
     }
     println!();
     for (name, value) in &values {
-        let digits = if value.abs() < 100.0 { 3 } else { 1 };
+        // Small values (the spread figures, in percent) keep more digits.
+        let digits = match value.abs() {
+            v if v >= 100.0 => 1,
+            v if v >= 0.1 || v == 0.0 => 3,
+            _ => 5,
+        };
         println!("{name:<36} {value:>12.digits$}");
     }
     println!();

@@ -78,7 +78,8 @@
 //!   (standard deviation over mean) of the runs' medians. Under mote, `bench-spread` runs 30
 //!   times, each timing the compute workload (40,000 rounds, about 71 µs) 100 times; natively,
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
-//!   calibration), the runs of the two alternating. `_unpreempted`: over the runs whose thread
+//!   calibration), the runs of the two alternating, both on the machine's last CPU.
+//!   `_unpreempted`: over the runs whose thread
 //!   had no involuntary context switch (`getrusage`; left out with fewer than two such runs),
 //!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
 //!   preemption by the machine under it, if any, is not counted. `bench_spread_vs_native`:
@@ -607,6 +608,40 @@ fn host_tsc_khz() -> f64 {
 }
 
 /// How many times the calling thread has been preempted (involuntary context switches).
+/// Pins the calling thread to the machine's last CPU while it lives, then gives it back every
+/// CPU it could use before.
+struct PinnedToLastCpu(libc::cpu_set_t);
+
+impl PinnedToLastCpu {
+    fn new() -> Self {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+        // SAFETY: both sets are plain bit sets of `size` bytes, zeroed before use; the CPU
+        // index is below the machine's count and so below CPU_SETSIZE; pid 0 is this thread.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            assert_eq!(
+                libc::sched_setaffinity(0, size, &one),
+                0,
+                "pinning to CPU {cpu}"
+            );
+            Self(before)
+        }
+    }
+}
+
+impl Drop for PinnedToLastCpu {
+    fn drop(&mut self) {
+        // SAFETY: the set was filled by sched_getaffinity and is `size_of::<cpu_set_t>()` bytes.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+        }
+    }
+}
+
 fn involuntary_switches() -> u64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one `rusage` where it is pointed, which has room for it;
@@ -1454,6 +1489,9 @@ fn spread_cv_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f6
 /// with it, under mote (`bench-spread`) and natively (`TscHarness`), into `values`: the
 /// `bench_*` figures. Runs of the two alternate, all on this thread.
 fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, guest_dir: &Path) {
+    // Both sides run on one CPU, as `mote bench --pin` would: a run that moved between CPUs
+    // part-way would measure the move, not the workload.
+    let _pinned = PinnedToLastCpu::new();
     // The guest and the host compute the same checksum (`bench-spread` itself reports none).
     let expected = compute::workload(SPREAD_ROUNDS);
     let compute_guest =

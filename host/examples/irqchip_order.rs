@@ -16,6 +16,8 @@ const MEMORY: usize = 8 << 20;
 enum Order {
     /// No irqchip: the VM, its vCPU, then the memory slot (mote's default path).
     None,
+    /// No irqchip, the memory slot before the vCPU (for comparison).
+    NoneMemoryFirst,
     /// The irqchip and PIT before the memory slot.
     Before,
     /// The irqchip and PIT after the memory slot.
@@ -71,6 +73,10 @@ fn make(kvm: &Kvm, order: Order) -> Made {
             memory_slot(&vm, memory);
             vcpu
         }
+        Order::NoneMemoryFirst => {
+            memory_slot(&vm, memory);
+            vm.create_vcpu(0).expect("KVM_CREATE_VCPU")
+        }
         Order::Before => {
             irqchip(&vm);
             memory_slot(&vm, memory);
@@ -99,7 +105,12 @@ fn main() {
         .nth(1)
         .map_or(31, |n| n.parse().expect("ROUNDS is a number"));
     let kvm = Kvm::new().expect("/dev/kvm");
-    let orders = [Order::None, Order::Before, Order::After];
+    let orders = [
+        Order::None,
+        Order::NoneMemoryFirst,
+        Order::Before,
+        Order::After,
+    ];
     let mut create = vec![Vec::new(); orders.len()];
     let mut destroy = vec![Vec::new(); orders.len()];
     // One warm-up round, then the orders interleaved, rotating which goes first.
@@ -124,7 +135,7 @@ fn main() {
     println!("{rounds} rounds, medians:");
     for (i, order) in orders.iter().enumerate() {
         println!(
-            "  {:<7} create {:>9.3?}  tear down {:>9.3?}",
+            "  {:<15} create {:>9.3?}  tear down {:>9.3?}",
             format!("{order:?}"),
             median(create[i].clone()),
             median(destroy[i].clone())

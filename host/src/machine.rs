@@ -746,3 +746,31 @@ fn wall_clock_ns() -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_nanos() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unmasked_nmi_smi_and_init_entries_wake_a_cpu_with_interrupts_off() {
+        let entry = |mode: u64, masked: bool| (mode << 8) | if masked { MASKED } else { 0 } | 0x30;
+        for (mode, wakes) in [
+            (0, false),
+            (1, false),
+            (2, true),
+            (4, true),
+            (5, true),
+            (7, false),
+        ] {
+            assert_eq!(
+                wakes_with_interrupts_off(entry(mode, false)),
+                wakes,
+                "mode {mode}"
+            );
+            assert!(
+                !wakes_with_interrupts_off(entry(mode, true)),
+                "masked mode {mode}"
+            );
+        }
+    }
+}

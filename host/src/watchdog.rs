@@ -347,6 +347,29 @@ mod tests {
     }
 
     #[test]
+    fn ticks_come_again_without_stopping_the_run_until_disarmed() {
+        let watchdog = Watchdog::start().unwrap();
+        let stop = RunStop::new();
+        let due = |id| {
+            let state = watchdog.shared.state.lock().unwrap();
+            state.due.get(&id).copied()
+        };
+        let ticks = watchdog.tick(Duration::from_millis(5), &stop);
+        let id = ticks.id;
+        let first = due(id).unwrap();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while due(id) == Some(first) && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let later = due(id).unwrap();
+        assert!(later > first, "the tick was not armed again");
+        assert_eq!(stop.reason(), None, "a tick stopped the run");
+        drop(ticks);
+        let state = watchdog.shared.state.lock().unwrap();
+        assert!(state.armed.is_empty() && state.due.is_empty());
+    }
+
+    #[test]
     fn deadlines_fire_whether_or_not_arming_them_woke_the_thread() {
         let watchdog = Watchdog::start().unwrap();
         let now = Instant::now();

@@ -183,6 +183,25 @@ fn cli_hlt_ends_as_halted_with_or_without_irqchip() {
 }
 
 #[test]
+fn cli_hlt_with_irqchip_ends_without_a_deadline_or_a_token() {
+    // Nothing else could kick such a run: the halt checks alone make it kickable.
+    let outcome = mote_tests::within(Duration::from_secs(20), || {
+        run_guest_with("halt", RunConfig::default().irqchip().no_timeout())
+    });
+    assert!(
+        matches!(
+            outcome.exit,
+            Exit::Halted {
+                interrupts_enabled: false,
+                ..
+            }
+        ),
+        "{:?}",
+        outcome.exit
+    );
+}
+
+#[test]
 fn sti_hlt_with_irqchip_waits_for_an_interrupt() {
     // Interrupts on, nothing programmed: nothing ever wakes it, yet it has not halted for good
     // (a timer could), so it runs to its deadline.
@@ -198,4 +217,23 @@ fn sti_hlt_with_irqchip_waits_for_an_interrupt() {
         outcome.exit
     );
     assert!(text(&outcome.console).contains("interrupts on"));
+}
+
+#[test]
+fn cli_hlt_with_an_nmi_source_waits_for_it() {
+    // LINT0 routed as an NMI: an NMI wakes the CPU whatever its interrupt flag, so this halt is
+    // not for good, and the run lasts until its deadline.
+    let config = RunConfig::default()
+        .irqchip()
+        .input(b"nmi".to_vec())
+        .timeout(Duration::from_millis(500))
+        .unwrap();
+    let outcome = run_guest_with("halt", config);
+    let console = text(&outcome.console);
+    assert!(
+        matches!(outcome.exit, Exit::Timeout { .. }),
+        "{:?}\n{console}",
+        outcome.exit
+    );
+    assert!(console.contains("LINT0 delivers NMIs"), "{console}");
 }

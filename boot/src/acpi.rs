@@ -1,5 +1,14 @@
 //! The ACPI tables a PC kernel expects to find: RSDP, XSDT, MADT and FADT, built with the
 //! rust-vmm `acpi_tables` crate. Only for kernels that unwrap `rsdp_addr`; off by default.
+//!
+//! The MADT describes the interrupt controllers the VM really has. With KVM's in-kernel
+//! irqchip: the local APIC of vCPU 0, the I/O APIC at 0xFEC00000 (GSIs 0-23) and the 8259 pair
+//! (`PCAT_COMPAT`). KVM's default routing sends ISA IRQ n to I/O APIC pin n and to 8259 pin n,
+//! the PIT included (IRQ0 is GSI 0), so no interrupt source override is needed: an override
+//! is exactly a statement that IRQ n is not GSI n. Without the irqchip: no I/O APIC and no
+//! 8259s; the local APIC address field (which the ACPI specification requires) holds the
+//! architectural 0xFEE00000 and the processor entry stays, since it is how the MADT counts
+//! processors, but nothing serves that address (docs/boot-protocol.md).
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::FADTBuilder;
@@ -26,28 +35,54 @@ const OEM_REVISION: u32 = 1;
 /// FADT flag: hardware-reduced ACPI (no PM timer, no SCI): mote emulates no ACPI hardware.
 const HW_REDUCED_ACPI: u32 = 1 << 20;
 
+/// Where x86 puts the local APIC (the `IA32_APIC_BASE` reset value).
+pub(crate) const LOCAL_APIC_ADDRESS: u32 = 0xFEE0_0000;
+/// Where KVM's in-kernel I/O APIC answers (its fixed default base).
+pub(crate) const IO_APIC_ADDRESS: u32 = 0xFEC0_0000;
+/// MADT flag: the PC's dual 8259 pair is there too.
+const PCAT_COMPAT: u32 = 1;
+/// Where the MADT's flags sit: after the 36-byte header and the local APIC address.
+const MADT_FLAGS_OFFSET: usize = 40;
+/// Where every ACPI table's checksum byte sits.
+const CHECKSUM_OFFSET: usize = 9;
+
 fn bytes(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
     table.to_aml_bytes(&mut bytes);
     bytes
 }
 
-/// The tables, laid out from [`ACPI_BASE`]: MADT, FADT and the XSDT listing them, then the
-/// RSDP at [`RSDP_ADDRESS`].
-pub(crate) fn tables() -> Vec<u8> {
+/// The MADT of a VM with KVM's in-kernel irqchip (`irqchip`) or without any interrupt
+/// controller (see the module's docs).
+fn madt(irqchip: bool) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
-        LocalInterruptController::Address(0xFEE0_0000),
+        LocalInterruptController::Address(LOCAL_APIC_ADDRESS),
     );
     madt.add_structure(ProcessorLocalApic::new(0, 0, EnabledStatus::Enabled));
-    madt.add_structure(IoApic::new(0, 0xFEC0_0000, 0));
+    if !irqchip {
+        return bytes(&madt);
+    }
+    madt.add_structure(IoApic::new(0, IO_APIC_ADDRESS, 0));
+    let mut madt = bytes(&madt);
+    // acpi_tables has no setter for the MADT's flags: set PCAT_COMPAT and fix the checksum.
+    madt[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4].copy_from_slice(&PCAT_COMPAT.to_le_bytes());
+    madt[CHECKSUM_OFFSET] = 0;
+    let sum = madt.iter().fold(0u8, |sum, b| sum.wrapping_add(*b));
+    madt[CHECKSUM_OFFSET] = sum.wrapping_neg();
+    madt
+}
+
+/// The tables, laid out from [`ACPI_BASE`]: MADT, FADT and the XSDT listing them, then the
+/// RSDP at [`RSDP_ADDRESS`]. `irqchip`: the VM has KVM's in-kernel interrupt controllers.
+pub(crate) fn tables(irqchip: bool) -> Vec<u8> {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     fadt.flags = HW_REDUCED_ACPI.into();
     let fadt = fadt.finalize();
 
-    let madt_bytes = bytes(&madt);
+    let madt_bytes = madt(irqchip);
     let fadt_bytes = bytes(&fadt);
     let madt_address = ACPI_BASE;
     let fadt_address = madt_address + align8(madt_bytes.len() as u64);
@@ -88,7 +123,65 @@ mod tests {
 
     #[test]
     fn the_rsdp_leads_to_an_xsdt_listing_madt_and_fadt_all_checksummed() {
-        let tables = tables();
+        for irqchip in [false, true] {
+            rsdp_leads_to_madt_and_fadt(irqchip);
+        }
+    }
+
+    /// The MADT's interrupt controller structures, as `(type, bytes)`.
+    fn structures(madt: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut at = 44;
+        while at < madt.len() {
+            let (kind, len) = (madt[at], madt[at + 1] as usize);
+            assert!(
+                len >= 2 && at + len <= madt.len(),
+                "a structure runs past the table"
+            );
+            found.push((kind, madt[at..at + len].to_vec()));
+            at += len;
+        }
+        found
+    }
+
+    #[test]
+    fn with_the_irqchip_the_madt_has_the_local_apic_the_io_apic_and_the_8259s() {
+        let madt = madt(true);
+        assert_eq!(&madt[..4], b"APIC");
+        assert_eq!(u32_at(&madt, 4) as usize, madt.len());
+        assert_eq!(checksum(&madt), 0);
+        assert_eq!(u32_at(&madt, 36), 0xFEE0_0000, "local APIC address");
+        assert_eq!(u32_at(&madt, 40), 1, "PCAT_COMPAT: the 8259s are there");
+        let found = structures(&madt);
+        assert_eq!(found.len(), 2, "{found:?}");
+        // Processor local APIC: UID 0, APIC ID 0, enabled.
+        assert_eq!(found[0].0, 0);
+        assert_eq!(found[0].1, [0, 8, 0, 0, 1, 0, 0, 0]);
+        // I/O APIC: ID 0 at 0xFEC00000, GSIs from 0.
+        assert_eq!(found[1].0, 1);
+        assert_eq!(found[1].1[2], 0, "I/O APIC ID");
+        assert_eq!(u32_at(&found[1].1, 4), 0xFEC0_0000);
+        assert_eq!(u32_at(&found[1].1, 8), 0, "GSI base");
+        // KVM routes IRQ n to GSI n: no interrupt source override (type 2).
+        assert!(found.iter().all(|(kind, _)| *kind != 2));
+    }
+
+    #[test]
+    fn without_the_irqchip_the_madt_has_the_processor_and_no_io_apic_or_8259s() {
+        let madt = madt(false);
+        assert_eq!(&madt[..4], b"APIC");
+        assert_eq!(u32_at(&madt, 4) as usize, madt.len());
+        assert_eq!(checksum(&madt), 0);
+        // The field is required; it holds the architectural address.
+        assert_eq!(u32_at(&madt, 36), 0xFEE0_0000);
+        assert_eq!(u32_at(&madt, 40), 0, "no PCAT_COMPAT: no 8259s");
+        let found = structures(&madt);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1, [0, 8, 0, 0, 1, 0, 0, 0]);
+    }
+
+    fn rsdp_leads_to_madt_and_fadt(irqchip: bool) {
+        let tables = tables(irqchip);
         assert!((tables.len() as u64) < ACPI_END - ACPI_BASE);
         let rsdp = &tables[(RSDP_ADDRESS - ACPI_BASE) as usize..][..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");

@@ -226,6 +226,9 @@ pub struct LoadOptions<'a> {
     pub framebuffer: Option<(u32, u32)>,
     /// ACPI tables (RSDP, XSDT, MADT, FADT) for kernels that expect firmware's.
     pub acpi: bool,
+    /// The VM has KVM's in-kernel interrupt controllers (local APIC, I/O APIC, 8259 pair):
+    /// the MADT lists them. Without, it lists no I/O APIC and no 8259s.
+    pub irqchip: bool,
     /// Randomness for a kernel whose config asks for ASLR; without it (or without `aslr` in the
     /// config) addresses are the same at every load.
     pub aslr_seed: Option<u64>,
@@ -810,7 +813,7 @@ impl PreparedImage {
 
         // ACPI tables in the BIOS area, where kernels look for the RSDP.
         if options.acpi {
-            layout.write(&acpi::tables(), acpi::ACPI_BASE)?;
+            layout.write(&acpi::tables(options.irqchip), acpi::ACPI_BASE)?;
         }
 
         // Kernel stacks for a user-mode guest's exception handlers: supervisor-only, each above

@@ -121,6 +121,14 @@ struct LayoutArgs {
     /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     #[arg(long)]
     acpi: bool,
+    /// Give the guest interrupt controllers and a timer, as a PC has them: KVM's local APIC
+    /// (with its timer, at 0xFEE00000), I/O APIC (0xFEC00000), 8259 pair and 8254 PIT, for
+    /// kernels that enable interrupts and wait for ticks. `hlt` then waits for an interrupt;
+    /// a guest halted with interrupts off still ends as halted. Off by default: it costs
+    /// milliseconds per run (mostly tearing the VM down), and such a guest cannot be
+    /// snapshotted.
+    #[arg(long)]
+    irqchip: bool,
 }
 
 /// What a run (or the boot of a snapshot) may spend.
@@ -392,6 +400,9 @@ fn config(
     }
     if layout.acpi {
         config = config.acpi();
+    }
+    if layout.irqchip {
+        config = config.irqchip();
     }
     match limits.timeout {
         Some(parse::Deadline::After(timeout)) => config = config.timeout(timeout)?,

@@ -198,6 +198,13 @@ pub enum Error {
     /// A snapshot was asked to boot with input.
     #[error("a snapshot takes no input: input belongs to each run restored from it")]
     SnapshotInput,
+    /// A snapshot was asked of a guest with an interrupt controller ([`RunConfig::irqchip`]):
+    /// snapshots do not carry the state of KVM's interrupt controllers and timer.
+    #[error(
+        "a guest with an interrupt controller (--irqchip, RunConfig::irqchip) cannot be \
+         snapshotted: snapshots do not carry the interrupt controllers' and the timer's state"
+    )]
+    IrqchipSnapshot,
     /// The guest ended (or was stopped) before it called `ready_for_input`, so there is no
     /// state to snapshot. The outcome says how it ended.
     #[error(
@@ -354,6 +361,7 @@ impl Error {
             | Error::FixedBySnapshot { .. }
             | Error::SnapshotMemorySize { .. }
             | Error::SnapshotInput
+            | Error::IrqchipSnapshot
             | Error::InputTooLarge { .. }
             | Error::SnapshotFile {
                 source: SnapshotFileError::Io(_),
@@ -375,7 +383,7 @@ impl Error {
     /// The error's stable name, as JSON reports give it in `error.kind`: `kvm_unavailable`,
     /// `kvm_call`, `read_guest`, `bad_image`, `memory_too_small`, `load`, `memory`,
     /// `invalid_memory_size`, `invalid_framebuffer`, `zero_timeout`, `fixed_by_snapshot`,
-    /// `snapshot_memory_size`, `snapshot_input`, `not_ready`, `input_too_large`,
+    /// `snapshot_memory_size`, `snapshot_input`, `irqchip_snapshot`, `not_ready`, `input_too_large`,
     /// `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`, `unsupported`,
     /// `internal`.
     pub fn kind(&self) -> &'static str {
@@ -393,6 +401,7 @@ impl Error {
             Error::FixedBySnapshot { .. } => "fixed_by_snapshot",
             Error::SnapshotMemorySize { .. } => "snapshot_memory_size",
             Error::SnapshotInput => "snapshot_input",
+            Error::IrqchipSnapshot => "irqchip_snapshot",
             Error::NotReady(_) => "not_ready",
             Error::InputTooLarge { .. } => "input_too_large",
             Error::OverBudget { .. } => "over_budget",
@@ -556,6 +565,7 @@ pub struct RunConfig {
     plain: bool,
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
+    irqchip: bool,
     /// `None`: [`DEFAULT_INPUT_CAPACITY`] for a snapshot.
     input_capacity: Option<u64>,
     screenshot: bool,
@@ -656,6 +666,7 @@ impl RunConfig {
             (self.plain, "a plain boot"),
             (self.framebuffer.is_some(), "a framebuffer"),
             (self.acpi, "ACPI tables"),
+            (self.irqchip, "an interrupt controller"),
             (self.input_capacity.is_some(), "the input capacity"),
         ];
         if let Some(&(_, what)) = fixed.iter().find(|(set, _)| *set) {
@@ -762,6 +773,25 @@ impl RunConfig {
     /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
+        self
+    }
+
+    /// Gives the guest KVM's in-kernel interrupt controllers and timer, as a PC has them: a
+    /// local APIC (xAPIC at `0xFEE0_0000`, with its timer), an I/O APIC at `0xFEC0_0000`, the
+    /// 8259 pair and the 8254 PIT (ports `0x40`-`0x43`), for kernels that enable interrupts and
+    /// wait for timer ticks. With [`acpi`](Self::acpi), the MADT lists them.
+    ///
+    /// `hlt` no longer reaches mote then: KVM waits for the next interrupt itself. A vCPU that
+    /// halts with interrupts off and nothing that could wake it (no NMI source) still ends the
+    /// run as [`Exit::Halted`] with `interrupts_enabled: false`: mote looks at it at least
+    /// every 50 ms while it runs. One that halts with interrupts on waits for them, up to its
+    /// deadline.
+    ///
+    /// Off by default: mote's own guests need no interrupts, and creating and tearing down the
+    /// controllers costs every run that has them (see docs/decisions.md). Such a guest cannot
+    /// be snapshotted ([`Error::IrqchipSnapshot`]).
+    pub fn irqchip(mut self) -> Self {
+        self.irqchip = true;
         self
     }
 

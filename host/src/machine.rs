@@ -4,7 +4,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use mote_abi::{ABORT_TEXT_MAX, HypercallError, RunStart, TRANSFER_MAX};
 use vm_memory::GuestAddress;
 
@@ -21,6 +21,22 @@ use crate::{Error, Exit, HostFunctions, Limit, Limits, RunConfig, Sample, Screen
 
 /// The guest's RFLAGS.IF bit.
 const RFLAGS_IF: u64 = 1 << 9;
+
+/// How often a run in a VM with an in-kernel irqchip is nudged out of `KVM_RUN` to look
+/// whether its vCPU halted for good (see [`Machine::halted_for_good`]).
+pub(crate) const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Local APIC registers (offsets in its 4 KiB page) with a delivery mode: CMCI, timer,
+/// thermal, performance counters, LINT0, LINT1, error.
+const LAPIC_LVTS: [usize; 7] = [0x2F0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370];
+/// An LVT or redirection entry's mask bit.
+const MASKED: u64 = 1 << 16;
+
+/// Whether an LVT or I/O APIC redirection entry can wake a CPU halted with interrupts off:
+/// unmasked, and delivering an SMI (2), an NMI (4) or an INIT (5) rather than an interrupt.
+fn wakes_with_interrupts_off(entry: u64) -> bool {
+    entry & MASKED == 0 && matches!((entry >> 8) & 0b111, 2 | 4 | 5)
+}
 
 /// What a run is for.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +72,8 @@ struct Machine<'a> {
     // cancel token forgets the run and the thread is detached from its stop before the thread's
     // signal mask is restored.
     _deadline: Option<Armed<'a>>,
+    /// The nudges of a run in a VM with an in-kernel irqchip.
+    _halt_checks: Option<Armed<'a>>,
     _watched: Option<Watched>,
     _attached: Option<Attached>,
     /// Takes back a late kick and restores the thread's signal mask, once nothing can kick.
@@ -63,6 +81,8 @@ struct Machine<'a> {
     /// Why the run is being stopped early, if it is.
     stop: Arc<RunStop>,
     vcpu: &'a mut VcpuFd,
+    /// The VM, if it has KVM's in-kernel irqchip (`hlt` then stays in KVM).
+    irqchip: Option<&'a VmFd>,
     ram: &'a GuestRam,
     /// Where mote's own writes into `ram` are noted.
     host_writes: &'a mut HostWrites,
@@ -99,8 +119,9 @@ pub(crate) fn run(
         .and_then(|timeout| started.checked_add(timeout));
     let stop = RunStop::new();
     let watched = config.cancel.as_ref().map(|token| token.watch(&stop));
-    // Only a run that something may stop early needs its thread kickable.
-    let kickable = if deadline.is_some() || watched.is_some() {
+    // Only a run that something may stop early, or that must be nudged to see a halt, needs its
+    // thread kickable.
+    let kickable = if deadline.is_some() || watched.is_some() || vm.irqchip {
         Some(
             Kickable::enter(vm.vcpu.as_raw_fd(), &mut vm.signal_mask).map_err(|e| {
                 Error::Internal(format!("cannot make the run stoppable early: {e}"))
@@ -120,14 +141,21 @@ pub(crate) fn run(
         Some(deadline) => Some(shared.watchdog()?.arm(deadline, &stop)),
         None => None,
     };
+    let halt_checks = if vm.irqchip {
+        Some(shared.watchdog()?.tick(HALT_CHECK_INTERVAL, &stop))
+    } else {
+        None
+    };
     let console = Console::new(config.console.take());
     let mut machine = Machine {
         _deadline: armed,
+        _halt_checks: halt_checks,
         _watched: watched,
         _attached: attached,
         _kickable: kickable,
         stop,
         vcpu: &mut vm.vcpu,
+        irqchip: vm.irqchip.then_some(&vm.fd),
         ram: &vm.ram,
         host_writes: &mut vm.host_writes,
         serial,
@@ -147,6 +175,7 @@ pub(crate) fn run(
     tracing::debug!(end = ?end, stats = ?machine.stats, "guest stopped");
     let Machine {
         _deadline: deadline,
+        _halt_checks: halt_checks,
         _watched: watched,
         _attached: attached,
         _kickable: kickable,
@@ -159,6 +188,7 @@ pub(crate) fn run(
     } = machine;
     // Disarm, forget, detach, then take back a kick that came too late.
     drop(deadline);
+    drop(halt_checks);
     drop(watched);
     drop(attached);
     drop(kickable);
@@ -233,8 +263,15 @@ impl Machine<'_> {
             Ok(exit) => exit,
             // A signal interrupted KVM_RUN: nothing happened to the guest, enter it again.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                // A stop's kick, or some other signal: only the first ends the run.
-                return Ok(match self.stopped() {
+                // A stop's kick, a nudge, or some other signal: only a stop ends the run, or
+                // a vCPU found halted for good.
+                if let Some(exit) = self.stopped() {
+                    return Ok(Step::Stop(exit));
+                }
+                // The kick stays pending on this thread, which blocks it outside KVM_RUN: taken
+                // back here, it would end every later KVM_RUN at once.
+                watchdog::take_pending_kick();
+                return Ok(match self.halted_for_good()? {
                     Some(exit) => Step::Stop(exit),
                     None => Step::Continue,
                 });
@@ -303,6 +340,72 @@ impl Machine<'_> {
             }),
         };
         Ok(step)
+    }
+
+    /// In a VM with an in-kernel irqchip, where `hlt` stays inside KVM: the outcome if the
+    /// vCPU is halted with interrupts off and nothing can wake it, as a `hlt` exit would have
+    /// ended the run without the irqchip. Only an NMI, SMI or INIT wakes such a vCPU, and with
+    /// one vCPU and no devices of mote's, those come only from the local APIC's LVT entries or
+    /// the I/O APIC's redirection entries (the PIT's line), or are already pending. The vCPU's
+    /// thread asks between two `KVM_RUN`s, so the vCPU cannot change meanwhile.
+    fn halted_for_good(&mut self) -> Result<Option<Exit>, Error> {
+        let Some(vm) = self.irqchip else {
+            return Ok(None);
+        };
+        let mp_state = self
+            .vcpu
+            .get_mp_state()
+            .map_err(|e| Error::kvm("KVM_GET_MP_STATE", e))?;
+        if mp_state.mp_state != kvm_bindings::KVM_MP_STATE_HALTED {
+            return Ok(None);
+        }
+        let regs = self
+            .vcpu
+            .get_regs()
+            .map_err(|e| Error::kvm("KVM_GET_REGS", e))?;
+        if regs.rflags & RFLAGS_IF != 0 {
+            return Ok(None);
+        }
+        let events = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(|e| Error::kvm("KVM_GET_VCPU_EVENTS", e))?;
+        if events.nmi.pending != 0 || events.nmi.injected != 0 || events.smi.pending != 0 {
+            return Ok(None);
+        }
+        let lapic = self
+            .vcpu
+            .get_lapic()
+            .map_err(|e| Error::kvm("KVM_GET_LAPIC", e))?;
+        let lvt = |offset: usize| {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+            u64::from(u32::from_le_bytes(bytes))
+        };
+        if LAPIC_LVTS
+            .iter()
+            .any(|&offset| wakes_with_interrupts_off(lvt(offset)))
+        {
+            return Ok(None);
+        }
+        let mut ioapic = kvm_bindings::kvm_irqchip {
+            chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut ioapic)
+            .map_err(|e| Error::kvm("KVM_GET_IRQCHIP", e))?;
+        // SAFETY: KVM filled the `ioapic` member: the chip asked for is the I/O APIC. Each
+        // redirection entry is a plain u64 in either view of its union.
+        let woken = unsafe { ioapic.chip.ioapic.redirtbl }
+            .iter()
+            // SAFETY: as above.
+            .any(|entry| wakes_with_interrupts_off(unsafe { entry.bits }));
+        if woken {
+            return Ok(None);
+        }
+        Ok(Some(Exit::Halted {
+            rip: regs.rip,
+            interrupts_enabled: false,
+        }))
     }
 
     /// Serves an `out`; returns the outcome if it ends the run.
@@ -642,4 +745,32 @@ fn wall_clock_ns() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unmasked_nmi_smi_and_init_entries_wake_a_cpu_with_interrupts_off() {
+        let entry = |mode: u64, masked: bool| (mode << 8) | if masked { MASKED } else { 0 } | 0x30;
+        for (mode, wakes) in [
+            (0, false),
+            (1, false),
+            (2, true),
+            (4, true),
+            (5, true),
+            (7, false),
+        ] {
+            assert_eq!(
+                wakes_with_interrupts_off(entry(mode, false)),
+                wakes,
+                "mode {mode}"
+            );
+            assert!(
+                !wakes_with_interrupts_off(entry(mode, true)),
+                "masked mode {mode}"
+            );
+        }
+    }
 }

@@ -20,6 +20,9 @@ pub enum Exit {
     /// The guest triple-faulted (or otherwise shut the CPU down).
     Shutdown,
     /// The guest ran `hlt`. Nothing can wake it: mote has no interrupt sources by default.
+    /// With [`RunConfig::irqchip`](crate::RunConfig::irqchip), `hlt` waits for interrupts
+    /// inside KVM, and only a halt with interrupts off and no NMI, SMI or INIT source ends the
+    /// run (always with `interrupts_enabled: false`), found within about 50 ms.
     Halted {
         /// Address after the `hlt`.
         rip: u64,

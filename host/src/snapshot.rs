@@ -283,6 +283,9 @@ pub(crate) fn capture(
     if config.input.is_some() {
         return Err(Error::SnapshotInput);
     }
+    if config.irqchip {
+        return Err(Error::IrqchipSnapshot);
+    }
     // The boot is charged as a run is; the snapshot then holds a charge for its memory.
     let boot_charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
     let reserved = Instant::now();
@@ -364,7 +367,7 @@ pub(crate) fn new_vm(
     let ram = snapshot.inner.memory.map_private()?;
     phases.memory = start.elapsed();
     let start = Instant::now();
-    let vm = Vm::new(shared, ram, dirty_log)?;
+    let vm = Vm::new(shared, ram, dirty_log, false)?;
     vm.set_cpuid(&snapshot.inner.cpuid)?;
     phases.vm = start.elapsed();
     Ok(vm)

@@ -56,6 +56,17 @@ impl RunStop {
         }
     }
 
+    /// Kicks the vCPU's thread out of `KVM_RUN` without stopping the run, so that it looks at
+    /// its vCPU (a halted one, in a VM with an in-kernel irqchip). A nudge that finds no
+    /// thread attached is dropped.
+    pub(crate) fn nudge(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(thread) = *thread {
+            // SAFETY: as in `stop`: the attached thread is alive, and the kick's handler is in.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
     /// Why the run is being stopped, if it is.
     pub(crate) fn reason(&self) -> Option<StopReason> {
         match self.reason.load(Ordering::SeqCst) {

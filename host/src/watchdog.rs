@@ -8,12 +8,16 @@
 //! other VMMs, without another thread writing into the vCPU's `kvm_run` page). Outside `KVM_RUN`
 //! the signal never interrupts anything (host functions, console writes). The thread sleeps on
 //! a condition variable until the next deadline: there is no polling loop.
+//!
+//! A run in a VM with KVM's in-kernel irqchip is also nudged at a fixed interval
+//! ([`Watchdog::tick`]): `hlt` then stays inside KVM, and a nudge is what brings the vCPU's
+//! thread out to see whether its guest halted for good.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::stop::{RunStop, StopReason};
 
@@ -140,27 +144,43 @@ pub(crate) fn clear_signal_mask(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), crate::
     Ok(())
 }
 
+/// Takes a pending kick off the calling thread, if there is one: a kick that ended a
+/// `KVM_RUN` stays pending (the thread blocks it outside `KVM_RUN`), and would end the next one
+/// at once.
+pub(crate) fn take_pending_kick() {
+    let kick = kick_set();
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid set and timeout; sigtimedwait only takes a pending kick off this thread.
+    unsafe { while libc::sigtimedwait(&kick, std::ptr::null_mut(), &now) == kick_signal() {} }
+}
+
 impl Drop for Kickable {
     fn drop(&mut self) {
-        let kick = kick_set();
-        let now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid sets and timeout; sigtimedwait takes a pending kick off this thread (a
-        // kick that fired after the vCPU's last exit), and pthread_sigmask restores the mask
-        // this thread had before the run.
+        // A kick that fired after the vCPU's last exit.
+        take_pending_kick();
+        // SAFETY: restores the mask this thread had before the run, a valid set.
         unsafe {
-            while libc::sigtimedwait(&kick, std::ptr::null_mut(), &now) == kick_signal() {}
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
         }
     }
 }
 
+/// What the thread does for a run when its time comes.
+struct Timer {
+    stop: Arc<RunStop>,
+    /// `None`: stop the run (a deadline). `Some`: nudge it, and again after this long.
+    every: Option<Duration>,
+}
+
 #[derive(Default)]
 struct State {
     next_id: u64,
-    armed: BTreeMap<(Instant, u64), Arc<RunStop>>,
+    armed: BTreeMap<(Instant, u64), Timer>,
+    /// When each armed timer is next due, by its id (a tick's time moves).
+    due: HashMap<u64, Instant>,
     stopping: bool,
     /// When the watchdog thread will look again by itself (`None`: not until woken). A deadline
     /// at or after it needs no wake-up: runs with the default 30 s deadline, one after another,
@@ -179,10 +199,10 @@ pub(crate) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A deadline in force; dropping it disarms it.
+/// A deadline or a tick in force; dropping it disarms it.
 pub(crate) struct Armed<'w> {
     watchdog: &'w Watchdog,
-    key: (Instant, u64),
+    id: u64,
 }
 
 impl Drop for Armed<'_> {
@@ -193,7 +213,9 @@ impl Drop for Armed<'_> {
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        state.armed.remove(&self.key);
+        if let Some(due) = state.due.remove(&self.id) {
+            state.armed.remove(&(due, self.id));
+        }
     }
 }
 
@@ -224,19 +246,31 @@ impl Watchdog {
 
     /// Stops the run of `stop` at `deadline`, unless the returned guard is dropped first.
     pub(crate) fn arm(&self, deadline: Instant, stop: &Arc<RunStop>) -> Armed<'_> {
+        self.insert(deadline, stop, None)
+    }
+
+    /// Nudges the run of `stop` ([`RunStop::nudge`]) every `every`, until the returned guard
+    /// is dropped.
+    pub(crate) fn tick(&self, every: Duration, stop: &Arc<RunStop>) -> Armed<'_> {
+        self.insert(Instant::now() + every, stop, Some(every))
+    }
+
+    fn insert(&self, deadline: Instant, stop: &Arc<RunStop>, every: Option<Duration>) -> Armed<'_> {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (deadline, state.next_id);
+        let id = state.next_id;
         state.next_id += 1;
-        state.armed.insert(key, Arc::clone(stop));
+        let timer = Timer {
+            stop: Arc::clone(stop),
+            every,
+        };
+        state.armed.insert((deadline, id), timer);
+        state.due.insert(id, deadline);
         let wake = state.looks_at.is_none_or(|looks_at| deadline < looks_at);
         drop(state);
         if wake {
             self.shared.wake.notify_one();
         }
-        Armed {
-            watchdog: self,
-            key,
-        }
+        Armed { watchdog: self, id }
     }
 }
 
@@ -252,8 +286,21 @@ fn watch(shared: &Shared) {
         state = match earliest {
             None => shared.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
             Some(deadline) if deadline <= now => {
-                if let Some((_, stop)) = state.armed.pop_first() {
-                    stop.stop(StopReason::Deadline);
+                if let Some(((_, id), timer)) = state.armed.pop_first() {
+                    match timer.every {
+                        None => {
+                            state.due.remove(&id);
+                            timer.stop.stop(StopReason::Deadline);
+                        }
+                        Some(every) => {
+                            timer.stop.nudge();
+                            // From now, not from when it was due: a late thread does not
+                            // catch up with a burst of nudges.
+                            let next = now + every;
+                            state.due.insert(id, next);
+                            state.armed.insert((next, id), timer);
+                        }
+                    }
                 }
                 state
             }
@@ -297,6 +344,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    #[test]
+    fn ticks_come_again_without_stopping_the_run_until_disarmed() {
+        let watchdog = Watchdog::start().unwrap();
+        let stop = RunStop::new();
+        let due = |id| {
+            let state = watchdog.shared.state.lock().unwrap();
+            state.due.get(&id).copied()
+        };
+        let ticks = watchdog.tick(Duration::from_millis(5), &stop);
+        let id = ticks.id;
+        let first = due(id).unwrap();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while due(id) == Some(first) && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let later = due(id).unwrap();
+        assert!(later > first, "the tick was not armed again");
+        assert_eq!(stop.reason(), None, "a tick stopped the run");
+        drop(ticks);
+        let state = watchdog.shared.state.lock().unwrap();
+        assert!(state.armed.is_empty() && state.due.is_empty());
     }
 
     #[test]

@@ -101,6 +101,46 @@ fn help_documents_the_exit_codes() {
 }
 
 #[test]
+fn run_help_explains_irqchip() {
+    let out = mote(&["run".as_ref(), "--help".as_ref()]);
+    let help = text(&out.stdout);
+    assert!(help.contains("--irqchip"), "{help}");
+    assert!(
+        help.contains("0xFEE00000") && help.contains("PIT"),
+        "{help}"
+    );
+}
+
+#[test]
+fn irqchip_runs_timer_kernels_and_refuses_snapshots() {
+    let lapic = guest_path("lapic_timer");
+    let out = mote(&[
+        "run".as_ref(),
+        lapic.as_os_str(),
+        "--irqchip".as_ref(),
+        "--timeout".as_ref(),
+        "20s".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("PASS"));
+    let snapshot = std::env::temp_dir().join(format!("mote-irqchip-{}.snap", std::process::id()));
+    let out = mote(&[
+        "snapshot".as_ref(),
+        guest_path("echo").as_os_str(),
+        "-o".as_ref(),
+        snapshot.as_os_str(),
+        "--irqchip".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    assert!(
+        text(&out.stderr).contains("cannot be snapshotted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!snapshot.exists());
+}
+
+#[test]
 fn bad_command_lines_are_usage_errors() {
     let out = mote(&[OsStr::new("run")]);
     assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));

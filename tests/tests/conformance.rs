@@ -3,6 +3,8 @@
 //! at CPL0 and reporting as the real bootloader's test kernels do: a line on COM1 and 0x10
 //! (pass) or 0x11 (fail) written to the isa-debug-exit port.
 
+use std::time::Duration;
+
 use mote_host::{Exit, Outcome, RunConfig};
 use mote_tests::{run_guest_with, text};
 
@@ -116,4 +118,122 @@ fn write_usable_memory() {
 #[test]
 fn lower_memory_free() {
     passes("lower_memory_free", RunConfig::default());
+}
+
+#[test]
+fn rsdp_with_irqchip() {
+    passes("rsdp", RunConfig::default().acpi().irqchip());
+}
+
+/// Interrupt kernels run at CPL0, which some hosts emulate: a generous deadline, never reached
+/// when they work (10 ticks of 10 ms each).
+fn irqchip() -> RunConfig {
+    RunConfig::default()
+        .irqchip()
+        .timeout(Duration::from_secs(20))
+        .unwrap()
+}
+
+#[test]
+fn pic_timer() {
+    let outcome = passes("pic_timer", irqchip());
+    assert!(text(&outcome.console).contains("10 PIT ticks"));
+}
+
+#[test]
+fn lapic_timer() {
+    let outcome = passes("lapic_timer", irqchip());
+    assert!(text(&outcome.console).contains("10 local APIC timer ticks"));
+}
+
+#[test]
+fn without_irqchip_the_local_apic_is_not_served() {
+    let outcome = run_guest_with("lapic_timer", RunConfig::default());
+    assert!(
+        matches!(outcome.exit, Exit::UnservedMmio { address, .. } if address & !0xFFF == 0xFEE0_0000),
+        "{:?}",
+        outcome.exit
+    );
+}
+
+#[test]
+fn cli_hlt_ends_as_halted_with_or_without_irqchip() {
+    // With the irqchip `hlt` stays in KVM; mote must still see the halt, long before the
+    // deadline.
+    for config in [RunConfig::default(), RunConfig::default().irqchip()] {
+        let config = config.timeout(Duration::from_secs(10)).unwrap();
+        let outcome = run_guest_with("halt", config);
+        assert!(
+            matches!(
+                outcome.exit,
+                Exit::Halted {
+                    interrupts_enabled: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            outcome.exit
+        );
+        assert!(
+            outcome.stats.phases.run < Duration::from_secs(3),
+            "a halted guest ran for {:?}",
+            outcome.stats.phases.run
+        );
+    }
+}
+
+#[test]
+fn cli_hlt_with_irqchip_ends_without_a_deadline_or_a_token() {
+    // Nothing else could kick such a run: the halt checks alone make it kickable.
+    let outcome = mote_tests::within(Duration::from_secs(20), || {
+        run_guest_with("halt", RunConfig::default().irqchip().no_timeout())
+    });
+    assert!(
+        matches!(
+            outcome.exit,
+            Exit::Halted {
+                interrupts_enabled: false,
+                ..
+            }
+        ),
+        "{:?}",
+        outcome.exit
+    );
+}
+
+#[test]
+fn sti_hlt_with_irqchip_waits_for_an_interrupt() {
+    // Interrupts on, nothing programmed: nothing ever wakes it, yet it has not halted for good
+    // (a timer could), so it runs to its deadline.
+    let config = RunConfig::default()
+        .irqchip()
+        .input(b"sti".to_vec())
+        .timeout(Duration::from_millis(500))
+        .unwrap();
+    let outcome = run_guest_with("halt", config);
+    assert!(
+        matches!(outcome.exit, Exit::Timeout { .. }),
+        "{:?}",
+        outcome.exit
+    );
+    assert!(text(&outcome.console).contains("interrupts on"));
+}
+
+#[test]
+fn cli_hlt_with_an_nmi_source_waits_for_it() {
+    // LINT0 routed as an NMI: an NMI wakes the CPU whatever its interrupt flag, so this halt is
+    // not for good, and the run lasts until its deadline.
+    let config = RunConfig::default()
+        .irqchip()
+        .input(b"nmi".to_vec())
+        .timeout(Duration::from_millis(500))
+        .unwrap();
+    let outcome = run_guest_with("halt", config);
+    let console = text(&outcome.console);
+    assert!(
+        matches!(outcome.exit, Exit::Timeout { .. }),
+        "{:?}\n{console}",
+        outcome.exit
+    );
+    assert!(console.contains("LINT0 delivers NMIs"), "{console}");
 }

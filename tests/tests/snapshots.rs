@@ -111,6 +111,13 @@ fn what_a_snapshot_fixes_a_run_cannot_change() {
         .snapshot(&image("echo"), input(b"no input at snapshot time"))
         .unwrap_err();
     assert!(matches!(refused, Error::SnapshotInput), "{refused}");
+    // Snapshots do not carry the interrupt controllers' state: refused, as a usage mistake.
+    let refused = hypervisor()
+        .snapshot(&image("echo"), RunConfig::default().irqchip())
+        .unwrap_err();
+    assert!(matches!(refused, Error::IrqchipSnapshot), "{refused}");
+    assert_eq!(refused.class(), mote_host::Class::Usage);
+    assert_eq!(refused.kind(), "irqchip_snapshot");
 
     let snapshot = hypervisor()
         .snapshot(&image("echo"), RunConfig::default().input_capacity(4096))
@@ -137,6 +144,7 @@ fn what_a_snapshot_fixes_a_run_cannot_change() {
     for config in [
         RunConfig::default().memory_size(16 << 20).unwrap(),
         RunConfig::default().acpi(),
+        RunConfig::default().irqchip(),
         RunConfig::default().framebuffer(64, 64).unwrap(),
         RunConfig::default().plain_boot(),
         RunConfig::default().input_capacity(1 << 20),

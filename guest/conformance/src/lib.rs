@@ -511,3 +511,121 @@ pub fn check_physical_memory_map(boot_info: &bootloader_api::BootInfo) -> PhysMa
     }
     map
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts, for kernels booted with an interrupt controller (`mote run --irqchip`). Entry
+// points are naked functions written in assembly, which stable Rust allows (not
+// `extern "x86-interrupt"`); each one ends in `iretq`.
+
+/// Timer interrupts taken so far, counted by the entry points below.
+pub static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// The virtual address of the local APIC's EOI register, for [`lapic_timer_entry`].
+pub static LAPIC_EOI: AtomicU64 = AtomicU64::new(0);
+
+/// IRQ 0 through the 8259 pair: counts a tick, then tells the master 8259 the interrupt is
+/// done (non-specific EOI).
+#[unsafe(naked)]
+pub extern "C" fn pic_timer_entry() {
+    naked_asm!(
+        "push rax",
+        "lock inc qword ptr [rip + {ticks}]",
+        "mov al, 0x20",
+        "out 0x20, al",
+        "pop rax",
+        "iretq",
+        ticks = sym TICKS,
+    );
+}
+
+/// The local APIC timer: counts a tick, then writes the local APIC's EOI register (whose
+/// address [`LAPIC_EOI`] holds).
+#[unsafe(naked)]
+pub extern "C" fn lapic_timer_entry() {
+    naked_asm!(
+        "push rax",
+        "lock inc qword ptr [rip + {ticks}]",
+        "mov rax, qword ptr [rip + {eoi}]",
+        "mov dword ptr [rax], 0",
+        "pop rax",
+        "iretq",
+        ticks = sym TICKS,
+        eoi = sym LAPIC_EOI,
+    );
+}
+
+/// A spurious interrupt (8259 IRQ 7 or 15, the local APIC's spurious vector): nothing to
+/// acknowledge.
+#[unsafe(naked)]
+pub extern "C" fn spurious_entry() {
+    naked_asm!("iretq");
+}
+
+/// Points IDT entry `vector` (32 or above: an interrupt, not an exception) at `entry`, an
+/// interrupt gate. Call it after [`install_idt`], with interrupts off.
+pub fn set_interrupt_handler(vector: u8, entry: extern "C" fn()) {
+    check!(vector >= 32, "vector {vector} is a CPU exception's");
+    // SAFETY: the kernels are single-threaded and interrupts are off: nothing reads the entry
+    // while it changes.
+    let idt = unsafe { &mut *IDT.0.get() };
+    // SAFETY: `entry` is an interrupt entry point: it saves what it uses and ends in iretq.
+    unsafe { idt[vector].set_handler_addr(VirtAddr::new(entry as usize as u64)) };
+}
+
+/// Halts with interrupts on (`sti; hlt`: the interrupt shadow of `sti` lets no interrupt in
+/// between) until [`TICKS`] reaches `count`; returns with interrupts off.
+pub fn wait_for_ticks(count: u64) {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        if TICKS.load(Ordering::SeqCst) >= count {
+            return;
+        }
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+/// The 8259 pair's ports.
+const PIC_MASTER: u16 = 0x20;
+const PIC_SLAVE: u16 = 0xA0;
+
+/// Sets up the 8259 pair as PC kernels do: IRQs 0-7 at vectors `base`..`base + 8`, 8-15 at
+/// `base + 8`.., the slave on the master's line 2; then masks every line but those `unmasked`
+/// names (bit n: IRQ n).
+pub fn init_pic(base: u8, unmasked: u16) {
+    let write = |port: u16, value: u8| {
+        // SAFETY: the 8259 ports; the kernels run single-threaded with interrupts off.
+        unsafe { Port::<u8>::new(port).write(value) };
+    };
+    write(PIC_MASTER, 0x11); // ICW1: initialise, ICW4 follows
+    write(PIC_SLAVE, 0x11);
+    write(PIC_MASTER + 1, base); // ICW2: vector base
+    write(PIC_SLAVE + 1, base + 8);
+    write(PIC_MASTER + 1, 0x04); // ICW3: the slave is on line 2
+    write(PIC_SLAVE + 1, 0x02); // ... and it is slave 2
+    write(PIC_MASTER + 1, 0x01); // ICW4: 8086 mode
+    write(PIC_SLAVE + 1, 0x01);
+    mask_pic(!unmasked);
+}
+
+/// Masks the 8259 lines `masked` names (bit n: IRQ n), unmasks the rest.
+pub fn mask_pic(masked: u16) {
+    // SAFETY: the 8259s' data ports (OCW1, the mask).
+    unsafe {
+        Port::<u8>::new(PIC_MASTER + 1).write(masked as u8);
+        Port::<u8>::new(PIC_SLAVE + 1).write((masked >> 8) as u8);
+    }
+}
+
+/// The 8254 PIT's input clock, in Hz.
+pub const PIT_HZ: u32 = 1_193_182;
+
+/// Programs PIT channel 0 as a rate generator (mode 2) at about `hz` interrupts a second.
+pub fn start_pit(hz: u32) {
+    let divisor = (PIT_HZ / hz).clamp(1, 0xFFFF) as u16;
+    // SAFETY: the PIT's command and channel 0 ports.
+    unsafe {
+        Port::<u8>::new(0x43).write(0x34); // channel 0, low then high byte, mode 2, binary
+        Port::<u8>::new(0x40).write(divisor as u8);
+        Port::<u8>::new(0x40).write((divisor >> 8) as u8);
+    }
+}

@@ -23,6 +23,22 @@ pub(crate) const ACPI_END: u64 = 0x10_0000;
 const OEM_ID: [u8; 6] = *b"MOTE  ";
 const OEM_TABLE_ID: [u8; 8] = *b"MOTEVMM ";
 const OEM_REVISION: u32 = 1;
+/// The local APIC's MMIO page, as the MADT names it.
+pub(crate) const LOCAL_APIC_ADDRESS: u32 = 0xFEE0_0000;
+/// The I/O APIC's MMIO page, as the MADT names it.
+pub(crate) const IO_APIC_ADDRESS: u32 = 0xFEC0_0000;
+/// The size of each APIC's MMIO range.
+const APIC_MMIO_SIZE: u64 = 0x1000;
+
+/// The MMIO ranges the MADT names (`start`, `end`): reserved in the memory map, read from here
+/// so that the map and the MADT never disagree.
+pub(crate) fn madt_mmio() -> [(u64, u64); 2] {
+    [IO_APIC_ADDRESS, LOCAL_APIC_ADDRESS].map(|base| {
+        let base = u64::from(base);
+        (base, base + APIC_MMIO_SIZE)
+    })
+}
+
 /// FADT flag: hardware-reduced ACPI (no PM timer, no SCI): mote emulates no ACPI hardware.
 const HW_REDUCED_ACPI: u32 = 1 << 20;
 
@@ -39,10 +55,10 @@ pub(crate) fn tables() -> Vec<u8> {
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
-        LocalInterruptController::Address(0xFEE0_0000),
+        LocalInterruptController::Address(LOCAL_APIC_ADDRESS),
     );
     madt.add_structure(ProcessorLocalApic::new(0, 0, EnabledStatus::Enabled));
-    madt.add_structure(IoApic::new(0, 0xFEC0_0000, 0));
+    madt.add_structure(IoApic::new(0, IO_APIC_ADDRESS, 0));
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     fadt.flags = HW_REDUCED_ACPI.into();
     let fadt = fadt.finalize();

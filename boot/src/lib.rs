@@ -13,6 +13,7 @@ mod acpi;
 mod boot_info;
 pub mod config;
 mod elf;
+mod memory_map;
 pub mod paging;
 mod vcpu;
 
@@ -672,7 +673,9 @@ impl PreparedImage {
         if memory_size < MIN_MEMORY {
             return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
         }
-        let mut frames = FrameAllocator::new(LOADER_FRAMES_START, memory_size & !(PAGE_SIZE - 1));
+        // With firmware, mote's frames stay below the APIC ranges the memory map reserves.
+        let frames_end = memory_map::frames_end(memory_size, LOADER_FRAMES_START, options.acpi);
+        let mut frames = FrameAllocator::new(LOADER_FRAMES_START, frames_end & !(PAGE_SIZE - 1));
         let tables = PageTableBuilder::new(memory, &mut frames)?;
         let mut layout = Layout {
             memory,
@@ -887,36 +890,7 @@ impl PreparedImage {
 
         // Every frame mote used is below `used_end`.
         let used_end = layout.frames.next_free();
-        let low_end = if options.acpi {
-            acpi::ACPI_BASE
-        } else {
-            LOADER_FRAMES_START
-        };
-        let mut regions = vec![MemoryRegion {
-            start: 0,
-            end: low_end,
-            kind: RegionKind::Usable,
-        }];
-        if options.acpi {
-            // As a PC BIOS reports it: e820 type 2, reserved.
-            regions.push(MemoryRegion {
-                start: acpi::ACPI_BASE,
-                end: acpi::ACPI_END,
-                kind: RegionKind::UnknownBios(2),
-            });
-        }
-        regions.push(MemoryRegion {
-            start: LOADER_FRAMES_START,
-            end: used_end,
-            kind: RegionKind::Bootloader,
-        });
-        if used_end < memory_size {
-            regions.push(MemoryRegion {
-                start: used_end,
-                end: memory_size,
-                kind: RegionKind::Usable,
-            });
-        }
+        let regions = memory_map::regions(memory_size, LOADER_FRAMES_START, used_end, options.acpi);
         let info = BootInfoFields {
             api_version: self.config.api_version,
             address: plan.boot_info_address,

@@ -952,8 +952,34 @@ fn acpi_tables_sit_in_a_reserved_bios_area() {
         .sum();
     assert!(low_usable / 4096 > 16, "lower memory stays free");
     for pair in loaded.regions.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "sorted, no overlap");
+    }
+    // RAM is covered without a hole; only the APIC ranges lie above it.
+    let in_ram: Vec<_> = loaded
+        .regions
+        .iter()
+        .filter(|r| r.end <= 16 * MIB)
+        .collect();
+    assert_eq!(in_ram[0].start, 0);
+    assert_eq!(in_ram.last().unwrap().end, 16 * MIB);
+    for pair in in_ram.windows(2) {
         assert_eq!(pair[0].end, pair[1].start);
     }
+    let above: Vec<_> = loaded
+        .regions
+        .iter()
+        .filter(|r| r.start >= 16 * MIB)
+        .map(|r| (r.start, r.kind))
+        .collect();
+    assert_eq!(
+        above,
+        [
+            (0xFEC0_0000, RegionKind::UnknownBios(2)),
+            (0xFEE0_0000, RegionKind::UnknownBios(2))
+        ]
+    );
+    // More than 4 regions, as the real bootloader's check_boot_info kernels assert.
+    assert!(loaded.regions.len() > 4);
 }
 
 #[test]

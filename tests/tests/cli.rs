@@ -365,3 +365,27 @@ fn the_exit_code_table_is_the_same_in_help_docs_and_library() {
         assert!(help.contains(&line), "mote --help lacks `{line}`:\n{help}");
     }
 }
+
+#[test]
+fn pc_gives_firmware_a_framebuffer_and_128_mib() {
+    // The PC memory map (more than 4 regions) comes with --acpi, and with --pc.
+    for flag in ["--acpi", "--pc"] {
+        let out = run_args("pc_memory_map", &[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stdout));
+    }
+    let out = run_args("pc_memory_map", &["--pc"]);
+    // 128 MiB of RAM: the last Usable region ends at 0x8000000.
+    assert!(
+        text(&out.stdout).contains("..0x0008000000 Usable"),
+        "{}",
+        text(&out.stdout)
+    );
+    // And a framebuffer, so --screenshot needs nothing more.
+    let file = std::env::temp_dir().join(format!("mote-test-pc-{}.png", std::process::id()));
+    let out = run_args(
+        "framebuffer",
+        &["--pc", "--screenshot", file.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}

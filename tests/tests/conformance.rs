@@ -117,3 +117,19 @@ fn write_usable_memory() {
 fn lower_memory_free() {
     passes("lower_memory_free", RunConfig::default());
 }
+
+#[test]
+fn pc_memory_map() {
+    let outcome = passes("pc_memory_map", RunConfig::default().acpi());
+    // More than 4 regions, as the real bootloader's check_boot_info kernels assert.
+    let console = text(&outcome.console);
+    let regions = console.lines().filter(|l| l.starts_with("  0x")).count();
+    assert!(regions > 4, "{console}");
+}
+
+#[test]
+fn without_firmware_the_map_stays_minimal() {
+    let outcome = run_guest_with("pc_memory_map", RunConfig::default());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
+    assert!(text(&outcome.console).contains("3 memory regions"));
+}

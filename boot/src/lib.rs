@@ -648,6 +648,25 @@ impl PreparedImage {
         self.plan.runtime.is_some()
     }
 
+    /// A lower bound on the guest memory a load with a ramdisk of `ramdisk_len` bytes needs:
+    /// low memory, the copy of the ELF file, the segments, the stack and the ramdisk. A load
+    /// into less fails with [`BootError::OutOfMemory`]; one into more may still (page tables,
+    /// `BootInfo` and the rest come on top), so this is for refusing early, not for sizing.
+    pub fn min_memory(&self, ramdisk_len: u64) -> u64 {
+        let segments: u64 = self
+            .plan
+            .segments
+            .iter()
+            .map(|segment| segment.page_count.saturating_mul(PAGE_SIZE))
+            .fold(0, u64::saturating_add);
+        LOADER_FRAMES_START
+            .saturating_add(page_ceil(self.file.len() as u64))
+            .saturating_add(segments)
+            .saturating_add(self.plan.stack_pages.saturating_mul(PAGE_SIZE))
+            .saturating_add(page_ceil(ramdisk_len))
+            .max(MIN_MEMORY)
+    }
+
     /// Lays the kernel out in `memory` and returns the state to start the vCPU in.
     ///
     /// `memory` must be one region starting at guest-physical 0 and must be zero-filled (as

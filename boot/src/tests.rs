@@ -1224,3 +1224,31 @@ fn segments_that_share_file_bytes_are_refused_before_anything_is_copied() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn min_memory_is_a_lower_bound_that_grows_with_the_ramdisk() {
+    let image = PreparedImage::new(TestElf::new().build()).unwrap();
+    let bare = image.min_memory(0);
+    assert!(bare >= MIN_MEMORY);
+    assert!(image.min_memory(16 * MIB) >= LOADER_FRAMES_START + 16 * MIB);
+    assert_eq!(
+        image.min_memory(16 * MIB + 1),
+        image.min_memory(16 * MIB) + 4096
+    );
+    // A ramdisk that needs more than the memory fails to load; one that fits loads.
+    let ramdisk = vec![1u8; (15 * MIB) as usize];
+    let options = LoadOptions {
+        ramdisk: Some(&ramdisk),
+        ..LoadOptions::default()
+    };
+    assert!(image.min_memory(ramdisk.len() as u64) <= 16 * MIB + MIB);
+    let small = memory(8 * MIB);
+    assert!(image.min_memory(ramdisk.len() as u64) > 8 * MIB);
+    assert!(matches!(
+        image.load(&small, &options),
+        Err(BootError::OutOfMemory { .. })
+    ));
+    let big = memory(32 * MIB);
+    assert!(image.min_memory(ramdisk.len() as u64) <= 32 * MIB);
+    image.load(&big, &options).unwrap();
+}

@@ -139,20 +139,18 @@ pub enum Error {
         /// What is wrong with it.
         source: BootError,
     },
-    /// The guest, with its input and what mote adds, does not fit the run's guest memory.
-    #[error(
-        "the guest needs at least {} of memory with this input, more than the {} it is given; \
-         give it {}M or more (--mem {}M, or RunConfig::memory_size)",
-        human_size(*needed),
-        human_size(*size),
-        needed.div_ceil(1 << 20),
-        needed.div_ceil(1 << 20)
-    )]
+    /// The guest, with its input and what mote adds, does not fit the run's guest memory: the
+    /// caller's choice of memory size (a usage error), refused before any memory is reserved
+    /// when the input alone makes it clear.
+    #[error("{}", memory_too_small(*needed, *size, *input))]
     MemoryTooSmall {
         /// The least guest memory the layout needs, in bytes.
         needed: u64,
         /// The guest memory the run has, in bytes.
         size: u64,
+        /// The bytes of input (the ramdisk, or a snapshot's input window) the guest was given
+        /// room for; 0 without input.
+        input: u64,
     },
     /// The image cannot be laid out in guest memory for a reason other than its size.
     #[error("cannot lay the guest out in its memory")]
@@ -267,6 +265,45 @@ pub enum Error {
 }
 
 /// What is wrong with a guest memory size of `bytes`.
+/// The memory size to suggest to a run that needs `needed` bytes: at least 1 MiB more (page
+/// tables and `BootInfo` come on top of what is known to be needed), in whole 8 MiB.
+pub(crate) fn suggested_memory(needed: u64) -> u64 {
+    const STEP: u64 = 8 << 20;
+    needed
+        .saturating_add(1 << 20)
+        .div_ceil(STEP)
+        .saturating_mul(STEP)
+}
+
+fn memory_too_small(needed: u64, size: u64, input: u64) -> String {
+    let suggested = suggested_memory(needed);
+    let what = if input > 0 {
+        format!(
+            "the input ({}) does not fit in {} of guest memory beside the guest (they need at \
+             least {})",
+            human_size(input),
+            human_size(size),
+            human_size(needed)
+        )
+    } else {
+        format!(
+            "the guest needs at least {} of memory, more than the {} it is given",
+            human_size(needed),
+            human_size(size)
+        )
+    };
+    if suggested > MAX_MEMORY_SIZE {
+        return format!(
+            "{what}; mote gives a guest at most {}: give it less input",
+            human_size(MAX_MEMORY_SIZE)
+        );
+    }
+    format!(
+        "{what}; use --mem {}M or more (RunConfig::memory_size)",
+        suggested >> 20
+    )
+}
+
 fn memory_size_problem(bytes: u64) -> String {
     if bytes > MAX_MEMORY_SIZE {
         format!(
@@ -635,6 +672,22 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Refuses, before any memory is reserved or charged, a boot whose guest and `input_len`
+    /// bytes of input cannot fit in its memory: that is the caller's choice of memory size
+    /// ([`Error::MemoryTooSmall`]), whatever room the memory budget has.
+    pub(crate) fn check_fits(&self, image: &GuestImage, input_len: u64) -> Result<(), Error> {
+        let size = self.boot_memory_size();
+        let needed = image.prepared.min_memory(input_len);
+        if needed > size {
+            return Err(Error::MemoryTooSmall {
+                needed,
+                size,
+                input: input_len,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses what a run restored from `snapshot` cannot change (how the guest was laid out),
     /// and input larger than its input limit or the snapshot's input window.
     fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
@@ -934,6 +987,8 @@ impl Hypervisor {
 
     fn run_here(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
         config.check_input()?;
+        let input_len = config.input.as_ref().map_or(0, |input| input.len() as u64);
+        config.check_fits(image, input_len)?;
         let shared = &*self.shared;
         let charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
         let reserved = Instant::now();
@@ -1112,6 +1167,31 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_too_small_names_a_size_that_fits() {
+        assert_eq!(suggested_memory(17 << 20), 24 << 20);
+        assert_eq!(suggested_memory(7 << 20), 8 << 20);
+        assert_eq!(suggested_memory((7 << 20) + 1), 16 << 20);
+        let error = Error::MemoryTooSmall {
+            needed: (16 << 20) + (1200 << 10),
+            size: 8 << 20,
+            input: 16 << 20,
+        };
+        assert_eq!(error.class(), Class::Usage);
+        let message = error.to_string();
+        assert!(
+            message.starts_with("the input (16 MiB) does not fit in 8 MiB of guest memory"),
+            "{message}"
+        );
+        assert!(message.contains("use --mem 24M or more"), "{message}");
+        let error = Error::MemoryTooSmall {
+            needed: 5 << 30,
+            size: 8 << 20,
+            input: 5 << 30,
+        };
+        assert!(error.to_string().contains("give it less input"), "{error}");
+    }
 
     #[test]
     fn every_run_has_finite_limits_unless_told_otherwise() {

@@ -256,6 +256,9 @@ pub(crate) fn boot(
             mote_boot::BootError::OutOfMemory { needed } => Error::MemoryTooSmall {
                 needed,
                 size: vm.ram.last_addr().0 + 1,
+                input: options
+                    .ramdisk_capacity
+                    .max(options.ramdisk.map_or(0, |bytes| bytes.len() as u64)),
             },
             other => Error::Load(other),
         })?;

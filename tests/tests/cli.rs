@@ -389,3 +389,35 @@ fn pc_gives_firmware_a_framebuffer_and_128_mib() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+#[test]
+fn an_input_too_big_for_the_memory_is_a_usage_error_that_names_a_size() {
+    // 16 MiB of input (the default input limit) in the default 8 MiB: the caller's choice of
+    // --mem, refused before any memory is reserved, whatever the memory budget.
+    let path = std::env::temp_dir().join(format!("mote-test-big-input-{}", std::process::id()));
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = run_args("echo", &["--input", path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::USAGE)),
+        "{}",
+        text(&out.stderr)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the input (16 MiB) does not fit in 8 MiB of guest memory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use --mem 24M"), "{stderr}");
+    // The size it names is enough.
+    let out = run_args(
+        "echo",
+        &["--input", path.to_str().unwrap(), "--mem", "24M", "-q"],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 16 << 20);
+}

@@ -225,8 +225,12 @@ pub struct LoadOptions<'a> {
     /// A linear framebuffer of this width and height in pixels (4 bytes each, BGR), for kernels
     /// that expect firmware to have set one up.
     pub framebuffer: Option<(u32, u32)>,
-    /// ACPI tables (RSDP, XSDT, MADT, FADT) for kernels that expect firmware's.
+    /// ACPI tables (RSDP, XSDT, MADT, FADT) and a PC's memory map, for kernels that expect
+    /// firmware's.
     pub acpi: bool,
+    /// Written to `BootInfo._test_sentinel`, as the real bootloader copies it from its
+    /// run-time `BootConfig`.
+    pub test_sentinel: u64,
     /// Randomness for a kernel whose config asks for ASLR; without it (or without `aslr` in the
     /// config) addresses are the same at every load.
     pub aslr_seed: Option<u64>,
@@ -925,6 +929,7 @@ impl PreparedImage {
             kernel_image_offset: plan.kernel_offset,
             kernel_stack_bottom: stack_bottom,
             kernel_stack_len: self.config.kernel_stack_size,
+            test_sentinel: options.test_sentinel,
         };
         layout.write(
             &info.to_bytes(),

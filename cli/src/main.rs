@@ -26,6 +26,7 @@ macro_rules! print_text {
 }
 
 mod bench;
+mod boot_config;
 mod inspect;
 mod interrupt;
 mod package;
@@ -126,6 +127,11 @@ struct LayoutArgs {
     /// says otherwise) and 128 MiB of memory (unless --mem says otherwise).
     #[arg(long)]
     pc: bool,
+    /// Boot with this run-time boot config: the JSON the `bootloader` crate's `BootConfig`
+    /// serialises to (its boot.json). mote honours its framebuffer minimum and
+    /// `_test_sentinel`; see docs/boot-protocol.md.
+    #[arg(long, value_name = "FILE.json")]
+    boot_config: Option<PathBuf>,
 }
 
 /// The framebuffer `--pc` gives when `--framebuffer` does not say.
@@ -419,6 +425,23 @@ fn config(
     }
     if layout.acpi() {
         config = config.acpi();
+    }
+    if let Some(path) = &layout.boot_config {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::new(
+                "boot_config",
+                Class::Usage,
+                format!("cannot read boot config {}: {e}", path.display()),
+            )
+        })?;
+        let boot_config = boot_config::from_json(&text).map_err(|bad| {
+            Failure::new(
+                "boot_config",
+                Class::Usage,
+                format!("{}: {bad}", path.display()),
+            )
+        })?;
+        config = config.boot_config(boot_config)?;
     }
     match limits.timeout {
         Some(parse::Deadline::After(timeout)) => config = config.timeout(timeout)?,

@@ -55,6 +55,7 @@ mod outcome;
 mod pool;
 mod ram;
 mod reaper;
+mod runtime_boot_config;
 mod samples;
 mod seccomp;
 mod serial;
@@ -80,6 +81,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
 pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
+pub use runtime_boot_config::RuntimeBootConfig;
 pub use samples::Sample;
 pub use seccomp::{restrict_process, restrict_run_thread};
 pub use snapshot::Snapshot;
@@ -411,10 +413,10 @@ impl Error {
 
     /// The error's stable name, as JSON reports give it in `error.kind`: `kvm_unavailable`,
     /// `kvm_call`, `read_guest`, `bad_image`, `memory_too_small`, `load`, `memory`,
-    /// `invalid_memory_size`, `invalid_framebuffer`, `zero_timeout`, `fixed_by_snapshot`,
-    /// `snapshot_memory_size`, `snapshot_input`, `not_ready`, `input_too_large`,
-    /// `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`, `unsupported`,
-    /// `internal`.
+    /// `invalid_memory_size`, `invalid_framebuffer`, `zero_timeout`,
+    /// `fixed_by_snapshot`, `snapshot_memory_size`, `snapshot_input`, `not_ready`,
+    /// `input_too_large`, `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`,
+    /// `unsupported`, `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::KvmUnavailable(_) => "kvm_unavailable",
@@ -593,6 +595,7 @@ pub struct RunConfig {
     plain: bool,
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
+    boot_config: Option<RuntimeBootConfig>,
     /// `None`: [`DEFAULT_INPUT_CAPACITY`] for a snapshot.
     input_capacity: Option<u64>,
     screenshot: bool,
@@ -709,6 +712,7 @@ impl RunConfig {
             (self.plain, "a plain boot"),
             (self.framebuffer.is_some(), "a framebuffer"),
             (self.acpi, "ACPI tables"),
+            (self.boot_config.is_some(), "the boot config"),
             (self.input_capacity.is_some(), "the input capacity"),
         ];
         if let Some(&(_, what)) = fixed.iter().find(|(set, _)| *set) {
@@ -749,7 +753,38 @@ impl RunConfig {
             return Err(Error::InvalidFramebuffer { width, height });
         }
         self.framebuffer = Some((width, height));
+        self.boot_framebuffer()?;
         Ok(self)
+    }
+
+    /// Boots the guest with the `bootloader` crate's run-time `BootConfig` (its `boot.json`),
+    /// as the real bootloader reads it from its disk image: `BootInfo._test_sentinel` gets the
+    /// config's sentinel, and the framebuffer is at least the config's minimum size (a
+    /// config with a minimum gives the guest a framebuffer, 640x480 or the
+    /// [`framebuffer`](Self::framebuffer) asked for, each side raised to its minimum; each
+    /// side must stay within 8192). Its log settings are accepted and have no effect (see
+    /// [`RuntimeBootConfig`]). `mote run --boot-config FILE.json` reads one from the JSON the
+    /// bootloader crate's `BootConfig` serialises to.
+    pub fn boot_config(mut self, config: RuntimeBootConfig) -> Result<Self, Error> {
+        self.boot_config = Some(config);
+        self.boot_framebuffer()?;
+        Ok(self)
+    }
+
+    /// The framebuffer a boot gives: the one asked for, raised to the boot config's minimum.
+    fn boot_framebuffer(&self) -> Result<Option<(u32, u32)>, Error> {
+        let Some(boot_config) = &self.boot_config else {
+            return Ok(self.framebuffer);
+        };
+        let Some((width, height)) = boot_config.framebuffer(self.framebuffer) else {
+            return Ok(None);
+        };
+        let side = |pixels: u64| u32::try_from(pixels).unwrap_or(u32::MAX);
+        let (width, height) = (side(width), side(height));
+        if !(1..=8192).contains(&width) || !(1..=8192).contains(&height) {
+            return Err(Error::InvalidFramebuffer { width, height });
+        }
+        Ok(Some((width, height)))
     }
 
     /// Stops the guest `timeout` after its first instruction (outcome [`Exit::Timeout`]), even
@@ -1013,7 +1048,7 @@ impl Hypervisor {
             Purpose::Run(start),
             stats,
         );
-        let screen = config.screenshot || config.framebuffer.is_some();
+        let screen = config.screenshot || guest.framebuffer.is_some();
         let outcome = result.and_then(|finished| outcome(finished, &vm, &guest, screen));
         shared.dispose(Box::new(vm));
         outcome

@@ -244,8 +244,12 @@ pub(crate) fn boot(
         ramdisk_capacity: snapshot_input_capacity.unwrap_or(0),
         tsc_khz: u64::from(machine.tsc_khz),
         plain: config.plain,
-        framebuffer: config.framebuffer,
+        framebuffer: config.boot_framebuffer()?,
         acpi: config.acpi,
+        test_sentinel: config
+            .boot_config
+            .as_ref()
+            .map_or(0, |boot| boot.test_sentinel),
         aslr_seed: aslr_seed(image),
         snapshot: snapshot_input_capacity.is_some(),
     };

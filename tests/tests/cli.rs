@@ -421,3 +421,25 @@ fn an_input_too_big_for_the_memory_is_a_usage_error_that_names_a_size() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout.len(), 16 << 20);
 }
+
+#[test]
+fn a_boot_config_is_read_at_run_time_and_a_bad_one_names_its_field() {
+    let dir = std::env::temp_dir();
+    let good = dir.join(format!("mote-test-boot-config-{}.json", std::process::id()));
+    std::fs::write(
+        &good,
+        r#"{"frame_buffer":{"minimum_framebuffer_width":800,"minimum_framebuffer_height":600},
+        "_test_sentinel":193521294356481}"#,
+    )
+    .unwrap();
+    let out = run_args("boot_config", &["--boot-config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    std::fs::write(&good, r#"{"serial_logging":"yes"}"#).unwrap();
+    let out = run_args("boot_config", &["--boot-config", good.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&good);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("field `serial_logging`"), "{stderr}");
+    let out = run_args("boot_config", &["--boot-config", "/nonexistent.json"]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+}

@@ -133,3 +133,22 @@ fn without_firmware_the_map_stays_minimal() {
     assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
     assert!(text(&outcome.console).contains("3 memory regions"));
 }
+
+#[test]
+fn boot_config() {
+    // The sentinel the bootloader's own custom_config test sets, and a framebuffer minimum.
+    let mut boot_config = mote_host::RuntimeBootConfig::default();
+    boot_config.test_sentinel = 0xb001_b001_b001;
+    boot_config.minimum_framebuffer_width = Some(800);
+    boot_config.minimum_framebuffer_height = Some(600);
+    let outcome = passes(
+        "boot_config",
+        RunConfig::default().boot_config(boot_config).unwrap(),
+    );
+    let screen = outcome.framebuffer.expect("a framebuffer");
+    assert_eq!((screen.width, screen.height), (800, 600));
+    // Without it the sentinel is 0, as the real bootloader leaves it.
+    let outcome = run_guest_with("boot_config", RunConfig::default());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
+    assert!(text(&outcome.console).contains("sentinel = 0x0"));
+}

@@ -582,7 +582,7 @@ fn run(args: &RunArgs) -> ExitCode {
             restrict();
             hypervisor.run_snapshot(&snapshot, config)?
         } else {
-            if args.screenshot.is_some() && args.layout.framebuffer().is_none() {
+            if args.screenshot.is_some() && config.boot_framebuffer()?.is_none() {
                 return Err(Failure::usage(
                     "--screenshot needs --framebuffer WIDTHxHEIGHT (or --pc): without one the \
                      guest has no screen"

@@ -771,8 +771,10 @@ impl RunConfig {
         Ok(self)
     }
 
-    /// The framebuffer a boot gives: the one asked for, raised to the boot config's minimum.
-    fn boot_framebuffer(&self) -> Result<Option<(u32, u32)>, Error> {
+    /// The framebuffer (width, height) a boot of this configuration gives the guest, if any:
+    /// the one [`framebuffer`](Self::framebuffer) asked for, raised to the
+    /// [`boot_config`](Self::boot_config)'s minimum (which gives one on its own).
+    pub fn boot_framebuffer(&self) -> Result<Option<(u32, u32)>, Error> {
         let Some(boot_config) = &self.boot_config else {
             return Ok(self.framebuffer);
         };

@@ -443,3 +443,30 @@ fn a_boot_config_is_read_at_run_time_and_a_bad_one_names_its_field() {
     let out = run_args("boot_config", &["--boot-config", "/nonexistent.json"]);
     assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
 }
+
+#[test]
+fn a_boot_configs_framebuffer_minimum_is_enough_for_a_screenshot() {
+    let dir = std::env::temp_dir();
+    let config = dir.join(format!("mote-test-shot-config-{}.json", std::process::id()));
+    let shot = dir.join(format!("mote-test-shot-config-{}.png", std::process::id()));
+    std::fs::write(
+        &config,
+        r#"{"frame_buffer":{"minimum_framebuffer_width":800,"minimum_framebuffer_height":600},
+        "_test_sentinel":193521294356481}"#,
+    )
+    .unwrap();
+    let out = run_args(
+        "boot_config",
+        &[
+            "--boot-config",
+            config.to_str().unwrap(),
+            "--screenshot",
+            shot.to_str().unwrap(),
+        ],
+    );
+    let written = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&shot);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(written > 0);
+}

@@ -849,7 +849,9 @@ impl RunConfig {
         self
     }
 
-    /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    /// Gives the guest what PC firmware leaves: ACPI tables (RSDP, XSDT, MADT, FADT) and a
+    /// PC's memory map, with the EBDA, the VGA window, the BIOS area and the APIC pages the MADT
+    /// names reserved (see docs/boot-protocol.md).
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
         self

@@ -32,13 +32,31 @@ pub(crate) const ACPI_END: u64 = 0x10_0000;
 const OEM_ID: [u8; 6] = *b"MOTE  ";
 const OEM_TABLE_ID: [u8; 8] = *b"MOTEVMM ";
 const OEM_REVISION: u32 = 1;
+/// Where x86 puts the local APIC (the `IA32_APIC_BASE` reset value), as the MADT names it.
+pub(crate) const LOCAL_APIC_ADDRESS: u32 = 0xFEE0_0000;
+/// Where KVM's in-kernel I/O APIC answers (its fixed default base), as the MADT names it.
+pub(crate) const IO_APIC_ADDRESS: u32 = 0xFEC0_0000;
+/// The size of each APIC's MMIO range.
+const APIC_MMIO_SIZE: u64 = 0x1000;
+
+/// The MMIO ranges the MADT of a VM with (`irqchip`) or without KVM's interrupt controllers
+/// names (`start`, `end`), in address order: reserved in the memory map, read from here so
+/// that the map and the MADT never disagree.
+pub(crate) fn madt_mmio(irqchip: bool) -> Vec<(u64, u64)> {
+    let io_apic = irqchip.then_some(IO_APIC_ADDRESS);
+    io_apic
+        .into_iter()
+        .chain([LOCAL_APIC_ADDRESS])
+        .map(|base| {
+            let base = u64::from(base);
+            (base, base + APIC_MMIO_SIZE)
+        })
+        .collect()
+}
+
 /// FADT flag: hardware-reduced ACPI (no PM timer, no SCI): mote emulates no ACPI hardware.
 const HW_REDUCED_ACPI: u32 = 1 << 20;
 
-/// Where x86 puts the local APIC (the `IA32_APIC_BASE` reset value).
-pub(crate) const LOCAL_APIC_ADDRESS: u32 = 0xFEE0_0000;
-/// Where KVM's in-kernel I/O APIC answers (its fixed default base).
-pub(crate) const IO_APIC_ADDRESS: u32 = 0xFEC0_0000;
 /// MADT flag: the PC's dual 8259 pair is there too.
 const PCAT_COMPAT: u32 = 1;
 /// Where the MADT's flags sit: after the 36-byte header and the local APIC address.

@@ -65,6 +65,8 @@ pub struct BootInfoFields {
     pub kernel_stack_bottom: u64,
     /// `kernel_stack_len`.
     pub kernel_stack_len: u64,
+    /// `_test_sentinel`.
+    pub test_sentinel: u64,
 }
 
 /// `PixelFormat::Bgr`.
@@ -153,6 +155,7 @@ impl BootInfoFields {
         put_u64(&mut b, 200, self.kernel_image_offset);
         put_u64(&mut b, 208, self.kernel_stack_bottom);
         put_u64(&mut b, 216, self.kernel_stack_len);
+        put_u64(&mut b, 224, self.test_sentinel);
         for (i, region) in self.regions.iter().enumerate() {
             let at = (BOOT_INFO_SIZE + MEMORY_REGION_SIZE * i as u64) as usize;
             put_u64(&mut b, at, region.start);
@@ -186,6 +189,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(BootInfo, ramdisk_len), 176);
         assert_eq!(std::mem::offset_of!(BootInfo, kernel_addr), 184);
         assert_eq!(std::mem::offset_of!(BootInfo, kernel_stack_len), 216);
+        assert_eq!(std::mem::offset_of!(BootInfo, _test_sentinel), 224);
     }
 
     #[test]
@@ -230,6 +234,7 @@ mod tests {
             kernel_image_offset: 0x80_0000_0000,
             kernel_stack_bottom: 0x100_0000_1000,
             kernel_stack_len: 0x5000,
+            test_sentinel: 0xb001_b001_b001,
         };
         let bytes = fields.to_bytes();
         assert_eq!(bytes.len(), 232 + 2 * 24);
@@ -269,6 +274,7 @@ mod tests {
         assert_eq!(info.kernel_image_offset, 0x80_0000_0000);
         assert_eq!(info.kernel_stack_bottom, 0x100_0000_1000);
         assert_eq!(info.kernel_stack_len, 0x5000);
+        assert_eq!(info._test_sentinel, 0xb001_b001_b001);
         // The regions, read back through the crate's type.
         // SAFETY: as above; the region array starts at byte 232 and holds two valid entries.
         let second: bootloader_api::info::MemoryRegion =

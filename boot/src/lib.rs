@@ -13,6 +13,7 @@ mod acpi;
 mod boot_info;
 pub mod config;
 mod elf;
+mod memory_map;
 pub mod paging;
 mod vcpu;
 
@@ -224,11 +225,15 @@ pub struct LoadOptions<'a> {
     /// A linear framebuffer of this width and height in pixels (4 bytes each, BGR), for kernels
     /// that expect firmware to have set one up.
     pub framebuffer: Option<(u32, u32)>,
-    /// ACPI tables (RSDP, XSDT, MADT, FADT) for kernels that expect firmware's.
+    /// ACPI tables (RSDP, XSDT, MADT, FADT) and a PC's memory map, for kernels that expect
+    /// firmware's.
     pub acpi: bool,
     /// The VM has KVM's in-kernel interrupt controllers (local APIC, I/O APIC, 8259 pair):
     /// the MADT lists them. Without, it lists no I/O APIC and no 8259s.
     pub irqchip: bool,
+    /// Written to `BootInfo._test_sentinel`, as the real bootloader copies it from its
+    /// run-time `BootConfig`.
+    pub test_sentinel: u64,
     /// Randomness for a kernel whose config asks for ASLR; without it (or without `aslr` in the
     /// config) addresses are the same at every load.
     pub aslr_seed: Option<u64>,
@@ -650,6 +655,25 @@ impl PreparedImage {
         self.plan.runtime.is_some()
     }
 
+    /// A lower bound on the guest memory a load with a ramdisk of `ramdisk_len` bytes needs:
+    /// low memory, the copy of the ELF file, the segments, the stack and the ramdisk. A load
+    /// into less fails with [`BootError::OutOfMemory`]; one into more may still (page tables,
+    /// `BootInfo` and the rest come on top), so this is for refusing early, not for sizing.
+    pub fn min_memory(&self, ramdisk_len: u64) -> u64 {
+        let segments: u64 = self
+            .plan
+            .segments
+            .iter()
+            .map(|segment| segment.page_count.saturating_mul(PAGE_SIZE))
+            .fold(0, u64::saturating_add);
+        LOADER_FRAMES_START
+            .saturating_add(page_ceil(self.file.len() as u64))
+            .saturating_add(segments)
+            .saturating_add(self.plan.stack_pages.saturating_mul(PAGE_SIZE))
+            .saturating_add(page_ceil(ramdisk_len))
+            .max(MIN_MEMORY)
+    }
+
     /// Lays the kernel out in `memory` and returns the state to start the vCPU in.
     ///
     /// `memory` must be one region starting at guest-physical 0 and must be zero-filled (as
@@ -675,7 +699,14 @@ impl PreparedImage {
         if memory_size < MIN_MEMORY {
             return Err(BootError::OutOfMemory { needed: MIN_MEMORY });
         }
-        let mut frames = FrameAllocator::new(LOADER_FRAMES_START, memory_size & !(PAGE_SIZE - 1));
+        // With firmware, mote's frames stay below the APIC ranges the memory map reserves.
+        let frames_end = memory_map::frames_end(
+            memory_size,
+            LOADER_FRAMES_START,
+            options.acpi,
+            options.irqchip,
+        );
+        let mut frames = FrameAllocator::new(LOADER_FRAMES_START, frames_end & !(PAGE_SIZE - 1));
         let tables = PageTableBuilder::new(memory, &mut frames)?;
         let mut layout = Layout {
             memory,
@@ -890,36 +921,13 @@ impl PreparedImage {
 
         // Every frame mote used is below `used_end`.
         let used_end = layout.frames.next_free();
-        let low_end = if options.acpi {
-            acpi::ACPI_BASE
-        } else {
-            LOADER_FRAMES_START
-        };
-        let mut regions = vec![MemoryRegion {
-            start: 0,
-            end: low_end,
-            kind: RegionKind::Usable,
-        }];
-        if options.acpi {
-            // As a PC BIOS reports it: e820 type 2, reserved.
-            regions.push(MemoryRegion {
-                start: acpi::ACPI_BASE,
-                end: acpi::ACPI_END,
-                kind: RegionKind::UnknownBios(2),
-            });
-        }
-        regions.push(MemoryRegion {
-            start: LOADER_FRAMES_START,
-            end: used_end,
-            kind: RegionKind::Bootloader,
-        });
-        if used_end < memory_size {
-            regions.push(MemoryRegion {
-                start: used_end,
-                end: memory_size,
-                kind: RegionKind::Usable,
-            });
-        }
+        let regions = memory_map::regions(
+            memory_size,
+            LOADER_FRAMES_START,
+            used_end,
+            options.acpi,
+            options.irqchip,
+        );
         let info = BootInfoFields {
             api_version: self.config.api_version,
             address: plan.boot_info_address,
@@ -935,6 +943,7 @@ impl PreparedImage {
             kernel_image_offset: plan.kernel_offset,
             kernel_stack_bottom: stack_bottom,
             kernel_stack_len: self.config.kernel_stack_size,
+            test_sentinel: options.test_sentinel,
         };
         layout.write(
             &info.to_bytes(),

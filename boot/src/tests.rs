@@ -952,8 +952,48 @@ fn acpi_tables_sit_in_a_reserved_bios_area() {
         .sum();
     assert!(low_usable / 4096 > 16, "lower memory stays free");
     for pair in loaded.regions.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "sorted, no overlap");
+    }
+    // RAM is covered without a hole; only the APIC ranges lie above it.
+    let in_ram: Vec<_> = loaded
+        .regions
+        .iter()
+        .filter(|r| r.end <= 16 * MIB)
+        .collect();
+    assert_eq!(in_ram[0].start, 0);
+    assert_eq!(in_ram.last().unwrap().end, 16 * MIB);
+    for pair in in_ram.windows(2) {
         assert_eq!(pair[0].end, pair[1].start);
     }
+    let above: Vec<_> = loaded
+        .regions
+        .iter()
+        .filter(|r| r.start >= 16 * MIB)
+        .map(|r| (r.start, r.kind))
+        .collect();
+    // Without the irqchip the MADT names the local APIC only, and so does the map.
+    assert_eq!(above, [(0xFEE0_0000, RegionKind::UnknownBios(2))]);
+    // More than 4 regions, as the real bootloader's check_boot_info kernels assert.
+    assert!(loaded.regions.len() > 4);
+
+    let with_irqchip = LoadOptions {
+        irqchip: true,
+        ..options
+    };
+    let (_, _, loaded) = load_with(&TestElf::new(), &with_irqchip);
+    let above: Vec<_> = loaded
+        .regions
+        .iter()
+        .filter(|r| r.start >= 16 * MIB)
+        .map(|r| (r.start, r.kind))
+        .collect();
+    assert_eq!(
+        above,
+        [
+            (0xFEC0_0000, RegionKind::UnknownBios(2)),
+            (0xFEE0_0000, RegionKind::UnknownBios(2))
+        ]
+    );
 }
 
 #[test]
@@ -1197,4 +1237,32 @@ fn segments_that_share_file_bytes_are_refused_before_anything_is_copied() {
         matches!(&refused, Err(BootError::BadElf(why)) if why.contains("share file bytes")),
         "{refused:?}"
     );
+}
+
+#[test]
+fn min_memory_is_a_lower_bound_that_grows_with_the_ramdisk() {
+    let image = PreparedImage::new(TestElf::new().build()).unwrap();
+    let bare = image.min_memory(0);
+    assert!(bare >= MIN_MEMORY);
+    assert!(image.min_memory(16 * MIB) >= LOADER_FRAMES_START + 16 * MIB);
+    assert_eq!(
+        image.min_memory(16 * MIB + 1),
+        image.min_memory(16 * MIB) + 4096
+    );
+    // A ramdisk that needs more than the memory fails to load; one that fits loads.
+    let ramdisk = vec![1u8; (15 * MIB) as usize];
+    let options = LoadOptions {
+        ramdisk: Some(&ramdisk),
+        ..LoadOptions::default()
+    };
+    assert!(image.min_memory(ramdisk.len() as u64) <= 16 * MIB + MIB);
+    let small = memory(8 * MIB);
+    assert!(image.min_memory(ramdisk.len() as u64) > 8 * MIB);
+    assert!(matches!(
+        image.load(&small, &options),
+        Err(BootError::OutOfMemory { .. })
+    ));
+    let big = memory(32 * MIB);
+    assert!(image.min_memory(ramdisk.len() as u64) <= 32 * MIB);
+    image.load(&big, &options).unwrap();
 }

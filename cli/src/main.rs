@@ -26,6 +26,7 @@ macro_rules! print_text {
 }
 
 mod bench;
+mod boot_config;
 mod inspect;
 mod interrupt;
 mod package;
@@ -118,7 +119,8 @@ struct LayoutArgs {
     /// Give the guest a linear framebuffer of this size, as UEFI firmware would (e.g. 640x480).
     #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse::resolution)]
     framebuffer: Option<(u32, u32)>,
-    /// Give the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    /// Give the guest what PC firmware leaves: ACPI tables (RSDP, XSDT, MADT, FADT) and a PC's
+    /// memory map (the EBDA, VGA and BIOS areas and the APIC pages reserved).
     #[arg(long)]
     acpi: bool,
     /// Give the guest interrupt controllers and a timer, as a PC has them: KVM's local APIC
@@ -129,6 +131,37 @@ struct LayoutArgs {
     /// snapshotted.
     #[arg(long)]
     irqchip: bool,
+    /// Boot as on a PC, for stock kernels: --acpi, a framebuffer (640x480 unless --framebuffer
+    /// says otherwise) and 128 MiB of memory (unless --mem says otherwise).
+    #[arg(long)]
+    pc: bool,
+    /// Boot with this run-time boot config: the JSON the `bootloader` crate's `BootConfig`
+    /// serialises to (its boot.json). mote honours its framebuffer minimum and
+    /// `_test_sentinel`; see docs/boot-protocol.md.
+    #[arg(long, value_name = "FILE.json")]
+    boot_config: Option<PathBuf>,
+}
+
+/// The framebuffer `--pc` gives when `--framebuffer` does not say.
+const PC_FRAMEBUFFER: (u32, u32) = (640, 480);
+/// The memory `--pc` gives when `--mem` does not say: QEMU's default.
+const PC_MEMORY: u64 = 128 << 20;
+
+impl LayoutArgs {
+    /// The guest memory size asked for, if any.
+    fn mem(&self) -> Option<u64> {
+        self.mem.or(self.pc.then_some(PC_MEMORY))
+    }
+
+    /// The framebuffer asked for, if any.
+    fn framebuffer(&self) -> Option<(u32, u32)> {
+        self.framebuffer.or(self.pc.then_some(PC_FRAMEBUFFER))
+    }
+
+    /// Whether firmware's ACPI tables and memory map were asked for.
+    fn acpi(&self) -> bool {
+        self.acpi || self.pc
+    }
 }
 
 /// What a run (or the boot of a snapshot) may spend.
@@ -392,17 +425,34 @@ fn config(
     let mut config = RunConfig::default()
         .console_to(console)
         .cancel_token(cancel);
-    if let Some(bytes) = layout.mem {
+    if let Some(bytes) = layout.mem() {
         config = config.memory_size(bytes)?;
     }
-    if let Some((width, height)) = layout.framebuffer {
+    if let Some((width, height)) = layout.framebuffer() {
         config = config.framebuffer(width, height)?;
     }
-    if layout.acpi {
+    if layout.acpi() {
         config = config.acpi();
     }
     if layout.irqchip {
         config = config.irqchip();
+    }
+    if let Some(path) = &layout.boot_config {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::new(
+                "boot_config",
+                Class::Usage,
+                format!("cannot read boot config {}: {e}", path.display()),
+            )
+        })?;
+        let boot_config = boot_config::from_json(&text).map_err(|bad| {
+            Failure::new(
+                "boot_config",
+                Class::Usage,
+                format!("{}: {bad}", path.display()),
+            )
+        })?;
+        config = config.boot_config(boot_config)?;
     }
     match limits.timeout {
         Some(parse::Deadline::After(timeout)) => config = config.timeout(timeout)?,
@@ -543,10 +593,10 @@ fn run(args: &RunArgs) -> ExitCode {
             restrict();
             hypervisor.run_snapshot(&snapshot, config)?
         } else {
-            if args.screenshot.is_some() && args.layout.framebuffer.is_none() {
+            if args.screenshot.is_some() && config.boot_framebuffer()?.is_none() {
                 return Err(Failure::usage(
-                    "--screenshot needs --framebuffer WIDTHxHEIGHT: without one the guest has \
-                     no screen"
+                    "--screenshot needs --framebuffer WIDTHxHEIGHT (or --pc): without one the \
+                     guest has no screen"
                         .into(),
                 ));
             }

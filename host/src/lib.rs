@@ -55,6 +55,7 @@ mod outcome;
 mod pool;
 mod ram;
 mod reaper;
+mod runtime_boot_config;
 mod samples;
 mod seccomp;
 mod serial;
@@ -80,6 +81,7 @@ pub use mote_abi::RunStart;
 pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
 pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats, exit_status};
 pub use pool::{Pool, PoolConfig};
+pub use runtime_boot_config::RuntimeBootConfig;
 pub use samples::Sample;
 pub use seccomp::{restrict_process, restrict_run_thread};
 pub use snapshot::Snapshot;
@@ -139,20 +141,18 @@ pub enum Error {
         /// What is wrong with it.
         source: BootError,
     },
-    /// The guest, with its input and what mote adds, does not fit the run's guest memory.
-    #[error(
-        "the guest needs at least {} of memory with this input, more than the {} it is given; \
-         give it {}M or more (--mem {}M, or RunConfig::memory_size)",
-        human_size(*needed),
-        human_size(*size),
-        needed.div_ceil(1 << 20),
-        needed.div_ceil(1 << 20)
-    )]
+    /// The guest, with its input and what mote adds, does not fit the run's guest memory: the
+    /// caller's choice of memory size (a usage error), refused before any memory is reserved
+    /// when the input alone makes it clear.
+    #[error("{}", memory_too_small(*needed, *size, *input))]
     MemoryTooSmall {
         /// The least guest memory the layout needs, in bytes.
         needed: u64,
         /// The guest memory the run has, in bytes.
         size: u64,
+        /// The bytes of input (the ramdisk, or a snapshot's input window) the guest was given
+        /// room for; 0 without input.
+        input: u64,
     },
     /// The image cannot be laid out in guest memory for a reason other than its size.
     #[error("cannot lay the guest out in its memory")]
@@ -274,6 +274,45 @@ pub enum Error {
 }
 
 /// What is wrong with a guest memory size of `bytes`.
+/// The memory size to suggest to a run that needs `needed` bytes: at least 1 MiB more (page
+/// tables and `BootInfo` come on top of what is known to be needed), in whole 8 MiB.
+pub(crate) fn suggested_memory(needed: u64) -> u64 {
+    const STEP: u64 = 8 << 20;
+    needed
+        .saturating_add(1 << 20)
+        .div_ceil(STEP)
+        .saturating_mul(STEP)
+}
+
+fn memory_too_small(needed: u64, size: u64, input: u64) -> String {
+    let suggested = suggested_memory(needed);
+    let what = if input > 0 {
+        format!(
+            "the input ({}) does not fit in {} of guest memory beside the guest (they need at \
+             least {})",
+            human_size(input),
+            human_size(size),
+            human_size(needed)
+        )
+    } else {
+        format!(
+            "the guest needs at least {} of memory, more than the {} it is given",
+            human_size(needed),
+            human_size(size)
+        )
+    };
+    if suggested > MAX_MEMORY_SIZE {
+        return format!(
+            "{what}; mote gives a guest at most {}: give it less input",
+            human_size(MAX_MEMORY_SIZE)
+        );
+    }
+    format!(
+        "{what}; use --mem {}M or more (RunConfig::memory_size)",
+        suggested >> 20
+    )
+}
+
 fn memory_size_problem(bytes: u64) -> String {
     if bytes > MAX_MEMORY_SIZE {
         format!(
@@ -383,9 +422,9 @@ impl Error {
     /// The error's stable name, as JSON reports give it in `error.kind`: `kvm_unavailable`,
     /// `kvm_call`, `read_guest`, `bad_image`, `memory_too_small`, `load`, `memory`,
     /// `invalid_memory_size`, `invalid_framebuffer`, `zero_timeout`, `fixed_by_snapshot`,
-    /// `snapshot_memory_size`, `snapshot_input`, `irqchip_snapshot`, `not_ready`, `input_too_large`,
-    /// `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`, `unsupported`,
-    /// `internal`.
+    /// `snapshot_memory_size`, `snapshot_input`, `irqchip_snapshot`, `not_ready`,
+    /// `input_too_large`, `over_budget`, `pool_busy`, `snapshot_file`, `incompatible_snapshot`,
+    /// `unsupported`, `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::KvmUnavailable(_) => "kvm_unavailable",
@@ -566,6 +605,7 @@ pub struct RunConfig {
     framebuffer: Option<(u32, u32)>,
     acpi: bool,
     irqchip: bool,
+    boot_config: Option<RuntimeBootConfig>,
     /// `None`: [`DEFAULT_INPUT_CAPACITY`] for a snapshot.
     input_capacity: Option<u64>,
     screenshot: bool,
@@ -645,6 +685,22 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Refuses, before any memory is reserved or charged, a boot whose guest and `input_len`
+    /// bytes of input cannot fit in its memory: that is the caller's choice of memory size
+    /// ([`Error::MemoryTooSmall`]), whatever room the memory budget has.
+    pub(crate) fn check_fits(&self, image: &GuestImage, input_len: u64) -> Result<(), Error> {
+        let size = self.boot_memory_size();
+        let needed = image.prepared.min_memory(input_len);
+        if needed > size {
+            return Err(Error::MemoryTooSmall {
+                needed,
+                size,
+                input: input_len,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses what a run restored from `snapshot` cannot change (how the guest was laid out),
     /// and input larger than its input limit or the snapshot's input window.
     fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
@@ -667,6 +723,7 @@ impl RunConfig {
             (self.framebuffer.is_some(), "a framebuffer"),
             (self.acpi, "ACPI tables"),
             (self.irqchip, "an interrupt controller"),
+            (self.boot_config.is_some(), "the boot config"),
             (self.input_capacity.is_some(), "the input capacity"),
         ];
         if let Some(&(_, what)) = fixed.iter().find(|(set, _)| *set) {
@@ -707,7 +764,40 @@ impl RunConfig {
             return Err(Error::InvalidFramebuffer { width, height });
         }
         self.framebuffer = Some((width, height));
+        self.boot_framebuffer()?;
         Ok(self)
+    }
+
+    /// Boots the guest with the `bootloader` crate's run-time `BootConfig` (its `boot.json`),
+    /// as the real bootloader reads it from its disk image: `BootInfo._test_sentinel` gets the
+    /// config's sentinel, and the framebuffer is at least the config's minimum size (a
+    /// config with a minimum gives the guest a framebuffer, 640x480 or the
+    /// [`framebuffer`](Self::framebuffer) asked for, each side raised to its minimum; each
+    /// side must stay within 8192). Its log settings are accepted and have no effect (see
+    /// [`RuntimeBootConfig`]). `mote run --boot-config FILE.json` reads one from the JSON the
+    /// bootloader crate's `BootConfig` serialises to.
+    pub fn boot_config(mut self, config: RuntimeBootConfig) -> Result<Self, Error> {
+        self.boot_config = Some(config);
+        self.boot_framebuffer()?;
+        Ok(self)
+    }
+
+    /// The framebuffer (width, height) a boot of this configuration gives the guest, if any:
+    /// the one [`framebuffer`](Self::framebuffer) asked for, raised to the
+    /// [`boot_config`](Self::boot_config)'s minimum (which gives one on its own).
+    pub fn boot_framebuffer(&self) -> Result<Option<(u32, u32)>, Error> {
+        let Some(boot_config) = &self.boot_config else {
+            return Ok(self.framebuffer);
+        };
+        let Some((width, height)) = boot_config.framebuffer(self.framebuffer) else {
+            return Ok(None);
+        };
+        let side = |pixels: u64| u32::try_from(pixels).unwrap_or(u32::MAX);
+        let (width, height) = (side(width), side(height));
+        if !(1..=8192).contains(&width) || !(1..=8192).contains(&height) {
+            return Err(Error::InvalidFramebuffer { width, height });
+        }
+        Ok(Some((width, height)))
     }
 
     /// Stops the guest `timeout` after its first instruction (outcome [`Exit::Timeout`]), even
@@ -770,7 +860,9 @@ impl RunConfig {
         self
     }
 
-    /// Gives the guest ACPI tables (RSDP, XSDT, MADT, FADT), as PC firmware would.
+    /// Gives the guest what PC firmware leaves: ACPI tables (RSDP, XSDT, MADT, FADT) and a
+    /// PC's memory map, with the EBDA, the VGA window, the BIOS area and the APIC pages the MADT
+    /// names reserved (see docs/boot-protocol.md).
     pub fn acpi(mut self) -> Self {
         self.acpi = true;
         self
@@ -964,6 +1056,8 @@ impl Hypervisor {
 
     fn run_here(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {
         config.check_input()?;
+        let input_len = config.input.as_ref().map_or(0, |input| input.len() as u64);
+        config.check_fits(image, input_len)?;
         let shared = &*self.shared;
         let charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
         let reserved = Instant::now();
@@ -988,7 +1082,7 @@ impl Hypervisor {
             Purpose::Run(start),
             stats,
         );
-        let screen = config.screenshot || config.framebuffer.is_some();
+        let screen = config.screenshot || guest.framebuffer.is_some();
         let outcome = result.and_then(|finished| outcome(finished, &vm, &guest, screen));
         shared.dispose(Box::new(vm));
         outcome
@@ -1142,6 +1236,31 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_too_small_names_a_size_that_fits() {
+        assert_eq!(suggested_memory(17 << 20), 24 << 20);
+        assert_eq!(suggested_memory(7 << 20), 8 << 20);
+        assert_eq!(suggested_memory((7 << 20) + 1), 16 << 20);
+        let error = Error::MemoryTooSmall {
+            needed: (16 << 20) + (1200 << 10),
+            size: 8 << 20,
+            input: 16 << 20,
+        };
+        assert_eq!(error.class(), Class::Usage);
+        let message = error.to_string();
+        assert!(
+            message.starts_with("the input (16 MiB) does not fit in 8 MiB of guest memory"),
+            "{message}"
+        );
+        assert!(message.contains("use --mem 24M or more"), "{message}");
+        let error = Error::MemoryTooSmall {
+            needed: 5 << 30,
+            size: 8 << 20,
+            input: 5 << 30,
+        };
+        assert!(error.to_string().contains("give it less input"), "{error}");
+    }
 
     #[test]
     fn every_run_has_finite_limits_unless_told_otherwise() {

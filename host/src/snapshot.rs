@@ -286,6 +286,12 @@ pub(crate) fn capture(
     if config.irqchip {
         return Err(Error::IrqchipSnapshot);
     }
+    config.check_fits(
+        image,
+        config
+            .input_capacity
+            .unwrap_or(crate::DEFAULT_INPUT_CAPACITY),
+    )?;
     // The boot is charged as a run is; the snapshot then holds a charge for its memory.
     let boot_charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
     let reserved = Instant::now();

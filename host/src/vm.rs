@@ -278,9 +278,13 @@ pub(crate) fn boot(
         ramdisk_capacity: snapshot_input_capacity.unwrap_or(0),
         tsc_khz: u64::from(machine.tsc_khz),
         plain: config.plain,
-        framebuffer: config.framebuffer,
+        framebuffer: config.boot_framebuffer()?,
         acpi: config.acpi,
         irqchip: config.irqchip,
+        test_sentinel: config
+            .boot_config
+            .as_ref()
+            .map_or(0, |boot| boot.test_sentinel),
         aslr_seed: aslr_seed(image),
         snapshot: snapshot_input_capacity.is_some(),
     };
@@ -291,6 +295,9 @@ pub(crate) fn boot(
             mote_boot::BootError::OutOfMemory { needed } => Error::MemoryTooSmall {
                 needed,
                 size: vm.ram.last_addr().0 + 1,
+                input: options
+                    .ramdisk_capacity
+                    .max(options.ramdisk.map_or(0, |bytes| bytes.len() as u64)),
             },
             other => Error::Load(other),
         })?;

@@ -405,3 +405,108 @@ fn the_exit_code_table_is_the_same_in_help_docs_and_library() {
         assert!(help.contains(&line), "mote --help lacks `{line}`:\n{help}");
     }
 }
+
+#[test]
+fn pc_gives_firmware_a_framebuffer_and_128_mib() {
+    // The PC memory map (more than 4 regions) comes with --acpi, and with --pc.
+    for flag in ["--acpi", "--pc"] {
+        let out = run_args("pc_memory_map", &[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stdout));
+    }
+    let out = run_args("pc_memory_map", &["--pc"]);
+    // 128 MiB of RAM: the last Usable region ends at 0x8000000.
+    assert!(
+        text(&out.stdout).contains("..0x0008000000 Usable"),
+        "{}",
+        text(&out.stdout)
+    );
+    // And a framebuffer, so --screenshot needs nothing more.
+    let file = std::env::temp_dir().join(format!("mote-test-pc-{}.png", std::process::id()));
+    let out = run_args(
+        "framebuffer",
+        &["--pc", "--screenshot", file.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn an_input_too_big_for_the_memory_is_a_usage_error_that_names_a_size() {
+    // 16 MiB of input (the default input limit) in the default 8 MiB: the caller's choice of
+    // --mem, refused before any memory is reserved, whatever the memory budget.
+    let path = std::env::temp_dir().join(format!("mote-test-big-input-{}", std::process::id()));
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = run_args("echo", &["--input", path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit_status::USAGE)),
+        "{}",
+        text(&out.stderr)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the input (16 MiB) does not fit in 8 MiB of guest memory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use --mem 24M"), "{stderr}");
+    // The size it names is enough.
+    let out = run_args(
+        "echo",
+        &["--input", path.to_str().unwrap(), "--mem", "24M", "-q"],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 16 << 20);
+}
+
+#[test]
+fn a_boot_config_is_read_at_run_time_and_a_bad_one_names_its_field() {
+    let dir = std::env::temp_dir();
+    let good = dir.join(format!("mote-test-boot-config-{}.json", std::process::id()));
+    std::fs::write(
+        &good,
+        r#"{"frame_buffer":{"minimum_framebuffer_width":800,"minimum_framebuffer_height":600},
+        "_test_sentinel":193521294356481}"#,
+    )
+    .unwrap();
+    let out = run_args("boot_config", &["--boot-config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    std::fs::write(&good, r#"{"serial_logging":"yes"}"#).unwrap();
+    let out = run_args("boot_config", &["--boot-config", good.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&good);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("field `serial_logging`"), "{stderr}");
+    let out = run_args("boot_config", &["--boot-config", "/nonexistent.json"]);
+    assert_eq!(out.status.code(), Some(i32::from(exit_status::USAGE)));
+}
+
+#[test]
+fn a_boot_configs_framebuffer_minimum_is_enough_for_a_screenshot() {
+    let dir = std::env::temp_dir();
+    let config = dir.join(format!("mote-test-shot-config-{}.json", std::process::id()));
+    let shot = dir.join(format!("mote-test-shot-config-{}.png", std::process::id()));
+    std::fs::write(
+        &config,
+        r#"{"frame_buffer":{"minimum_framebuffer_width":800,"minimum_framebuffer_height":600},
+        "_test_sentinel":193521294356481}"#,
+    )
+    .unwrap();
+    let out = run_args(
+        "boot_config",
+        &[
+            "--boot-config",
+            config.to_str().unwrap(),
+            "--screenshot",
+            shot.to_str().unwrap(),
+        ],
+    );
+    let written = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&shot);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(written > 0);
+}

@@ -237,3 +237,52 @@ fn cli_hlt_with_an_nmi_source_waits_for_it() {
     );
     assert!(console.contains("LINT0 delivers NMIs"), "{console}");
 }
+
+#[test]
+fn pc_memory_map() {
+    let outcome = passes("pc_memory_map", RunConfig::default().acpi());
+    // More than 4 regions, as the real bootloader's check_boot_info kernels assert.
+    let console = text(&outcome.console);
+    let regions = console.lines().filter(|l| l.starts_with("  0x")).count();
+    assert!(regions > 4, "{console}");
+}
+
+#[test]
+fn pc_memory_map_with_irqchip_reserves_the_io_apic_too() {
+    let outcome = passes("pc_memory_map", RunConfig::default().acpi().irqchip());
+    let console = text(&outcome.console);
+    assert!(
+        console.contains("MADT: I/O APIC at 0xfec00000"),
+        "{console}"
+    );
+    assert!(
+        console.contains("0x00fec00000..0x00fec01000 UnknownBios(2)"),
+        "{console}"
+    );
+}
+
+#[test]
+fn without_firmware_the_map_stays_minimal() {
+    let outcome = run_guest_with("pc_memory_map", RunConfig::default());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
+    assert!(text(&outcome.console).contains("3 memory regions"));
+}
+
+#[test]
+fn boot_config() {
+    // The sentinel the bootloader's own custom_config test sets, and a framebuffer minimum.
+    let mut boot_config = mote_host::RuntimeBootConfig::default();
+    boot_config.test_sentinel = 0xb001_b001_b001;
+    boot_config.minimum_framebuffer_width = Some(800);
+    boot_config.minimum_framebuffer_height = Some(600);
+    let outcome = passes(
+        "boot_config",
+        RunConfig::default().boot_config(boot_config).unwrap(),
+    );
+    let screen = outcome.framebuffer.expect("a framebuffer");
+    assert_eq!((screen.width, screen.height), (800, 600));
+    // Without it the sentinel is 0, as the real bootloader leaves it.
+    let outcome = run_guest_with("boot_config", RunConfig::default());
+    assert_eq!(outcome.exit, Exit::DebugExit { value: 0x11 });
+    assert!(text(&outcome.console).contains("sentinel = 0x0"));
+}

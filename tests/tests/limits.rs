@@ -94,7 +94,8 @@ fn memory_is_a_limit_too() {
             error,
             mote_host::Error::MemoryTooSmall {
                 size: 0x20_0000,
-                needed
+                needed,
+                input: 0x30_0000,
             } if needed > 3 << 20
         ),
         "{error:?}"
@@ -170,4 +171,28 @@ fn a_deadline_leaves_the_callers_thread_as_it_found_it() {
         Exit::Timeout { .. }
     ));
     assert_eq!(kick_blocked_or_pending(), (false, false));
+}
+
+#[test]
+fn an_input_too_big_for_the_memory_is_refused_before_the_budget_is_asked() {
+    // A budget too small for the run: the input's size is still the caller's to fix, so the
+    // answer is MemoryTooSmall (usage), not OverBudget (busy).
+    let hypervisor = mote_host::Hypervisor::open().unwrap();
+    hypervisor.set_memory_budget(4 << 20);
+    let image = mote_host::GuestImage::from_file(mote_tests::guest_path("echo")).unwrap();
+    let config = RunConfig::default().input(vec![0; 16 << 20]);
+    let error = hypervisor.run(&image, config).unwrap_err();
+    assert!(
+        matches!(error, mote_host::Error::MemoryTooSmall { input, .. } if input == 16 << 20),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), mote_host::Class::Usage);
+    // One that fits meets the budget as before.
+    let error = hypervisor
+        .run(&image, RunConfig::default().input(vec![0; 1 << 20]))
+        .unwrap_err();
+    assert!(
+        matches!(error, mote_host::Error::OverBudget { .. }),
+        "{error:?}"
+    );
 }

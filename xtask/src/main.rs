@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod watch;
+
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// The guest `cargo xtask run` boots when none is named.
@@ -24,10 +26,13 @@ cargo xtask: build, run, test and benchmark mote
 
 Usage:
   cargo xtask build              build every guest and the host
-  cargo xtask run [NAME] [-- ARGS]
+  cargo xtask run [--watch] [NAME] [-- ARGS]
                                  build guest NAME (default: hello) and the `mote` command,
                                  nothing else, then boot NAME with `mote run`, handing ARGS
-                                 to it; exits with mote's code
+                                 to it; exits with mote's code. With --watch, rebuild and
+                                 reboot whenever the guests' sources (guest/) or the mote
+                                 command's (cli, host, boot, abi) change, stopping a guest
+                                 still running; Ctrl-C stops
   cargo xtask test               what CI runs: cargo fmt --check, build the guests (installing
                                  their target if missing), clippy -D warnings on the root,
                                  guest and fuzz workspaces, then the unit, integration, doc
@@ -279,6 +284,10 @@ fn list_guests() -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {
+    let (watching, args) = match args.split_first() {
+        Some((first, rest)) if first == "--watch" => (true, rest),
+        _ => (false, args),
+    };
     let (name, mote_args) = match args.split_first() {
         Some((first, rest)) if first != "--" => (first.as_str(), rest),
         _ => (DEFAULT_GUEST, args),
@@ -296,21 +305,64 @@ fn run(args: &[String]) -> Result<ExitCode> {
             names.join(", ")
         );
     };
-    build_guest(guest)?;
-    let mote = build_mote(&format!("the host that boots `{name}`"))?;
-    let guest_path = guest_bin_dir().join(name);
-    announce(&format!(
-        "booting `{name}`: mote run {}",
-        guest_path.display()
-    ));
-    let mut command_args: Vec<OsString> = vec!["run".into(), guest_path.into_os_string()];
-    command_args.extend(mote_args.iter().map(OsString::from));
-    let status = Command::new(&mote)
-        .args(&command_args)
+    let boot = Boot {
+        guest,
+        mote_args: mote_args.iter().map(OsString::from).collect(),
+    };
+    if watching {
+        return watch::watch(&boot, &watched_sources());
+    }
+    watch::Target::build(&boot)?;
+    let mut command = watch::Target::command(&boot);
+    let status = command
         .status()
-        .with_context(|| format!("cannot start {}", mote.display()))?;
+        .with_context(|| format!("cannot start {}", describe(&command)))?;
     // Pass mote's exit code through: it is the guest's (or mote's reserved) code.
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+}
+
+/// What `cargo xtask run --watch` watches: the guest workspace (the guest's sources and the
+/// crates it uses) and what the `mote` command is built from.
+fn watched_sources() -> Vec<PathBuf> {
+    let root = root();
+    [
+        "guest",
+        "cli",
+        "host",
+        "boot",
+        "abi",
+        "Cargo.toml",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|path| root.join(path))
+    .collect()
+}
+
+/// One boot of `cargo xtask run`: a guest and the arguments for `mote run`.
+struct Boot<'a> {
+    guest: &'a Guest,
+    mote_args: Vec<OsString>,
+}
+
+impl watch::Target for Boot<'_> {
+    fn build(&self) -> Result<()> {
+        build_guest(self.guest)?;
+        build_mote(&format!("the host that boots `{}`", self.guest.name))?;
+        Ok(())
+    }
+
+    fn command(&self) -> Command {
+        let guest_path = guest_bin_dir().join(&self.guest.name);
+        announce(&format!(
+            "booting `{}`: mote run {}",
+            self.guest.name,
+            guest_path.display()
+        ));
+        let mut command = Command::new(mote_path());
+        command.arg("run").arg(guest_path).args(&self.mote_args);
+        command
+    }
 }
 
 /// One step of `cargo xtask test`: a name for the summary and what it runs. A step's `Ok`
@@ -711,7 +763,12 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
 fn build_mote(why: &str) -> Result<PathBuf> {
     announce(&format!("building `mote` (package mote-cli, debug): {why}"));
     cargo(&["build", "--package", "mote-cli", "--bin", "mote"])?;
-    Ok(root().join("target").join("debug").join("mote"))
+    Ok(mote_path())
+}
+
+/// Where [`build_mote`] puts `mote`.
+fn mote_path() -> PathBuf {
+    root().join("target").join("debug").join("mote")
 }
 
 /// A script for the `script` test guest (see its source for the format) that makes hypercall

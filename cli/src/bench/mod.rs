@@ -249,6 +249,8 @@ fn bench_inner(args: &BenchArgs, cancel: &CancelToken) -> Result<(), Failure> {
         framebuffer: None,
         acpi: false,
         irqchip: false,
+        pc: false,
+        boot_config: None,
     };
     // A warm run keeps the layout its snapshot fixed; a cold one boots with the command's.
     let layout = if args.warm { &no_layout } else { &args.layout };

@@ -181,6 +181,9 @@ pub struct LoadedGuest {
     pub framebuffer: Option<Framebuffer>,
     /// Where the ramdisk's frames are, if the load mapped one.
     pub ramdisk: Option<RamdiskFrames>,
+    /// How far this load moved the kernel from its link-time addresses (a debugger adds it to
+    /// the kernel's symbols). With ASLR it differs from [`PreparedImage::kernel_offset`].
+    pub kernel_offset: u64,
 }
 
 /// The physical frames behind the ramdisk: contiguous, mapped in order at its virtual address.
@@ -952,6 +955,7 @@ impl PreparedImage {
             guard_pages,
             framebuffer,
             ramdisk: ramdisk_frames,
+            kernel_offset: plan.kernel_offset,
         })
     }
 }

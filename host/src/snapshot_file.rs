@@ -435,6 +435,8 @@ pub(crate) fn read(
             framebuffer,
             plain: flags & FLAG_PLAIN != 0,
             input_window,
+            kernel_offset: 0,
+            kernel_segments: Vec::new(),
         },
         cpuid,
         vcpu: SavedVcpu {

@@ -142,19 +142,25 @@ pub(crate) fn clear_signal_mask(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), crate::
 
 impl Drop for Kickable {
     fn drop(&mut self) {
-        let kick = kick_set();
-        let now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid sets and timeout; sigtimedwait takes a pending kick off this thread (a
-        // kick that fired after the vCPU's last exit), and pthread_sigmask restores the mask
-        // this thread had before the run.
+        take_kick();
+        // SAFETY: a valid set; this restores the mask this thread had before the run.
         unsafe {
-            while libc::sigtimedwait(&kick, std::ptr::null_mut(), &now) == kick_signal() {}
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
         }
     }
+}
+
+/// Takes a pending kick off the calling thread. A kick that ends `KVM_RUN` stays pending: KVM
+/// puts the thread's own mask back, which blocks it, before the ioctl returns. A run that goes
+/// on after a kick (a debugger's) takes it, or every `KVM_RUN` after would end at once.
+pub(crate) fn take_kick() {
+    let kick = kick_set();
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid set and timeout; sigtimedwait only takes pending kicks off this thread.
+    unsafe { while libc::sigtimedwait(&kick, std::ptr::null_mut(), &now) == kick_signal() {} }
 }
 
 #[derive(Default)]

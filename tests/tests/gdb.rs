@@ -1,0 +1,235 @@
+//! `mote run --gdb`: the real `gdb`, in batch mode, against a guest under real KVM.
+//!
+//! The test guest (`gdb-target`) is a kernel-mode guest: see docs/debugging.md for why. `gdb`
+//! is installed (Debian's package) if missing; set `MOTE_SKIP_GDB=1` to skip these tests where
+//! it cannot be.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mote_tests::{guest_path, mote_bin, text};
+
+/// Whether gdb is here (installed now if it was not); `false` only when told to skip.
+fn have_gdb() -> bool {
+    if std::env::var_os("MOTE_SKIP_GDB").is_some() {
+        eprintln!("SKIPPED: MOTE_SKIP_GDB is set; `mote run --gdb` was not tested");
+        return false;
+    }
+    let present = || {
+        Command::new("gdb")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if present() {
+        return true;
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "gdb"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    assert!(
+        installed.as_ref().is_ok_and(|out| out.status.success()) && present(),
+        "gdb is missing and `apt-get install gdb` did not install it ({}); install gdb, or set \
+         MOTE_SKIP_GDB=1 to skip this test",
+        installed.map_or_else(|e| e.to_string(), |out| text(&out.stderr))
+    );
+    true
+}
+
+/// `mote run GUEST --gdb 0 ARGS`, once it says which port it listens on; standard error's lines
+/// after that go to the receiver.
+fn start_mote(guest: &Path, args: &[&str]) -> (Child, u16, mpsc::Receiver<String>) {
+    let mut child = Command::new(mote_bin())
+        .arg("run")
+        .arg(guest)
+        .args(["--gdb", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mote");
+    let stderr = child.stderr.take().expect("mote's stderr");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("mote says where it waits for gdb");
+    let port = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    (child, port, lines)
+}
+
+/// `gdb -batch -nx GUEST -ex 'target remote :PORT' -ex COMMAND...`, started.
+fn gdb(guest: &Path, port: u16, commands: &[&str]) -> Child {
+    let mut command = Command::new("gdb");
+    command.args(["-batch", "-nx"]).arg(guest);
+    command.args(["-ex", &format!("target remote :{port}")]);
+    for line in commands {
+        command.args(["-ex", line]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gdb")
+}
+
+/// Waits for `child` for at most a minute.
+fn finish(child: Child, what: &str) -> Output {
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    done.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} did not end within a minute"))
+        .expect(what)
+}
+
+/// The first `0x...` number on the line that starts with `register` (`info registers`).
+fn register(output: &str, register: &str, nth: usize) -> u64 {
+    let line = output
+        .lines()
+        .filter(|line| line.split_whitespace().next() == Some(register))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no line {nth} for {register} in:\n{output}"));
+    let hex = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|value| value.strip_prefix("0x"))
+        .unwrap_or_else(|| panic!("no value on {line:?}"));
+    u64::from_str_radix(hex, 16).expect("hex")
+}
+
+/// Where `mote inspect` says the kernel is moved to, and the ELF symbol's link address.
+fn relocated_symbol(guest: &Path, symbol: &str) -> u64 {
+    let out = Command::new(mote_bin())
+        .args(["inspect", "--json"])
+        .arg(guest)
+        .output()
+        .expect("mote inspect");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect's JSON");
+    let offset = json["kernel"]["load_offset"]
+        .as_str()
+        .and_then(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
+        .expect("load_offset");
+    let nm = Command::new("gdb")
+        .args(["-batch", "-nx"])
+        .arg(guest)
+        .args(["-ex", &format!("info address {symbol}")])
+        .output()
+        .expect("gdb, without a target");
+    // "Symbol "NAME" is a function at address 0x13c0." (or "is at 0x13c0 in a file ...")
+    let said = text(&nm.stdout);
+    let link = said
+        .split(" 0x")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("no address in {said:?}"));
+    link + offset
+}
+
+#[test]
+fn gdb_breaks_reads_steps_and_sees_the_guest_exit() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target");
+    let function = relocated_symbol(&guest, "gdb_target_function");
+    let (mote, port, _lines) = start_mote(&guest, &[]);
+    let gdb = gdb(
+        &guest,
+        port,
+        &[
+            "break gdb_target_function",
+            "continue",
+            "info registers rip",
+            "print gdb_target::GDB_MAGIC",
+            "print/x gdb_target::GDB_MAGIC",
+            "stepi",
+            "info registers rip",
+            "next",
+            "print gdb_target::GDB_CALLS.v.value",
+            "delete",
+            "continue",
+        ],
+    );
+    let gdb = finish(gdb, "gdb");
+    let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+    let mote = finish(mote, "mote");
+    assert!(said.contains("Breakpoint 1, "), "{said}");
+    let at_break = register(&said, "rip", 0);
+    assert_eq!(at_break, function, "{said}");
+    assert!(
+        said.contains("$1 = 1702129517") && said.contains("$2 = 0x65746f6d"),
+        "{said}"
+    );
+    let stepped = register(&said, "rip", 1);
+    assert!(stepped > at_break && stepped < at_break + 16, "{said}");
+    assert!(said.contains("$3 = 1"), "{said}");
+    assert!(said.contains("exited with code 07"), "{said}");
+    assert_eq!(mote.status.code(), Some(7), "{}", text(&mote.stderr));
+}
+
+#[test]
+fn gdbs_ctrl_c_stops_a_running_guest_and_kill_ends_the_run() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target");
+    let input = std::env::temp_dir().join(format!("mote-gdb-spin-{}", std::process::id()));
+    std::fs::write(&input, b"spin").expect("write the input");
+    let (mote, port, _lines) = start_mote(&guest, &["--input", input.to_str().expect("path")]);
+    let gdb = gdb(
+        &guest,
+        port,
+        &[
+            "continue",
+            "info registers rip",
+            "print gdb_target::GDB_CALLS.v.value",
+            "kill",
+        ],
+    );
+    // Ctrl-C, as a terminal sends it to gdb, once the guest runs.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on a child of this process that has not been waited for.
+    unsafe { libc::kill(gdb.id() as libc::pid_t, libc::SIGINT) };
+    let gdb = finish(gdb, "gdb");
+    let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+    let mote = finish(mote, "mote");
+    let _ = std::fs::remove_file(&input);
+    assert!(said.contains("Program received signal SIGINT"), "{said}");
+    // Stopped in the guest's code (its loop, or the function it calls), which had run.
+    let rip = register(&said, "rip", 0);
+    let image = relocated_symbol(&guest, "gdb_target_function") & !0xFFFF;
+    assert!((image..image + 0x1_0000).contains(&rip), "{said}");
+    let calls: u64 = said
+        .split("$1 = ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {said}"));
+    assert!(calls > 0, "{said}");
+    // gdb's `kill` ends the run as a cancel.
+    assert_eq!(
+        mote.status.code(),
+        Some(i32::from(mote_host::exit_status::CANCELLED)),
+        "{}",
+        text(&mote.stderr)
+    );
+}

@@ -180,10 +180,88 @@ enum Resume {
     Step,
 }
 
+/// The four debug registers, as GDB's breakpoints hold them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Slots([Option<(u64, Kind)>; SLOTS]);
+
+impl Slots {
+    /// Puts a breakpoint in a free register; `false` if all four are taken (GDB then says it
+    /// cannot insert the breakpoint).
+    fn add(&mut self, address: u64, kind: Kind) -> bool {
+        if self.0.contains(&Some((address, kind))) {
+            return true;
+        }
+        match self.0.iter_mut().find(|slot| slot.is_none()) {
+            Some(free) => {
+                *free = Some((address, kind));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a breakpoint out; `false` if there was none.
+    fn remove(&mut self, address: u64, kind: Kind) -> bool {
+        match self
+            .0
+            .iter_mut()
+            .find(|slot| **slot == Some((address, kind)))
+        {
+            Some(slot) => {
+                *slot = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What `KVM_SET_GUEST_DEBUG` is given for these breakpoints, single-stepping or not.
+    fn guest_debug(&self, step: bool) -> kvm_bindings::kvm_guest_debug {
+        let mut debug = kvm_bindings::kvm_guest_debug::default();
+        // DR7: bit 10 reads as one; each breakpoint is global-enabled (G0..G3), on execution
+        // (R/W 00) of one byte (LEN 00).
+        let mut dr7 = 1 << 10;
+        for (i, slot) in self.0.iter().enumerate() {
+            if let Some((address, _)) = slot {
+                debug.arch.debugreg[i] = *address;
+                dr7 |= 2 << (i * 2);
+            }
+        }
+        if self.0.iter().any(Option::is_some) {
+            debug.control |= kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[7] = dr7;
+        }
+        if step {
+            debug.control |= kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
+        }
+        if debug.control != 0 {
+            debug.control |= kvm_bindings::KVM_GUESTDBG_ENABLE;
+        }
+        debug
+    }
+
+    /// Why the guest stopped at a debug exit (DR6 says which breakpoint, or a single step).
+    fn stop_reason(
+        &self,
+        debug: &kvm_bindings::kvm_debug_exit_arch,
+        stepping: bool,
+    ) -> SingleThreadStopReason<u64> {
+        let hit = (0..SLOTS).find(|&i| debug.dr6 & (1 << i) != 0);
+        match hit.and_then(|i| self.0[i]) {
+            Some((_, Kind::Software)) => SingleThreadStopReason::SwBreak(()),
+            Some((_, Kind::Hardware)) => SingleThreadStopReason::HwBreak(()),
+            None if debug.dr6 & DR6_SINGLE_STEP != 0 || stepping => {
+                SingleThreadStopReason::DoneStep
+            }
+            None => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        }
+    }
+}
+
 /// The guest as GDB sees it: the run, its breakpoints and how it goes on.
 struct Session<'m, 'a> {
     machine: &'m mut Machine<'a>,
-    slots: [Option<(u64, Kind)>; SLOTS],
+    slots: Slots,
     resume: Resume,
     /// What `KVM_SET_GUEST_DEBUG` was last given, to set it only when it changes.
     applied: Option<kvm_bindings::kvm_guest_debug>,
@@ -196,27 +274,7 @@ fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> TargetError<Erro
 impl Session<'_, '_> {
     /// Sets `KVM_SET_GUEST_DEBUG` for the breakpoints and the way the guest goes on.
     fn apply(&mut self) -> Result<(), Error> {
-        let mut debug = kvm_bindings::kvm_guest_debug::default();
-        // DR7: bit 10 reads as one; each breakpoint is global-enabled (G0..G3), on execution
-        // (R/W 00) of one byte (LEN 00).
-        let mut dr7 = 1 << 10;
-        for (i, slot) in self.slots.iter().enumerate() {
-            if let Some((address, _)) = slot {
-                debug.arch.debugreg[i] = *address;
-                dr7 |= 2 << (i * 2);
-            }
-        }
-        let breakpoints = self.slots.iter().any(Option::is_some);
-        if breakpoints {
-            debug.control |= kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
-            debug.arch.debugreg[7] = dr7;
-        }
-        if self.resume == Resume::Step {
-            debug.control |= kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
-        }
-        if debug.control != 0 {
-            debug.control |= kvm_bindings::KVM_GUESTDBG_ENABLE;
-        }
+        let debug = self.slots.guest_debug(self.resume == Resume::Step);
         if self.applied != Some(debug) {
             self.machine
                 .vcpu
@@ -232,15 +290,7 @@ impl Session<'_, '_> {
         &self,
         debug: &kvm_bindings::kvm_debug_exit_arch,
     ) -> SingleThreadStopReason<u64> {
-        let hit = (0..SLOTS).find(|&i| debug.dr6 & (1 << i) != 0);
-        match hit.and_then(|i| self.slots[i]) {
-            Some((_, Kind::Software)) => SingleThreadStopReason::SwBreak(()),
-            Some((_, Kind::Hardware)) => SingleThreadStopReason::HwBreak(()),
-            None if debug.dr6 & DR6_SINGLE_STEP != 0 || self.resume == Resume::Step => {
-                SingleThreadStopReason::DoneStep
-            }
-            None => SingleThreadStopReason::Signal(Signal::SIGTRAP),
-        }
+        self.slots.stop_reason(debug, self.resume == Resume::Step)
     }
 
     /// The guest's CR3, for its page tables.
@@ -255,35 +305,9 @@ impl Session<'_, '_> {
 
     /// Takes the debugger's breakpoints and single-stepping out of the vCPU.
     fn forget(&mut self) -> Result<(), Error> {
-        self.slots = [None; SLOTS];
+        self.slots = Slots::default();
         self.resume = Resume::Continue;
         self.apply()
-    }
-
-    fn add(&mut self, address: u64, kind: Kind) -> TargetResult<bool, Self> {
-        if self.slots.contains(&Some((address, kind))) {
-            return Ok(true);
-        }
-        let Some(free) = self.slots.iter_mut().find(|slot| slot.is_none()) else {
-            // All four debug registers are taken: GDB says it cannot insert the breakpoint.
-            return Ok(false);
-        };
-        *free = Some((address, kind));
-        Ok(true)
-    }
-
-    fn remove(&mut self, address: u64, kind: Kind) -> TargetResult<bool, Self> {
-        match self
-            .slots
-            .iter_mut()
-            .find(|slot| **slot == Some((address, kind)))
-        {
-            Some(slot) => {
-                *slot = None;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 }
 
@@ -416,21 +440,21 @@ impl Breakpoints for Session<'_, '_> {
 
 impl SwBreakpoint for Session<'_, '_> {
     fn add_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.add(address, Kind::Software)
+        Ok(self.slots.add(address, Kind::Software))
     }
 
     fn remove_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.remove(address, Kind::Software)
+        Ok(self.slots.remove(address, Kind::Software))
     }
 }
 
 impl HwBreakpoint for Session<'_, '_> {
     fn add_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.add(address, Kind::Hardware)
+        Ok(self.slots.add(address, Kind::Hardware))
     }
 
     fn remove_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.remove(address, Kind::Hardware)
+        Ok(self.slots.remove(address, Kind::Hardware))
     }
 }
 
@@ -524,6 +548,8 @@ pub(crate) fn serve(machine: &mut Machine<'_>, debugger: Debugger) -> Result<End
             // Ends the reader's read, whatever GDB does.
             let _ = stream.shutdown(Shutdown::Both);
             let _ = reader.join();
+            // The reader's last kicks would end every `KVM_RUN` of a guest that runs on.
+            crate::watchdog::take_kick();
             result
         }
         Err(error) => Err(Error::Debugger(error)),
@@ -550,7 +576,7 @@ fn session(
     machine.pause_deadline();
     let mut session = Session {
         machine,
-        slots: [None; SLOTS],
+        slots: Slots::default(),
         resume: Resume::Continue,
         applied: None,
     };
@@ -671,5 +697,87 @@ fn drive(
             Ok(gdb) => gdb,
             Err(error) => return protocol(error),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_breakpoints_fit_the_debug_registers_and_a_fifth_does_not() {
+        let mut slots = Slots::default();
+        assert_eq!(slots.guest_debug(false).control, 0);
+        for i in 0..4 {
+            assert!(slots.add(0x1000 + i, Kind::Software));
+        }
+        assert!(slots.add(0x1000, Kind::Software), "the same one again");
+        assert!(!slots.add(0x2000, Kind::Hardware));
+        let debug = slots.guest_debug(true);
+        assert_eq!(
+            debug.control,
+            kvm_bindings::KVM_GUESTDBG_ENABLE
+                | kvm_bindings::KVM_GUESTDBG_USE_HW_BP
+                | kvm_bindings::KVM_GUESTDBG_SINGLESTEP
+        );
+        assert_eq!(debug.arch.debugreg[..4], [0x1000, 0x1001, 0x1002, 0x1003]);
+        // G0..G3, execution breakpoints of one byte, and the bit that reads as one.
+        assert_eq!(debug.arch.debugreg[7], 0x4AA);
+        assert!(!slots.remove(0x1001, Kind::Hardware), "not of that kind");
+        assert!(slots.remove(0x1001, Kind::Software));
+        assert!(slots.add(0x2000, Kind::Hardware));
+        assert_eq!(slots.guest_debug(false).arch.debugreg[1], 0x2000);
+        assert_eq!(
+            slots.guest_debug(false).control,
+            kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP
+        );
+    }
+
+    #[test]
+    fn dr6_says_which_breakpoint_or_a_step_stopped_the_guest() {
+        let mut slots = Slots::default();
+        slots.add(0x1000, Kind::Software);
+        slots.add(0x2000, Kind::Hardware);
+        let exit = |dr6| kvm_bindings::kvm_debug_exit_arch {
+            exception: 1,
+            dr6,
+            ..Default::default()
+        };
+        assert_eq!(
+            slots.stop_reason(&exit(0b01), false),
+            SingleThreadStopReason::SwBreak(())
+        );
+        assert_eq!(
+            slots.stop_reason(&exit(0b10), true),
+            SingleThreadStopReason::HwBreak(())
+        );
+        assert_eq!(
+            slots.stop_reason(&exit(DR6_SINGLE_STEP), true),
+            SingleThreadStopReason::DoneStep
+        );
+        assert_eq!(
+            slots.stop_reason(&exit(0), false),
+            SingleThreadStopReason::Signal(Signal::SIGTRAP)
+        );
+    }
+
+    #[test]
+    fn gdb_hears_the_guests_exit_code_or_a_signal() {
+        assert_eq!(
+            final_stop(&Exit::Guest { code: 7 }),
+            SingleThreadStopReason::Exited(7)
+        );
+        assert_eq!(
+            final_stop(&Exit::Guest { code: 300 }),
+            SingleThreadStopReason::Exited(255)
+        );
+        assert_eq!(
+            final_stop(&Exit::Cancelled),
+            SingleThreadStopReason::Terminated(Signal::SIGKILL)
+        );
+        assert_eq!(
+            final_stop(&Exit::Shutdown),
+            SingleThreadStopReason::Terminated(Signal::SIGSEGV)
+        );
     }
 }

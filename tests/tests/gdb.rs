@@ -233,3 +233,28 @@ fn gdbs_ctrl_c_stops_a_running_guest_and_kill_ends_the_run() {
         text(&mote.stderr)
     );
 }
+
+#[test]
+fn a_fifth_breakpoint_is_refused_time_held_is_not_charged_and_a_detached_guest_runs_on() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target");
+    let function = relocated_symbol(&guest, "gdb_target_function");
+    // A deadline shorter than the time gdb holds the guest.
+    let (mote, port, _lines) = start_mote(&guest, &["--timeout", "1s"]);
+    let more: Vec<String> = (1..=4)
+        .map(|i| format!("break *{:#x}", function + i))
+        .collect();
+    let mut commands = vec!["break gdb_target_function", "continue", "shell sleep 2"];
+    commands.extend(more.iter().map(String::as_str));
+    commands.extend(["continue", "delete", "detach"]);
+    let gdb = finish(gdb(&guest, port, &commands), "gdb");
+    let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+    let mote = finish(mote, "mote");
+    assert!(said.contains("Breakpoint 1, "), "{said}");
+    assert!(said.contains("Cannot insert breakpoint"), "{said}");
+    assert!(said.contains("detached"), "{said}");
+    // Held for 2 s of a 1 s deadline, then on its own to its exit.
+    assert_eq!(mote.status.code(), Some(7), "{}", text(&mote.stderr));
+}

@@ -258,3 +258,44 @@ fn a_fifth_breakpoint_is_refused_time_held_is_not_charged_and_a_detached_guest_r
     // Held for 2 s of a 1 s deadline, then on its own to its exit.
     assert_eq!(mote.status.code(), Some(7), "{}", text(&mote.stderr));
 }
+
+#[test]
+fn symbols_line_up_with_a_kernel_that_aslr_moves() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target-aslr");
+    let mut hits = Vec::new();
+    for _ in 0..2 {
+        let (mote, port, _lines) = start_mote(&guest, &[]);
+        let commands = [
+            "break gdb_aslr_function",
+            "continue",
+            "info registers rip",
+            "info address gdb_aslr_function",
+            "continue",
+        ];
+        let gdb = finish(gdb(&guest, port, &commands), "gdb");
+        let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+        let mote = finish(mote, "mote");
+        // The breakpoint hits only if GDB moved the symbols to where this run's kernel is.
+        assert!(said.contains("Breakpoint 1, "), "{said}");
+        let rip = register(&said, "rip", 0);
+        // "Symbol "gdb_aslr_function" is at 0x... in a file compiled without debugging."
+        let symbol = said
+            .lines()
+            .find(|line| line.starts_with("Symbol "))
+            .and_then(|line| line.split(" 0x").nth(1))
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or_else(|| panic!("no address in {said}"));
+        assert_eq!(rip, symbol, "{said}");
+        assert!(said.contains("exited with code 011"), "{said}");
+        assert_eq!(mote.status.code(), Some(9), "{}", text(&mote.stderr));
+        hits.push(rip);
+    }
+    assert_ne!(
+        hits[0], hits[1],
+        "ASLR put the kernel at the same place twice"
+    );
+}

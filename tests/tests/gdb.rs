@@ -299,3 +299,26 @@ fn symbols_line_up_with_a_kernel_that_aslr_moves() {
         "ASLR put the kernel at the same place twice"
     );
 }
+
+#[test]
+fn gdb_writes_a_read_only_static_and_the_guest_sees_it() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target");
+    let (mote, port, _lines) = start_mote(&guest, &[]);
+    // GDB_MAGIC is in .rodata, on a page the guest cannot write.
+    let commands = [
+        "set language c",
+        "set {unsigned long}&GDB_MAGIC = 5",
+        "print *(unsigned long*)&GDB_MAGIC",
+        "continue",
+    ];
+    let gdb = finish(gdb(&guest, port, &commands), "gdb");
+    let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+    let mote = finish(mote, "mote");
+    assert!(said.contains("$1 = 5"), "{said}");
+    // The guest checks its sums against the magic value it reads: 1 when it changed.
+    assert!(said.contains("exited with code 01"), "{said}");
+    assert_eq!(mote.status.code(), Some(1), "{}", text(&mote.stderr));
+}

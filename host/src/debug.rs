@@ -13,11 +13,15 @@
 //!   goes to the vCPU's thread through a channel, and it kicks that thread out of `KVM_RUN`
 //!   with the deadline's signal (without stopping the run), so GDB's Ctrl-C stops a running
 //!   guest.
-//! - **Breakpoints** live in the four hardware debug registers, for GDB's software (`break`)
-//!   and hardware (`hbreak`) breakpoints alike: KVM's software breakpoints (`int3` caught by
-//!   KVM) do not work on every host (they reached the guest's IDT, or failed inside KVM, on
-//!   the nested development hosts). A fifth breakpoint is refused, and GDB says it cannot
-//!   insert it.
+//! - **Breakpoints.** KVM's software breakpoints (an `int3` KVM catches) do not work on every
+//!   host (on the nested development hosts the `int3` reached the guest's IDT, or failed inside
+//!   KVM), so mote does not use them. In a user-mode guest, GDB's `break` patches an `int3`,
+//!   and the guest's IDT sends #BP (and #DB) to a gate of mote's own (`LoadOptions::debug_gate`):
+//!   an `out` that mote turns back into the state before the exception, and a stop. As many as
+//!   GDB likes. In a kernel-mode guest, whose IDT is its own, `break` uses the four debug
+//!   registers, as `hbreak` does everywhere; a fifth is refused (GDB says it cannot insert it).
+//! - **Single steps** are KVM's (`KVM_GUESTDBG_SINGLESTEP`); where the step's trap reaches a
+//!   user-mode guest's IDT instead of KVM (the nested development hosts), the gate catches it.
 //! - **The deadline** counts only while the guest runs.
 //! - **Ending.** If GDB detaches or the connection closes, the guest runs on without the
 //!   debugger to its own end; if GDB kills it, the run ends as [`Exit::Cancelled`].
@@ -262,9 +266,11 @@ impl Slots {
 struct Session<'m, 'a> {
     machine: &'m mut Machine<'a>,
     slots: Slots,
+    /// A user-mode guest's software breakpoints: `int3` patched in, and the byte it replaced.
+    patched: std::collections::BTreeMap<u64, u8>,
+    /// A user-mode guest's code and stack segments, to return to from the debug gate.
+    user_segments: Option<(kvm_bindings::kvm_segment, kvm_bindings::kvm_segment)>,
     resume: Resume,
-    /// What `KVM_SET_GUEST_DEBUG` was last given, to set it only when it changes.
-    applied: Option<kvm_bindings::kvm_guest_debug>,
 }
 
 fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> TargetError<Error> {
@@ -272,17 +278,16 @@ fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> TargetError<Erro
 }
 
 impl Session<'_, '_> {
-    /// Sets `KVM_SET_GUEST_DEBUG` for the breakpoints and the way the guest goes on.
+    /// Sets `KVM_SET_GUEST_DEBUG` for the breakpoints and the way the guest goes on. Set again
+    /// at every resume, changed or not: KVM steps from the instruction the vCPU is at when it is
+    /// set (it keeps the trap flag only at that RIP), and registers written since (by GDB, or
+    /// by the debug gate's return) would otherwise lose the step.
     fn apply(&mut self) -> Result<(), Error> {
         let debug = self.slots.guest_debug(self.resume == Resume::Step);
-        if self.applied != Some(debug) {
-            self.machine
-                .vcpu
-                .set_guest_debug(&debug)
-                .map_err(|e| Error::kvm("KVM_SET_GUEST_DEBUG", e))?;
-            self.applied = Some(debug);
-        }
-        Ok(())
+        self.machine
+            .vcpu
+            .set_guest_debug(&debug)
+            .map_err(|e| Error::kvm("KVM_SET_GUEST_DEBUG", e))
     }
 
     /// Why the guest stopped at a debug exit.
@@ -303,13 +308,128 @@ impl Session<'_, '_> {
             .cr3)
     }
 
-    /// Takes the debugger's breakpoints and single-stepping out of the vCPU.
+    /// Takes the debugger's breakpoints and single-stepping out of the vCPU, and its `int3`s
+    /// out of memory.
     fn forget(&mut self) -> Result<(), Error> {
+        if let Ok(cr3) = self.cr3() {
+            for (address, byte) in std::mem::take(&mut self.patched) {
+                let _ = guest_memory::debugger_write(
+                    self.machine.ram,
+                    cr3,
+                    address,
+                    &[byte],
+                    self.machine.host_writes,
+                );
+            }
+        }
         self.slots = Slots::default();
         self.resume = Resume::Continue;
         self.apply()
     }
 }
+
+impl Session<'_, '_> {
+    /// A software breakpoint: an `int3` in a user-mode guest, whose #BP enters the debug gate
+    /// (KVM's own software breakpoints do not work on every host); a debug register otherwise.
+    fn add_software(&mut self, address: u64) -> TargetResult<bool, Self> {
+        if self.machine.guest.debug_gate.is_none() {
+            return Ok(self.slots.add(address, Kind::Software));
+        }
+        if self.patched.contains_key(&address) {
+            return Ok(true);
+        }
+        let cr3 = self.cr3()?;
+        let mut byte = [0u8];
+        if guest_memory::debugger_read(self.machine.ram, cr3, address, &mut byte) != 1 {
+            return Err(TargetError::NonFatal);
+        }
+        guest_memory::debugger_write(
+            self.machine.ram,
+            cr3,
+            address,
+            &[INT3],
+            self.machine.host_writes,
+        )
+        .map_err(|_| TargetError::NonFatal)?;
+        self.patched.insert(address, byte[0]);
+        Ok(true)
+    }
+
+    fn remove_software(&mut self, address: u64) -> TargetResult<bool, Self> {
+        let Some(byte) = self.patched.remove(&address) else {
+            return Ok(self.slots.remove(address, Kind::Software));
+        };
+        let cr3 = self.cr3()?;
+        guest_memory::debugger_write(
+            self.machine.ram,
+            cr3,
+            address,
+            &[byte],
+            self.machine.host_writes,
+        )
+        .map_err(|_| TargetError::NonFatal)?;
+        Ok(true)
+    }
+
+    /// If the guest stopped in the debug gate (its `out` is an unserved port to the run loop),
+    /// puts the vCPU back where the exception came from, as the gate's `iretq` would, and says
+    /// why it stopped. `None` for anything else: an `out` to that port from anywhere but the
+    /// gate is the guest's own, and ends the run as any unserved port does.
+    fn gate_stop(&mut self) -> Result<Option<SingleThreadStopReason<u64>>, Error> {
+        let Some(gate) = self.machine.guest.debug_gate else {
+            return Ok(None);
+        };
+        let vcpu = &self.machine.vcpu;
+        let mut regs = vcpu.get_regs().map_err(|e| Error::kvm("KVM_GET_REGS", e))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| Error::kvm("KVM_GET_SREGS", e))?;
+        if sregs.cs.selector & 3 != 0 || !(gate..gate + 4096).contains(&regs.rip) {
+            return Ok(None);
+        }
+        let breakpoint = regs.rip >= gate + mote_boot::DEBUG_GATE_BP;
+        // The frame the CPU pushed: RIP, CS, RFLAGS, RSP, SS (no error code for #DB or #BP).
+        let mut frame = [0u8; 40];
+        if guest_memory::debugger_read(self.machine.ram, sregs.cr3, regs.rsp, &mut frame) != 40 {
+            return Ok(None);
+        }
+        let word = |i: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&frame[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        let (rip, cs, rflags, rsp) = (word(0), word(1), word(2), word(3));
+        let (code, stack) = if cs & 3 == 3 {
+            match self.user_segments {
+                Some(segments) => segments,
+                None => return Ok(None),
+            }
+        } else {
+            (sregs.cs, sregs.ss)
+        };
+        let ours = breakpoint && self.patched.contains_key(&rip.wrapping_sub(1));
+        regs.rip = if ours { rip.wrapping_sub(1) } else { rip };
+        // The trap flag of a single step is KVM's (or the CPU's), not the guest's.
+        regs.rflags = (rflags & !RFLAGS_TF) | 0b10;
+        regs.rsp = rsp;
+        (sregs.cs, sregs.ss) = (code, stack);
+        vcpu.set_regs(&regs)
+            .map_err(|e| Error::kvm("KVM_SET_REGS", e))?;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| Error::kvm("KVM_SET_SREGS", e))?;
+        Ok(Some(match (breakpoint, ours) {
+            (true, true) => SingleThreadStopReason::SwBreak(()),
+            (false, _) if self.resume == Resume::Step => SingleThreadStopReason::DoneStep,
+            _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        }))
+    }
+}
+
+/// The `int3` instruction.
+const INT3: u8 = 0xCC;
+
+/// RFLAGS' trap flag.
+const RFLAGS_TF: u64 = 1 << 8;
 
 impl Target for Session<'_, '_> {
     type Arch = X86_64_SSE;
@@ -392,10 +512,16 @@ impl SingleThreadBase for Session<'_, '_> {
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
         let cr3 = self.cr3()?;
-        match guest_memory::debugger_read(self.machine.ram, cr3, start, data) {
-            0 if !data.is_empty() => Err(TargetError::NonFatal),
-            read => Ok(read),
+        let read = guest_memory::debugger_read(self.machine.ram, cr3, start, data);
+        if read == 0 && !data.is_empty() {
+            return Err(TargetError::NonFatal);
         }
+        // GDB sees the guest's code, not the `int3`s in it.
+        let end = start.saturating_add(read as u64);
+        for (&address, &byte) in self.patched.range(start..end) {
+            data[(address - start) as usize] = byte;
+        }
+        Ok(read)
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
@@ -440,11 +566,11 @@ impl Breakpoints for Session<'_, '_> {
 
 impl SwBreakpoint for Session<'_, '_> {
     fn add_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.slots.add(address, Kind::Software))
+        self.add_software(address)
     }
 
     fn remove_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.slots.remove(address, Kind::Software))
+        self.remove_software(address)
     }
 }
 
@@ -574,11 +700,16 @@ fn session(
 ) -> Result<Outcome, Error> {
     // The guest is held from its first instruction until GDB lets it go.
     machine.pause_deadline();
+    let user_segments = match machine.vcpu.get_sregs() {
+        Ok(sregs) if sregs.cs.selector & 3 == 3 => Some((sregs.cs, sregs.ss)),
+        _ => None,
+    };
     let mut session = Session {
         machine,
         slots: Slots::default(),
+        patched: std::collections::BTreeMap::new(),
+        user_segments,
         resume: Resume::Continue,
-        applied: None,
     };
     let wire = Wire {
         stream: Arc::clone(stream),
@@ -669,6 +800,30 @@ fn drive(
                             running = false;
                             let reason = session.stop_reason(&debug);
                             run.report_stop(session, reason)
+                        }
+                        Progress::Ended(End::Exit(Exit::UnservedPort {
+                            port,
+                            write: true,
+                            size: 1,
+                        })) if port == u16::from(mote_boot::DEBUG_GATE_PORT)
+                            && session.machine.guest.debug_gate.is_some() =>
+                        {
+                            match session.gate_stop()? {
+                                Some(reason) => {
+                                    session.machine.pause_deadline();
+                                    running = false;
+                                    run.report_stop(session, reason)
+                                }
+                                None => {
+                                    let exit = Exit::UnservedPort {
+                                        port,
+                                        write: true,
+                                        size: 1,
+                                    };
+                                    let _ = run.report_stop(session, final_stop(&exit));
+                                    return Ok(Outcome::Ended(End::Exit(exit)));
+                                }
+                            }
                         }
                         Progress::Ended(end) => {
                             if let End::Exit(exit) = &end {

@@ -437,6 +437,7 @@ pub(crate) fn read(
             input_window,
             kernel_offset: 0,
             kernel_segments: Vec::new(),
+            debug_gate: None,
         },
         cpuid,
         vcpu: SavedVcpu {

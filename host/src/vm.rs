@@ -219,6 +219,8 @@ pub(crate) struct GuestFacts {
     /// Where the kernel's first two loadable segments are, for a debugger (GDB's `qOffsets`);
     /// empty unless the run is debugged.
     pub(crate) kernel_segments: Vec<u64>,
+    /// The page of the gate a user-mode guest's #DB and #BP enter while a debugger watches.
+    pub(crate) debug_gate: Option<u64>,
 }
 
 /// A guest laid out in a fresh VM, about to run its first instruction.
@@ -255,6 +257,7 @@ pub(crate) fn boot(
         acpi: config.acpi,
         aslr_seed: aslr_seed(image),
         snapshot: snapshot_input_capacity.is_some(),
+        debug_gate: config.debugger.is_some(),
     };
     let loaded = image
         .prepared
@@ -305,6 +308,7 @@ pub(crate) fn boot(
                 }
                 None => Vec::new(),
             },
+            debug_gate: loaded.debug_gate,
         },
         stats,
     })

@@ -322,3 +322,46 @@ fn gdb_writes_a_read_only_static_and_the_guest_sees_it() {
     assert!(said.contains("exited with code 01"), "{said}");
     assert_eq!(mote.status.code(), Some(1), "{}", text(&mote.stderr));
 }
+
+#[test]
+fn a_user_mode_guest_breaks_and_steps_through_motes_debug_gate() {
+    if !have_gdb() {
+        return;
+    }
+    let guest = guest_path("gdb-target-user");
+    let function = relocated_symbol(&guest, "gdb_user_function");
+    let (mote, port, _lines) = start_mote(&guest, &[]);
+    let examine = format!("x/1xb {function:#x}");
+    let commands = [
+        "break gdb_user_function",
+        "continue",
+        "info registers rip cs",
+        "stepi",
+        "info registers rip cs",
+        "stepi",
+        "print gdb_target_user::GDB_USER_CALLS.v.value",
+        &examine,
+        "continue",
+        "delete",
+        "continue",
+    ];
+    let gdb = finish(gdb(&guest, port, &commands), "gdb");
+    let said = format!("{}{}", text(&gdb.stdout), text(&gdb.stderr));
+    let mote = finish(mote, "mote");
+    assert!(said.contains("Breakpoint 1, "), "{said}");
+    assert_eq!(register(&said, "rip", 0), function, "{said}");
+    // Stopped in user mode (CPL3), and stepped on in user mode.
+    assert_eq!(register(&said, "cs", 0) & 3, 3, "{said}");
+    let stepped = register(&said, "rip", 1);
+    assert!(stepped > function && stepped < function + 16, "{said}");
+    assert_eq!(register(&said, "cs", 1) & 3, 3, "{said}");
+    // Two steps in, past the counter's increment.
+    assert!(said.contains("$1 = 1"), "{said}");
+    // GDB reads the guest's code, not the `int3` mote patched in.
+    assert!(said.contains("gdb_user_function>:\t0x"), "{said}");
+    assert!(!said.contains("gdb_user_function>:\t0xcc"), "{said}");
+    // The breakpoint hits again at the next call, after stepping over it.
+    assert_eq!(said.matches("Breakpoint 1, ").count(), 2, "{said}");
+    assert!(said.contains("exited with code 07"), "{said}");
+    assert_eq!(mote.status.code(), Some(7), "{}", text(&mote.stderr));
+}

@@ -182,6 +182,12 @@ pub struct LoadedGuest {
     pub framebuffer: Option<Framebuffer>,
     /// Where the ramdisk's frames are, if the load mapped one.
     pub ramdisk: Option<RamdiskFrames>,
+    /// The debug gate's page (identity-mapped, kernel-only), if the load made one
+    /// ([`LoadOptions::debug_gate`]).
+    pub debug_gate: Option<u64>,
+    /// How far this load moved the kernel from its link-time addresses (a debugger adds it to
+    /// the kernel's symbols). With ASLR it differs from [`PreparedImage::kernel_offset`].
+    pub kernel_offset: u64,
 }
 
 /// The physical frames behind the ramdisk: contiguous, mapped in order at its virtual address.
@@ -240,7 +246,21 @@ pub struct LoadOptions<'a> {
     /// The guest is booted to be snapshotted: a user-mode guest is told so in its runtime note
     /// ([`mote_abi::note::HOST_FLAG_SNAPSHOT`]).
     pub snapshot: bool,
+    /// A debugger watches the run: a user-mode guest's #DB and #BP (vectors 1 and 3) enter a
+    /// gate of the loader's instead of the guest's handlers. The gate reports to the host with
+    /// an `out` to [`DEBUG_GATE_PORT`] and stops there ([`LoadedGuest::debug_gate`]).
+    pub debug_gate: bool,
 }
+
+/// The port the debug gate reports on (`out imm8, al`: the gate changes no register).
+pub const DEBUG_GATE_PORT: u8 = 0xDB;
+
+/// The gate's code: `out DEBUG_GATE_PORT, al`, then `ud2` (the host moves the vCPU on before
+/// it runs). Vector 1's gate is at the page's start, vector 3's [`DEBUG_GATE_BP`] bytes in.
+const DEBUG_GATE_CODE: [u8; 4] = [0xE6, DEBUG_GATE_PORT, 0x0F, 0x0B];
+
+/// Where vector 3's gate starts in the gate's page.
+pub const DEBUG_GATE_BP: u64 = 0x10;
 
 /// Where a load put the framebuffer, for reading it back (a screenshot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -887,10 +907,21 @@ impl PreparedImage {
         let gdt = vcpu::Gdt::at(gdt_frame, kernel_stacks);
         layout.write(&gdt.bytes(), gdt_frame)?;
         layout.map(gdt_frame, gdt_frame, gdt_pages, flags::NO_EXECUTE)?;
+        let mut debug_gate = None;
         let idt = match runtime {
             Some(runtime) => {
+                let mut handlers = runtime.exception_handlers;
+                if options.debug_gate {
+                    let gate = layout.frames.allocate(1)?;
+                    layout.write(&DEBUG_GATE_CODE, gate)?;
+                    layout.write(&DEBUG_GATE_CODE, gate + DEBUG_GATE_BP)?;
+                    layout.map(gate, gate, 1, 0)?;
+                    handlers[1] = Some(gate);
+                    handlers[3] = Some(gate + DEBUG_GATE_BP);
+                    debug_gate = Some(gate);
+                }
                 let idt_frame = layout.frames.allocate(1)?;
-                let bytes = vcpu::idt_bytes(&runtime.exception_handlers);
+                let bytes = vcpu::idt_bytes(&handlers);
                 layout.write(&bytes, idt_frame)?;
                 layout.map(idt_frame, idt_frame, 1, flags::NO_EXECUTE)?;
                 Some(DescriptorTable {
@@ -964,6 +995,8 @@ impl PreparedImage {
             guard_pages,
             framebuffer,
             ramdisk: ramdisk_frames,
+            debug_gate,
+            kernel_offset: plan.kernel_offset,
         })
     }
 }

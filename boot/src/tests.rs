@@ -668,6 +668,49 @@ fn a_runtime_note_starts_the_guest_in_user_mode() {
 }
 
 #[test]
+fn a_debugged_user_mode_guest_takes_db_and_bp_at_motes_gate() {
+    let image = PreparedImage::new(user_elf().build()).unwrap();
+    let memory_of = memory;
+    let memory = memory_of(4 * MIB);
+    let options = LoadOptions {
+        debug_gate: true,
+        ..LoadOptions::default()
+    };
+    let loaded = image.load(&memory, &options).unwrap();
+    let gate = loaded.debug_gate.expect("a gate");
+    let vcpu = loaded.vcpu;
+    let target = |vector: u64| {
+        let low: u64 = memory
+            .read_obj(GuestAddress(vcpu.idt.base + vector * 16))
+            .unwrap();
+        let high: u64 = memory
+            .read_obj(GuestAddress(vcpu.idt.base + vector * 16 + 8))
+            .unwrap();
+        (low & 0xFFFF) | ((low >> 48) << 16) | (high << 32)
+    };
+    assert_eq!(target(1), gate);
+    assert_eq!(target(3), gate + crate::DEBUG_GATE_BP);
+    assert_eq!(target(14), image.kernel_offset() + PAGE_FAULT_HANDLER);
+    // `out DEBUG_GATE_PORT, al` at both, on a page the kernel can run and the guest cannot.
+    for at in [gate, gate + crate::DEBUG_GATE_BP] {
+        let code: [u8; 2] = memory.read_obj(GuestAddress(at)).unwrap();
+        assert_eq!(code, [0xE6, crate::DEBUG_GATE_PORT]);
+    }
+    assert!(translate(&memory, vcpu.cr3, gate, KERNEL_READ).is_ok());
+    let user = Access {
+        write: false,
+        user: true,
+    };
+    assert!(translate(&memory, vcpu.cr3, gate, user).is_err());
+    assert!(translate(&memory, vcpu.cr3, gate, KERNEL_WRITE).is_err());
+    // Without a debugger, and for a kernel-mode guest, no gate.
+    let plain = image
+        .load(&memory_of(4 * MIB), &LoadOptions::default())
+        .unwrap();
+    assert_eq!(plain.debug_gate, None);
+}
+
+#[test]
 fn the_idt_and_tss_point_at_the_notes_handlers_and_mote_stacks() {
     let (image, memory, loaded) = load(&user_elf());
     let (vcpu, offset) = (loaded.vcpu, image.kernel_offset());

@@ -244,6 +244,12 @@ struct RunArgs {
     /// --framebuffer, or a snapshot taken with one).
     #[arg(long, value_name = "FILE.png")]
     screenshot: Option<PathBuf>,
+    /// Debug the guest with GDB: listen on 127.0.0.1:PORT (0 picks a free port; mote prints
+    /// it), wait for `gdb KERNEL -ex 'target remote :PORT'`, and start the guest stopped at
+    /// its first instruction. Without --timeout the run has no deadline; with one, it counts
+    /// only while the guest runs. See docs/debugging.md.
+    #[arg(long, value_name = "PORT")]
+    gdb: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -551,6 +557,37 @@ fn restrict() {
     }
 }
 
+/// Listens on 127.0.0.1:`port` and waits for GDB to connect, saying where on standard error.
+fn wait_for_gdb(guest: &Path, port: u16) -> Result<mote_host::Debugger, Failure> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        Failure::usage(format!(
+            "--gdb: cannot listen on 127.0.0.1:{port}: {e} (pick another port, or 0 for any)"
+        ))
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Failure::host("debugger", format!("--gdb: cannot read the port: {e}")))?
+        .port();
+    say!(
+        "mote: waiting for gdb on 127.0.0.1:{port}: gdb {} -ex 'target remote :{port}'",
+        guest.display()
+    );
+    let debugger = mote_host::Debugger::accept(&listener)
+        .map_err(|e| Failure::from(mote_host::Error::from(e)))?;
+    say!("mote: gdb connected; the guest waits at its first instruction");
+    Ok(debugger)
+}
+
+/// [`restrict`], for a process whose run reads the debugger's connection.
+fn restrict_debugged(debugger: &mote_host::Debugger) {
+    if let Err(error) = mote_host::restrict_process_debugged(debugger) {
+        say!(
+            "mote: warning: running without a seccomp filter: {}",
+            error.full_message()
+        );
+    }
+}
+
 /// Stops the run at SIGINT or SIGTERM; without the signal thread, those end mote as they
 /// would any program (the guest goes with it).
 fn cancel_on_signal(token: &CancelToken) -> interrupt::Interrupted {
@@ -578,6 +615,13 @@ fn run(args: &RunArgs) -> ExitCode {
         let hypervisor = Hypervisor::open()?;
         let files;
         let outcome = if is_snapshot(&args.guest) {
+            if args.gdb.is_some() {
+                return Err(Failure::usage(
+                    "--gdb debugs a guest booted afresh, not one restored from a snapshot: give \
+                     the kernel's ELF file"
+                        .into(),
+                ));
+            }
             let snapshot = hypervisor.load_snapshot(&args.guest)?;
             if args.screenshot.is_some() && !snapshot.has_framebuffer() {
                 return Err(Failure::usage(
@@ -602,7 +646,17 @@ fn run(args: &RunArgs) -> ExitCode {
             }
             let image = GuestImage::from_file(&args.guest)?;
             files = result_files(args)?;
-            restrict();
+            match args.gdb {
+                Some(port) => {
+                    let debugger = wait_for_gdb(&args.guest, port)?;
+                    restrict_debugged(&debugger);
+                    if args.limits.timeout.is_none() {
+                        config = config.no_timeout();
+                    }
+                    config = config.debugger(debugger);
+                }
+                None => restrict(),
+            }
             hypervisor.run(&image, config)?
         };
         let (output_file, screenshot_file) = files;

@@ -104,6 +104,69 @@ pub(crate) fn write_virtual(
     Ok(())
 }
 
+/// Reads guest-virtual memory for a debugger, into `out`, as far as it is mapped: returns how
+/// many bytes were read. Any mapped page can be read, whatever its privilege.
+pub(crate) fn debugger_read(ram: &GuestRam, cr3: u64, address: u64, out: &mut [u8]) -> usize {
+    let mut done = 0;
+    while done < out.len() {
+        let Some(virt) = address.checked_add(done as u64) else {
+            break;
+        };
+        let chunk = (PAGE_SIZE - virt % PAGE_SIZE).min((out.len() - done) as u64) as usize;
+        let Ok(physical) = translate(ram, cr3, virt, DEBUGGER) else {
+            break;
+        };
+        if ram
+            .read_slice(&mut out[done..done + chunk], GuestAddress(physical))
+            .is_err()
+        {
+            break;
+        }
+        done += chunk;
+    }
+    done
+}
+
+/// Writes guest-virtual memory for a debugger: read-only pages too (a breakpoint's patch goes
+/// into code), through the guest-physical address each page maps to. All or nothing: the whole
+/// range is translated before the first byte is written. Each guest-physical range written is
+/// recorded in `written`.
+pub(crate) fn debugger_write(
+    ram: &GuestRam,
+    cr3: u64,
+    address: u64,
+    bytes: &[u8],
+    written: &mut HostWrites,
+) -> Result<(), HypercallError> {
+    let end = address
+        .checked_add(bytes.len() as u64)
+        .ok_or(HypercallError::BadAddress)?;
+    let mut chunks = Vec::new();
+    let mut virt = address;
+    while virt < end {
+        let chunk = (PAGE_SIZE - virt % PAGE_SIZE).min(end - virt) as usize;
+        let physical =
+            translate(ram, cr3, virt, DEBUGGER).map_err(|_| HypercallError::BadAddress)?;
+        if !ram.check_range(GuestAddress(physical), chunk, vm_memory::Permissions::Write) {
+            return Err(HypercallError::BadAddress);
+        }
+        chunks.push((physical, (virt - address) as usize, chunk));
+        virt += chunk as u64;
+    }
+    for (physical, offset, chunk) in chunks {
+        written.record(physical, chunk as u64);
+        ram.write_slice(&bytes[offset..offset + chunk], GuestAddress(physical))
+            .map_err(|_| HypercallError::BadAddress)?;
+    }
+    Ok(())
+}
+
+/// A debugger's access: a read by the kernel, so that every mapped page is reachable.
+const DEBUGGER: Access = Access {
+    write: false,
+    user: false,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +269,32 @@ mod tests {
         );
         read_virtual(&ram, user, 0x40_1000, 4, &mut out).unwrap();
         assert_eq!(out, b"next");
+    }
+
+    #[test]
+    fn a_debugger_reads_as_far_as_mapped_and_writes_read_only_pages() {
+        let (ram, space) = setup();
+        let mut out = [0u8; 8];
+        assert_eq!(debugger_read(&ram, space.cr3, 0x40_1FFC, &mut out), 8 - 4);
+        assert_eq!(&out[..4], b"\0\0\0\0");
+        assert_eq!(debugger_read(&ram, space.cr3, 0x40_0FFE, &mut out), 8);
+        assert_eq!(&out, b"45next p");
+        assert_eq!(debugger_read(&ram, space.cr3, 0x40_2000, &mut out), 0);
+        // 0x40_0000 is read-only to the guest.
+        let mut written = HostWrites::default();
+        debugger_write(&ram, space.cr3, 0x40_0001, &[0xCC], &mut written).unwrap();
+        assert_eq!(written.take(), vec![0x8_0000..0x8_1000]);
+        debugger_read(&ram, space.cr3, 0x40_0000, &mut out[..3]);
+        assert_eq!(&out[..3], b"0\xCC2");
+        assert_eq!(
+            debugger_write(&ram, space.cr3, 0x40_1FFF, b"ab", &mut written),
+            Err(HypercallError::BadAddress)
+        );
+        assert!(written.take().is_empty());
+        assert_eq!(
+            debugger_write(&ram, space.cr3, u64::MAX, b"ab", &mut written),
+            Err(HypercallError::BadAddress)
+        );
     }
 
     #[test]

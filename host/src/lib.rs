@@ -46,6 +46,7 @@
 
 mod budget;
 mod console;
+mod debug;
 #[doc(hidden)]
 pub mod decode;
 mod guest_memory;
@@ -76,6 +77,7 @@ use std::time::Instant;
 
 use kvm_ioctls::Kvm;
 
+pub use debug::{DebugError, Debugger};
 pub use host_function::run_deadline;
 pub use mote_abi::RunStart;
 pub use mote_boot::{ApiVersion, BootConfig, BootError, Description, Mapping};
@@ -83,7 +85,7 @@ pub use outcome::{Class, Exit, ExitCounts, Limit, Outcome, Phases, Screen, Stats
 pub use pool::{Pool, PoolConfig};
 pub use runtime_boot_config::RuntimeBootConfig;
 pub use samples::Sample;
-pub use seccomp::{restrict_process, restrict_run_thread};
+pub use seccomp::{restrict_process, restrict_process_debugged, restrict_run_thread};
 pub use snapshot::Snapshot;
 pub use snapshot_file::SnapshotFileError;
 pub use stop::CancelToken;
@@ -268,6 +270,9 @@ pub enum Error {
     /// The host lacks something mote needs for this.
     #[error("not supported on this host: {0}")]
     Unsupported(String),
+    /// The debugger could not be set up or served (see [`Debugger`]).
+    #[error(transparent)]
+    Debugger(#[from] DebugError),
     /// A bug in mote.
     #[error("internal error in mote: {0}")]
     Internal(String),
@@ -415,7 +420,10 @@ impl Error {
             Error::NotReady(outcome) if outcome.exit.guest_code().is_some() => Class::BadImage,
             Error::NotReady(outcome) => outcome.exit.class(),
             Error::OverBudget { .. } | Error::PoolBusy { .. } => Class::Busy,
-            Error::Kvm { .. } | Error::Memory(_) | Error::Internal(_) => Class::HostFailure,
+            Error::Debugger(DebugError::Unsupported(_)) => Class::Usage,
+            Error::Kvm { .. } | Error::Memory(_) | Error::Debugger(_) | Error::Internal(_) => {
+                Class::HostFailure
+            }
         }
     }
 
@@ -448,6 +456,7 @@ impl Error {
             Error::SnapshotFile { .. } => "snapshot_file",
             Error::Incompatible(_) => "incompatible_snapshot",
             Error::Unsupported(_) => "unsupported",
+            Error::Debugger(_) => "debugger",
             Error::Internal(_) => "internal",
         }
     }
@@ -612,6 +621,7 @@ pub struct RunConfig {
     limits: Limits,
     memory_wait: std::time::Duration,
     cancel: Option<CancelToken>,
+    debugger: Option<Debugger>,
 }
 
 impl RunConfig {
@@ -705,6 +715,9 @@ impl RunConfig {
     /// and input larger than its input limit or the snapshot's input window.
     fn check_restorable(&self, snapshot: &Snapshot) -> Result<(), Error> {
         self.check_input()?;
+        if self.debugger.is_some() {
+            return Err(DebugError::Unsupported("a run restored from a snapshot").into());
+        }
         let len = self.input.as_ref().map_or(0, |input| input.len() as u64);
         let capacity = snapshot.input_capacity();
         if len > capacity {
@@ -887,6 +900,15 @@ impl RunConfig {
         self
     }
 
+    /// Debugs the run with GDB through `debugger`: the guest starts stopped at its first
+    /// instruction and runs as GDB says (see [`Debugger`]). The run's deadline counts only
+    /// while the guest runs. Only a cold run ([`Hypervisor::run`]) can be debugged; a snapshot
+    /// or a run restored from one is refused with [`DebugError::Unsupported`].
+    pub fn debugger(mut self, debugger: Debugger) -> Self {
+        self.debugger = Some(debugger);
+        self
+    }
+
     /// Ends the run with [`Exit::Cancelled`] as soon as `token` is cancelled, from any thread
     /// (see [`CancelToken`]).
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
@@ -1050,8 +1072,12 @@ impl Hypervisor {
 
     /// Boots `image` in a fresh VM and runs it until it ends.
     pub fn run(&self, image: &GuestImage, config: RunConfig) -> Result<Outcome, Error> {
+        let work = match &config.debugger {
+            Some(debugger) => seccomp::Work::Debugged(debugger.socket()),
+            None => seccomp::Work::Run,
+        };
         self.shared
-            .run_where_asked(seccomp::Work::Run, || self.run_here(image, config))
+            .run_where_asked(work, || self.run_here(image, config))
     }
 
     fn run_here(&self, image: &GuestImage, mut config: RunConfig) -> Result<Outcome, Error> {

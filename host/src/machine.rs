@@ -67,25 +67,31 @@ pub(crate) struct Finished {
 }
 
 /// A VM being run: its vCPU, its memory and its devices, and what the run may spend.
-struct Machine<'a> {
+pub(crate) struct Machine<'a> {
     // Field order is drop order, on every path out of a run: the deadline is disarmed, the
     // cancel token forgets the run and the thread is detached from its stop before the thread's
     // signal mask is restored.
-    _deadline: Option<Armed<'a>>,
+    deadline_armed: Option<Armed<'a>>,
     /// The nudges of a run in a VM with an in-kernel irqchip.
     _halt_checks: Option<Armed<'a>>,
     _watched: Option<Watched>,
     _attached: Option<Attached>,
     /// Takes back a late kick and restores the thread's signal mask, once nothing can kick.
     _kickable: Option<Kickable>,
+    /// The deadline's thread, if the run has a deadline.
+    watchdog: Option<&'a watchdog::Watchdog>,
+    /// When the run ends if it has not ended before; a debugger holding the guest moves it on.
+    deadline: Option<Instant>,
+    /// How much of the run's time was left when a debugger stopped the guest.
+    paused: Option<Duration>,
     /// Why the run is being stopped early, if it is.
-    stop: Arc<RunStop>,
-    vcpu: &'a mut VcpuFd,
+    pub(crate) stop: Arc<RunStop>,
+    pub(crate) vcpu: &'a mut VcpuFd,
     /// The VM, if it has KVM's in-kernel irqchip (`hlt` then stays in KVM).
     irqchip: Option<&'a VmFd>,
-    ram: &'a GuestRam,
+    pub(crate) ram: &'a GuestRam,
     /// Where mote's own writes into `ram` are noted.
-    host_writes: &'a mut HostWrites,
+    pub(crate) host_writes: &'a mut HostWrites,
     serial: Serial,
     console: Console,
     console_bytes: u64,
@@ -93,7 +99,7 @@ struct Machine<'a> {
     samples: SampleLog,
     limits: Limits,
     host_functions: &'a HostFunctions,
-    guest: &'a GuestFacts,
+    pub(crate) guest: &'a GuestFacts,
     purpose: Purpose,
     started: Instant,
     stats: Stats,
@@ -119,9 +125,10 @@ pub(crate) fn run(
         .and_then(|timeout| started.checked_add(timeout));
     let stop = RunStop::new();
     let watched = config.cancel.as_ref().map(|token| token.watch(&stop));
-    // Only a run that something may stop early, or that must be nudged to see a halt, needs its
-    // thread kickable.
-    let kickable = if deadline.is_some() || watched.is_some() || vm.irqchip {
+    let debugger = config.debugger.take();
+    // Only a run that something may stop early (or a debugger interrupt), or that must be
+    // nudged to see a halt, needs its thread kickable.
+    let kickable = if deadline.is_some() || watched.is_some() || debugger.is_some() || vm.irqchip {
         Some(
             Kickable::enter(vm.vcpu.as_raw_fd(), &mut vm.signal_mask).map_err(|e| {
                 Error::Internal(format!("cannot make the run stoppable early: {e}"))
@@ -137,10 +144,13 @@ pub(crate) fn run(
         None
     };
     let attached = kickable.as_ref().map(|_| stop.attach());
-    let armed = match deadline {
-        Some(deadline) => Some(shared.watchdog()?.arm(deadline, &stop)),
+    let watchdog = match deadline {
+        Some(_) => Some(shared.watchdog()?),
         None => None,
     };
+    let armed = watchdog
+        .zip(deadline)
+        .map(|(watchdog, deadline)| watchdog.arm(deadline, &stop));
     let halt_checks = if vm.irqchip {
         Some(shared.watchdog()?.tick(HALT_CHECK_INTERVAL, &stop))
     } else {
@@ -148,11 +158,14 @@ pub(crate) fn run(
     };
     let console = Console::new(config.console.take());
     let mut machine = Machine {
-        _deadline: armed,
+        deadline_armed: armed,
         _halt_checks: halt_checks,
         _watched: watched,
         _attached: attached,
         _kickable: kickable,
+        watchdog,
+        deadline,
+        paused: None,
         stop,
         vcpu: &mut vm.vcpu,
         irqchip: vm.irqchip.then_some(&vm.fd),
@@ -170,11 +183,14 @@ pub(crate) fn run(
         started,
         stats,
     };
-    let end = machine.run_to_end()?;
+    let end = match debugger {
+        Some(debugger) => crate::debug::serve(&mut machine, debugger)?,
+        None => machine.run_to_end()?,
+    };
     machine.stats.phases.run = machine.started.elapsed();
     tracing::debug!(end = ?end, stats = ?machine.stats, "guest stopped");
     let Machine {
-        _deadline: deadline,
+        deadline_armed: deadline,
         _halt_checks: halt_checks,
         _watched: watched,
         _attached: attached,
@@ -225,28 +241,83 @@ pub(crate) fn screen(ram: &GuestRam, framebuffer: &mote_boot::Framebuffer) -> Sc
 /// What an exit leaves to do after the `VcpuExit` borrow of the vCPU ends.
 enum Step {
     Continue,
-    Port { access: PortAccess, value: u32 },
+    /// A signal ended `KVM_RUN` without stopping the run.
+    Interrupted,
+    /// A debug exception KVM caught for a debugger (`KVM_SET_GUEST_DEBUG`).
+    Debug(kvm_bindings::kvm_debug_exit_arch),
+    Port {
+        access: PortAccess,
+        value: u32,
+    },
     Stop(Exit),
 }
 
+/// Where one step of the run left it.
+pub(crate) enum Progress {
+    /// The guest goes on.
+    Running,
+    /// A signal ended `KVM_RUN` (a debugger's kick, say); the guest goes on unless told not to.
+    Interrupted,
+    /// A breakpoint or a single step stopped the guest (only with a debugger).
+    Debug(kvm_bindings::kvm_debug_exit_arch),
+    /// The run is over.
+    Ended(End),
+}
+
 impl Machine<'_> {
-    fn run_to_end(&mut self) -> Result<End, Error> {
+    pub(crate) fn run_to_end(&mut self) -> Result<End, Error> {
         loop {
-            let step = self.run_once()?;
-            self.stats.exits.total += 1;
-            match step {
-                Step::Continue => {}
-                Step::Stop(exit) => return Ok(End::Exit(exit)),
-                Step::Port { access, value } => {
-                    let r = self.vcpu.sync_regs().regs;
-                    let args = [r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r12];
-                    let event = decode::decode_out(access, value, args);
-                    tracing::trace!(?event, "exit");
-                    if let Some(end) = self.serve_out(access, event)? {
-                        return Ok(end);
-                    }
+            match self.advance()? {
+                Progress::Running | Progress::Interrupted => {}
+                Progress::Ended(end) => return Ok(end),
+                // Only a debugger asks KVM for these; without one, it is a state mote never set.
+                Progress::Debug(debug) => {
+                    return Ok(End::Exit(Exit::Unexpected {
+                        reason: format!("a debug exit without a debugger: {debug:?}"),
+                    }));
                 }
             }
+        }
+    }
+
+    /// Runs the guest to its next exit and serves it.
+    pub(crate) fn advance(&mut self) -> Result<Progress, Error> {
+        let step = self.run_once()?;
+        self.stats.exits.total += 1;
+        Ok(match step {
+            Step::Continue => Progress::Running,
+            Step::Interrupted => Progress::Interrupted,
+            Step::Debug(debug) => Progress::Debug(debug),
+            Step::Stop(exit) => Progress::Ended(End::Exit(exit)),
+            Step::Port { access, value } => {
+                let r = self.vcpu.sync_regs().regs;
+                let args = [r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r12];
+                let event = decode::decode_out(access, value, args);
+                tracing::trace!(?event, "exit");
+                match self.serve_out(access, event)? {
+                    Some(end) => Progress::Ended(end),
+                    None => Progress::Running,
+                }
+            }
+        })
+    }
+
+    /// Stops the deadline's clock while a debugger holds the guest.
+    pub(crate) fn pause_deadline(&mut self) {
+        if let Some(deadline) = self.deadline
+            && self.paused.is_none()
+        {
+            self.deadline_armed = None;
+            self.paused = Some(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Starts the deadline's clock again with the time that was left.
+    pub(crate) fn resume_deadline(&mut self) {
+        if let (Some(left), Some(watchdog)) = (self.paused.take(), self.watchdog) {
+            let deadline = Instant::now().checked_add(left);
+            self.deadline = deadline;
+            self.deadline_armed = deadline.map(|deadline| watchdog.arm(deadline, &self.stop));
         }
     }
 
@@ -273,7 +344,7 @@ impl Machine<'_> {
                 watchdog::take_pending_kick();
                 return Ok(match self.halted_for_good()? {
                     Some(exit) => Step::Stop(exit),
-                    None => Step::Continue,
+                    None => Step::Interrupted,
                 });
             }
             Err(e) => return Err(Error::kvm("KVM_RUN", e)),
@@ -334,7 +405,8 @@ impl Machine<'_> {
                 Step::Stop(Exit::InternalError { suberror, rip })
             }
             VcpuExit::FailEntry(reason, _cpu) => Step::Stop(Exit::FailedEntry { reason }),
-            VcpuExit::Intr => Step::Continue,
+            VcpuExit::Intr => Step::Interrupted,
+            VcpuExit::Debug(debug) => Step::Debug(debug),
             other => Step::Stop(Exit::Unexpected {
                 reason: format!("{other:?}"),
             }),
@@ -603,7 +675,7 @@ impl Machine<'_> {
     }
 
     /// The outcome of a run stopped early, if it was.
-    fn stopped(&self) -> Option<Exit> {
+    pub(crate) fn stopped(&self) -> Option<Exit> {
         Some(match self.stop.reason()? {
             StopReason::Deadline => Exit::Timeout {
                 limit: self.limits.timeout.unwrap_or_default(),
@@ -688,10 +760,7 @@ impl Machine<'_> {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
         };
-        let deadline = self
-            .limits
-            .timeout
-            .and_then(|timeout| self.started.checked_add(timeout));
+        let deadline = self.deadline;
         let answer = match crate::host_function::call(function, &request, deadline) {
             Ok(answer) => answer,
             Err(crate::host_function::Panicked) => {

@@ -117,7 +117,15 @@ fn fail(e: seccompiler::BackendError) -> Error {
 /// heap gives memory back to the kernel, and goes on without it if the open fails (seen: a
 /// `mote serve` worker was stopped there once a change moved its allocations a little). No
 /// file is opened either way.
-fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Error> {
+///
+/// With `socket`, a debugger's connection may also be read (`recvfrom`), written (`sendto`) and shut down, and
+/// nothing else.
+fn filter(
+    calls: &[i64],
+    ioctl: bool,
+    seal: bool,
+    socket: Option<std::os::fd::RawFd>,
+) -> Result<Vec<BpfProgram>, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(calls)
@@ -150,6 +158,19 @@ fn filter(calls: &[i64], ioctl: bool, seal: bool) -> Result<Vec<BpfProgram>, Err
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_fcntl, fcntl);
+    if let Some(socket) = socket {
+        for call in [libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_shutdown] {
+            let on_socket = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                socket as u32 as u64,
+            )
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+            .map_err(fail)?;
+            rules.insert(call, vec![on_socket]);
+        }
+    }
     if ioctl {
         let kvm = SeccompCondition::new(
             1,
@@ -223,9 +244,9 @@ fn install(programs: &[BpfProgram], every_thread: bool) -> Result<(), Error> {
 pub(crate) fn restrict_thread(thread: Thread) -> Result<(), Error> {
     install_reporter()?;
     let programs = match thread {
-        Thread::Reaper => filter(REAPER, false, false)?,
-        Thread::Watchdog => filter(WATCHDOG, false, false)?,
-        Thread::Pool => filter(RUN, true, false)?,
+        Thread::Reaper => filter(REAPER, false, false, None)?,
+        Thread::Watchdog => filter(WATCHDOG, false, false, None)?,
+        Thread::Pool => filter(RUN, true, false, None)?,
     };
     install(&programs, false)
 }
@@ -245,15 +266,25 @@ pub fn restrict_run_thread() -> Result<(), Error> {
 /// after a line on standard error that names it.
 pub fn restrict_process() -> Result<(), Error> {
     install_reporter()?;
-    install(&filter(RUN, true, false)?, true)
+    install(&filter(RUN, true, false, None)?, true)
 }
 
-/// What a filtered thread does: run a guest, or boot one to snapshot it (which also keeps its
-/// memory in a memfd).
+/// [`restrict_process`] for a process that debugs its run: the run may also read the
+/// debugger's connection and shut it down, and no other socket. Set the debugger up
+/// ([`Debugger::accept`](crate::Debugger::accept)) first: accepting a connection is not
+/// allowed.
+pub fn restrict_process_debugged(debugger: &crate::Debugger) -> Result<(), Error> {
+    install_reporter()?;
+    install(&filter(RUN, true, false, Some(debugger.socket()))?, true)
+}
+
+/// What a filtered thread does: run a guest, boot one to snapshot it (which also keeps its
+/// memory in a memfd), or run one under a debugger connected through this socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Work {
     Run,
     Snapshot,
+    Debugged(std::os::fd::RawFd),
 }
 
 /// Calls `run` on a new thread held to the filter [`restrict_process`] installs (with what a
@@ -266,10 +297,17 @@ pub(crate) fn on_filtered_thread<T: Send>(
     type Programs = OnceLock<Result<Vec<BpfProgram>, String>>;
     static RUN_FILTER: Programs = OnceLock::new();
     static SNAPSHOT_FILTER: Programs = OnceLock::new();
+    let debugged;
     let programs = match work {
-        Work::Run => RUN_FILTER.get_or_init(|| filter(RUN, true, false).map_err(|e| e.to_string())),
+        Work::Debugged(socket) => {
+            debugged = Ok(filter(RUN, true, false, Some(socket))?);
+            &debugged
+        }
+        Work::Run => {
+            RUN_FILTER.get_or_init(|| filter(RUN, true, false, None).map_err(|e| e.to_string()))
+        }
         Work::Snapshot => SNAPSHOT_FILTER.get_or_init(|| {
-            filter(&[RUN, SNAPSHOT].concat(), true, true).map_err(|e| e.to_string())
+            filter(&[RUN, SNAPSHOT].concat(), true, true, None).map_err(|e| e.to_string())
         }),
     }
     .as_ref()
@@ -382,9 +420,10 @@ mod tests {
 
     #[test]
     fn the_filters_compile() {
-        assert!(filter(RUN, true, false).is_ok());
-        assert!(filter(&[RUN, SNAPSHOT].concat(), true, true).is_ok());
-        assert!(filter(REAPER, false, false).is_ok());
-        assert!(filter(WATCHDOG, false, false).is_ok());
+        assert!(filter(RUN, true, false, None).is_ok());
+        assert!(filter(&[RUN, SNAPSHOT].concat(), true, true, None).is_ok());
+        assert!(filter(REAPER, false, false, None).is_ok());
+        assert!(filter(WATCHDOG, false, false, None).is_ok());
+        assert!(filter(RUN, true, false, Some(7)).is_ok());
     }
 }

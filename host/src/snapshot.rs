@@ -292,6 +292,9 @@ pub(crate) fn capture(
             .input_capacity
             .unwrap_or(crate::DEFAULT_INPUT_CAPACITY),
     )?;
+    if config.debugger.is_some() {
+        return Err(crate::DebugError::Unsupported("a snapshot's boot").into());
+    }
     // The boot is charged as a run is; the snapshot then holds a charge for its memory.
     let boot_charge = shared.charge(config.worst_case(config.boot_memory_size()), &config)?;
     let reserved = Instant::now();

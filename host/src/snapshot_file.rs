@@ -435,6 +435,9 @@ pub(crate) fn read(
             framebuffer,
             plain: flags & FLAG_PLAIN != 0,
             input_window,
+            kernel_offset: 0,
+            kernel_segments: Vec::new(),
+            debug_gate: None,
         },
         cpuid,
         vcpu: SavedVcpu {

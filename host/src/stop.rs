@@ -28,13 +28,20 @@ pub(crate) struct RunStop {
     reason: AtomicU8,
     /// The vCPU's thread while it can be kicked (see [`RunStop::attach`]).
     thread: Mutex<Option<libc::pthread_t>>,
+    /// Wakes a vCPU thread that waits for something other than the guest (a debugger's
+    /// packets), once a reason is recorded.
+    waker: Mutex<Option<Waker>>,
 }
+
+/// What [`RunStop::stop`] calls besides kicking the thread.
+pub(crate) type Waker = Box<dyn Fn() + Send>;
 
 impl RunStop {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             reason: AtomicU8::new(0),
             thread: Mutex::new(None),
+            waker: Mutex::new(None),
         })
     }
 
@@ -47,6 +54,17 @@ impl RunStop {
         if !first {
             return;
         }
+        self.kick();
+        if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            wake();
+        }
+    }
+
+    /// Kicks the vCPU's thread out of `KVM_RUN` (or makes its next `KVM_RUN` return at once)
+    /// without stopping the run: for a debugger's packets, which the run loop then reads, and
+    /// for a look at a vCPU that may be halted for good (in a VM with an in-kernel irqchip). A
+    /// kick that finds no thread attached is dropped.
+    pub(crate) fn kick(&self) {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(thread) = *thread {
             // SAFETY: the thread is alive: it is attached, and detaches (under this lock)
@@ -56,15 +74,9 @@ impl RunStop {
         }
     }
 
-    /// Kicks the vCPU's thread out of `KVM_RUN` without stopping the run, so that it looks at
-    /// its vCPU (a halted one, in a VM with an in-kernel irqchip). A nudge that finds no
-    /// thread attached is dropped.
-    pub(crate) fn nudge(&self) {
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(thread) = *thread {
-            // SAFETY: as in `stop`: the attached thread is alive, and the kick's handler is in.
-            unsafe { libc::pthread_kill(thread, kick_signal()) };
-        }
+    /// Calls `wake` whenever the run is stopped from now on (until replaced with `None`).
+    pub(crate) fn set_waker(&self, wake: Option<Waker>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = wake;
     }
 
     /// Why the run is being stopped, if it is.

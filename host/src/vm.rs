@@ -246,6 +246,15 @@ pub(crate) struct GuestFacts {
     pub(crate) plain: bool,
     /// The frames of the ramdisk, where each run restored from a snapshot finds its input.
     pub(crate) input_window: Option<mote_boot::RamdiskFrames>,
+    /// How far the loader moved the kernel from its link-time addresses (0 for a guest restored
+    /// from a snapshot file, which does not keep it: only a debugger needs it, and debugged
+    /// runs are cold).
+    pub(crate) kernel_offset: u64,
+    /// Where the kernel's first two loadable segments are, for a debugger (GDB's `qOffsets`);
+    /// empty unless the run is debugged.
+    pub(crate) kernel_segments: Vec<u64>,
+    /// The page of the gate a user-mode guest's #DB and #BP enter while a debugger watches.
+    pub(crate) debug_gate: Option<u64>,
 }
 
 /// A guest laid out in a fresh VM, about to run its first instruction.
@@ -287,6 +296,7 @@ pub(crate) fn boot(
             .map_or(0, |boot| boot.test_sentinel),
         aslr_seed: aslr_seed(image),
         snapshot: snapshot_input_capacity.is_some(),
+        debug_gate: config.debugger.is_some(),
     };
     let loaded = image
         .prepared
@@ -321,6 +331,26 @@ pub(crate) fn boot(
             framebuffer: loaded.framebuffer,
             plain: config.plain,
             input_window: loaded.ramdisk,
+            kernel_offset: loaded.kernel_offset,
+            kernel_segments: match config.debugger {
+                Some(_) => {
+                    // `describe` places the segments at the image's fixed offset; this load's
+                    // offset differs under ASLR.
+                    let description = image.describe();
+                    description
+                        .segments
+                        .iter()
+                        .take(2)
+                        .map(|&(address, ..)| {
+                            address
+                                .wrapping_sub(description.kernel_offset)
+                                .wrapping_add(loaded.kernel_offset)
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            },
+            debug_gate: loaded.debug_gate,
         },
         stats,
     })

@@ -293,7 +293,7 @@ fn watch(shared: &Shared) {
                             timer.stop.stop(StopReason::Deadline);
                         }
                         Some(every) => {
-                            timer.stop.nudge();
+                            timer.stop.kick();
                             // From now, not from when it was due: a late thread does not
                             // catch up with a burst of nudges.
                             let next = now + every;

@@ -80,7 +80,8 @@
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
 //!   calibration), the runs of the two alternating, both on the machine's last CPU.
 //!   `_unpreempted`: over the runs whose thread
-//!   had no involuntary context switch (`getrusage`; left out with fewer than two such runs),
+//!   had no involuntary context switch while it measured (`getrusage`; under mote, counted by
+//!   `RunConfig::count_preemptions` while the guest runs; left out with fewer than two such runs),
 //!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
 //!   preemption by the machine under it, if any, is not counted. `bench_spread_vs_native`:
 //!   `bench_spread_cv_mote` / `bench_spread_cv_native` (goal: mote adds no spread).
@@ -1508,11 +1509,17 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
     let mut overheads = Vec::new();
     let mut empties = Vec::new();
     let mote_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
-        let before = involuntary_switches();
+        // Counted while the guest runs, as `mote bench` counts them: making and tearing down
+        // the VM wakes mote's and KVM's own threads, which says nothing of the timings.
         let outcome = hypervisor
-            .run(&image, RunConfig::default().input(input.clone()))
+            .run(
+                &image,
+                RunConfig::default()
+                    .input(input.clone())
+                    .count_preemptions(),
+            )
             .unwrap();
-        let switches = involuntary_switches() - before;
+        let switches = outcome.stats.preemptions.unwrap_or(0);
         assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "bench-spread failed");
         let of = |name: &str| -> Vec<u64> {
             outcome

@@ -622,6 +622,7 @@ pub struct RunConfig {
     memory_wait: std::time::Duration,
     cancel: Option<CancelToken>,
     debugger: Option<Debugger>,
+    count_preemptions: bool,
 }
 
 impl RunConfig {
@@ -870,6 +871,16 @@ impl RunConfig {
     /// Default: [`DEFAULT_SAMPLE_LIMIT`].
     pub fn sample_limit(mut self, count: u64) -> Self {
         self.limits.samples = count;
+        self
+    }
+
+    /// Counts how many times the thread that runs the vCPU is preempted (its involuntary
+    /// context switches) from the guest's first entry to its last exit, into
+    /// [`Stats::preemptions`]: a benchmark flags the timings another thread may have cut into,
+    /// without counting what making or tearing down the VM went through. Two `getrusage` calls
+    /// a run. Default: off.
+    pub fn count_preemptions(mut self) -> Self {
+        self.count_preemptions = true;
         self
     }
 

@@ -183,10 +183,13 @@ pub(crate) fn run(
         started,
         stats,
     };
+    let preempted_before = config.count_preemptions.then(preemptions_so_far);
     let end = match debugger {
         Some(debugger) => crate::debug::serve(&mut machine, debugger)?,
         None => machine.run_to_end()?,
     };
+    machine.stats.preemptions =
+        preempted_before.map(|before| preemptions_so_far().saturating_sub(before));
     machine.stats.phases.run = machine.started.elapsed();
     tracing::debug!(end = ?end, stats = ?machine.stats, "guest stopped");
     let Machine {
@@ -216,6 +219,19 @@ pub(crate) fn run(
         stats,
         serial,
     })
+}
+
+/// The calling thread's involuntary context switches so far (0 if the kernel will not say).
+fn preemptions_so_far() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into memory with room for it; RUSAGE_THREAD reads
+    // the calling thread's own counters.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: getrusage succeeded and filled the struct (zeroed before in any case).
+    let usage = unsafe { usage.assume_init() };
+    u64::try_from(usage.ru_nivcsw).unwrap_or(0)
 }
 
 /// The framebuffer's pixels, converted from the guest's BGRX to RGB.

@@ -483,6 +483,9 @@ pub struct Stats {
     /// Pages of guest memory the run wrote (the guest, or mote on its behalf), which its pool
     /// reset afterwards; `None` for runs not in a pool.
     pub dirtied_pages: Option<u64>,
+    /// Times the vCPU's thread was preempted while the guest ran; `None` unless asked for
+    /// ([`RunConfig::count_preemptions`](crate::RunConfig::count_preemptions)).
+    pub preemptions: Option<u64>,
 }
 
 /// A framebuffer's pixels.

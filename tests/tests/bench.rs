@@ -327,3 +327,59 @@ fn warm_runs_restore_a_snapshot_and_still_report_samples() {
     assert_eq!(hash["runs"], 3);
     assert!(hash["count"].as_u64().unwrap() >= 3);
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed CPU set with one bit below CPU_SETSIZE, read by sched_setaffinity for
+    // the calling thread (pid 0).
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn preemptions_are_counted_while_the_guest_runs_when_asked() {
+    use mote_host::{Exit, RunConfig};
+    use mote_tests::run_guest_with;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    assert_eq!(
+        run_guest_with("hello", RunConfig::default())
+            .stats
+            .preemptions,
+        None
+    );
+    // A spinning guest shares CPU 0 with a busy thread for 300 ms: the scheduler must take
+    // the CPU from the vCPU's thread many times.
+    let stop = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            pin_to(0);
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let runner = scope.spawn(|| {
+            pin_to(0);
+            let config = RunConfig::default()
+                .timeout(Duration::from_millis(300))
+                .unwrap()
+                .count_preemptions();
+            run_guest_with("spin", config)
+        });
+        let outcome = runner.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        outcome
+    });
+    assert!(
+        matches!(outcome.exit, Exit::Timeout { .. }),
+        "{:?}",
+        outcome.exit
+    );
+    let preemptions = outcome.stats.preemptions.expect("counted when asked");
+    assert!(preemptions > 0, "{preemptions}");
+}

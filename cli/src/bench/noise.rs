@@ -1,6 +1,6 @@
-//! What `mote bench` can control about noise (the CPU the runs use), what it can count (the
-//! times the vCPU's thread was preempted), and what it can only report (frequency scaling, a
-//! busy SMT sibling, the machine's load).
+//! What `mote bench` can control about noise (the CPU the runs use) and what it can only
+//! report (frequency scaling, a busy SMT sibling, the machine's load). The preemptions of the
+//! vCPU's thread are counted by the run itself (`RunConfig::count_preemptions`).
 
 use std::path::Path;
 
@@ -28,22 +28,6 @@ pub fn pin_to(cpu: usize) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
-    }
-}
-
-/// How many times the calling thread has been preempted (involuntary context switches).
-pub fn preemptions() -> u64 {
-    // SAFETY: `usage` is a plain struct that `getrusage` fills; RUSAGE_THREAD reads the
-    // calling thread's own counters.
-    let (result, usage) = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        let result = libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        (result, usage)
-    };
-    if result == 0 {
-        u64::try_from(usage.ru_nivcsw).unwrap_or(0)
-    } else {
-        0
     }
 }
 
@@ -155,13 +139,6 @@ fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_busy_run_thread_counts_no_preemption_out_of_nothing() {
-        let before = preemptions();
-        let after = preemptions();
-        assert!(after >= before);
-    }
 
     #[test]
     fn what_was_not_controlled_is_said() {

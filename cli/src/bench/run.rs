@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use mote_host::{Exit, GuestImage, Hypervisor, Pool, PoolConfig, RunConfig, Stats};
 
-use super::noise;
 use crate::Failure;
 
 /// A guest to benchmark, ready to run.
@@ -72,7 +71,7 @@ pub struct RunRecord {
     pub wall: Duration,
     /// mote's own figures for the run: its phases and exits.
     pub stats: Stats,
-    /// How many times the vCPU's thread was preempted during the run.
+    /// How many times the vCPU's thread was preempted while the guest ran.
     pub preemptions: u64,
     /// The guest's samples by name, in the order the names first appeared; cycles.
     pub samples: Vec<(Arc<str>, Vec<u64>)>,
@@ -134,14 +133,12 @@ pub fn run_all(
 }
 
 fn run_once(subject: &Subject, config: RunConfig, what: &str) -> Result<RunRecord, Failure> {
-    let preempted_before = noise::preemptions();
     let start = Instant::now();
     let result = match &subject.engine {
         Engine::Cold(hypervisor, image) => hypervisor.run(image, config),
         Engine::Warm(pool) => pool.run(config),
     };
     let wall = start.elapsed();
-    let preemptions = noise::preemptions().saturating_sub(preempted_before);
     let outcome = result.map_err(|error| Failure {
         message: format!(
             "a {what} of {} failed: {}",
@@ -163,6 +160,9 @@ fn run_once(subject: &Subject, config: RunConfig, what: &str) -> Result<RunRecor
             ),
         });
     }
+    // Counted while the guest ran: what making or tearing down the VM went through (mote's
+    // and KVM's own threads wake then) says nothing of the timings.
+    let preemptions = outcome.stats.preemptions.unwrap_or(0);
     let mut samples: Vec<(Arc<str>, Vec<u64>)> = Vec::new();
     for sample in outcome.samples {
         match samples.iter_mut().find(|(name, _)| *name == sample.name) {

@@ -85,6 +85,9 @@
 //!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
 //!   preemption by the machine under it, if any, is not counted. `bench_spread_vs_native`:
 //!   `bench_spread_cv_mote` / `bench_spread_cv_native` (goal: mote adds no spread).
+//!   `bench_spread_cv_mote_warm` (and its `_unpreempted`, `preempted_runs_mote_warm`): the same
+//!   under mote with every run restored from one snapshot on a pool of one VM, as
+//!   `mote bench --warm` runs; `bench_spread_warm_vs_native` its ratio to the native spread.
 //!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians (`bench_spread_vs_native`: of spreads) measured in this same run.
@@ -1508,41 +1511,63 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
     let input = SPREAD_ROUNDS.to_string().into_bytes();
     let mut overheads = Vec::new();
     let mut empties = Vec::new();
-    let mote_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
-        // Counted while the guest runs, as `mote bench` counts them: making and tearing down
-        // the VM wakes mote's and KVM's own threads, which says nothing of the timings.
-        let outcome = hypervisor
-            .run(
-                &image,
-                RunConfig::default()
-                    .input(input.clone())
-                    .count_preemptions(),
-            )
-            .unwrap();
-        let switches = outcome.stats.preemptions.unwrap_or(0);
-        assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "bench-spread failed");
-        let of = |name: &str| -> Vec<u64> {
-            outcome
-                .samples
-                .iter()
-                .filter(|sample| &*sample.name == name)
-                .map(|sample| sample.cycles)
-                .collect()
+    // Counted while the guest runs, as `mote bench` counts them: making and tearing down the VM
+    // wakes mote's and KVM's own threads, which says nothing of the timings.
+    let config = || {
+        RunConfig::default()
+            .input(input.clone())
+            .count_preemptions()
+    };
+    let spread_run =
+        |outcome: mote_host::Outcome, overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
+            let switches = outcome.stats.preemptions.unwrap_or(0);
+            assert_eq!(outcome.exit, Exit::Guest { code: 0 }, "bench-spread failed");
+            let of = |name: &str| -> Vec<u64> {
+                outcome
+                    .samples
+                    .iter()
+                    .filter(|sample| &*sample.name == name)
+                    .map(|sample| sample.cycles)
+                    .collect()
+            };
+            let (overhead, empty, compute) = (of("overhead"), of("empty"), of("compute"));
+            assert_eq!(overhead.len(), 1, "bench-spread's overhead samples");
+            assert_eq!(empty.len(), SPREAD_EMPTY, "bench-spread's empty samples");
+            assert_eq!(
+                compute.len(),
+                SPREAD_COMPUTE,
+                "bench-spread's compute samples"
+            );
+            overheads.extend(overhead);
+            empties.extend(empty);
+            SpreadRun {
+                median: median_count(&compute),
+                switches,
+            }
         };
-        let (overhead, empty, compute) = (of("overhead"), of("empty"), of("compute"));
-        assert_eq!(overhead.len(), 1, "bench-spread's overhead samples");
-        assert_eq!(empty.len(), SPREAD_EMPTY, "bench-spread's empty samples");
-        assert_eq!(
-            compute.len(),
-            SPREAD_COMPUTE,
-            "bench-spread's compute samples"
-        );
-        overheads.extend(overhead);
-        empties.extend(empty);
-        SpreadRun {
-            median: median_count(&compute),
-            switches,
-        }
+    let mote_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
+        spread_run(
+            hypervisor.run(&image, config()).unwrap(),
+            overheads,
+            empties,
+        )
+    };
+    // `mote bench --warm`: every run restored from one snapshot, on a pool of one VM.
+    let snapshot = hypervisor
+        .snapshot(&image, RunConfig::default())
+        .expect("a snapshot of bench-spread");
+    let pool = Pool::new(
+        hypervisor,
+        &snapshot,
+        PoolConfig::default().min_idle(1).max_vms(1),
+    )
+    .expect("a pool of bench-spread");
+    let warm_run = || {
+        spread_run(
+            pool.run(config()).unwrap(),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
     };
     let mut native_overheads = Vec::new();
     let mut native_empties = Vec::new();
@@ -1569,10 +1594,12 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
     };
     // One uncounted run of each: page in the image and the code.
     mote_run(&mut Vec::new(), &mut Vec::new());
+    warm_run();
     native_run(&mut Vec::new(), &mut Vec::new());
-    let (mut mote, mut native) = (Vec::new(), Vec::new());
+    let (mut mote, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..SPREAD_RUNS {
         mote.push(mote_run(&mut overheads, &mut empties));
+        warm.push(warm_run());
         native.push(native_run(&mut native_overheads, &mut native_empties));
     }
 
@@ -1584,7 +1611,7 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         "bench_empty_measure_cycles".into(),
         median_count(&empties) as f64,
     );
-    for (kind, runs) in [("mote", &mote), ("native", &native)] {
+    for (kind, runs) in [("mote", &mote), ("mote_warm", &warm), ("native", &native)] {
         let preempted = runs.iter().filter(|run| run.preempted()).count();
         values.insert(
             format!("bench_spread_preempted_runs_{kind}"),
@@ -1615,7 +1642,7 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         median_count(&native_overheads),
         median_count(&native_empties),
     );
-    for (kind, runs) in [("mote", &mote), ("native", &native)] {
+    for (kind, runs) in [("mote", &mote), ("mote_warm", &warm), ("native", &native)] {
         let medians: Vec<String> = runs
             .iter()
             .map(|run| match run.switches {
@@ -2086,6 +2113,11 @@ fn main() {
         (
             "bench_spread_vs_native".into(),
             values["bench_spread_cv_mote"] / values["bench_spread_cv_native"],
+            Some(Goal::AtMost(1.0)),
+        ),
+        (
+            "bench_spread_warm_vs_native".into(),
+            values["bench_spread_cv_mote_warm"] / values["bench_spread_cv_native"],
             Some(Goal::AtMost(1.0)),
         ),
         (

@@ -783,9 +783,9 @@ fn drive(
                     match session.machine.advance()? {
                         Progress::Running => Ok(GdbStubStateMachine::Running(run)),
                         Progress::Interrupted => {
-                            // The reader's kick, taken before its bytes: a kick for bytes
-                            // sent after this is kept for the next entry.
-                            crate::watchdog::take_pending_kick();
+                            // The reader's kick was taken back as the run stepped
+                            // (`Machine::run_once`), before its bytes are read here: a kick
+                            // for bytes sent after this is kept for the next entry.
                             for message in incoming.try_iter() {
                                 match message {
                                     Incoming::Bytes(bytes) => pending.extend(bytes),

@@ -249,7 +249,7 @@ impl Watchdog {
         self.insert(deadline, stop, None)
     }
 
-    /// Nudges the run of `stop` ([`RunStop::nudge`]) every `every`, until the returned guard
+    /// Nudges the run of `stop` ([`RunStop::kick`]) every `every`, until the returned guard
     /// is dropped.
     pub(crate) fn tick(&self, every: Duration, stop: &Arc<RunStop>) -> Armed<'_> {
         self.insert(Instant::now() + every, stop, Some(every))

@@ -75,19 +75,26 @@
 //!   its `empty` samples, empty measurements with that overhead taken off, in ticks (about 0).
 //! - `bench_spread_cv_mote`, `bench_spread_cv_native`: the run-to-run spread of a fixed
 //!   workload timed with `bench::measure`'s harness, in percent: the coefficient of variation
-//!   (standard deviation over mean) of the runs' medians. Under mote, `bench-spread` runs 30
-//!   times, each timing the compute workload (40,000 rounds, about 71 µs) 100 times; natively,
+//!   (standard deviation over mean) of the runs' medians. Under mote, `bench-spread` runs 60
+//!   times, each timing the compute workload (200,000 rounds, about 355 µs) 100 times; natively,
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
-//!   calibration), the runs of the two alternating, both on the machine's last CPU.
+//!   calibration), the runs of the two alternating, both on one thread pinned to the machine's
+//!   last CPU (the process's other threads, mote's and KVM's, are not pinned).
 //!   `_unpreempted`: over the runs whose thread
 //!   had no involuntary context switch while it measured (`getrusage`; under mote, counted by
 //!   `RunConfig::count_preemptions` while the guest runs; left out with fewer than two such runs),
 //!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
-//!   preemption by the machine under it, if any, is not counted. `bench_spread_vs_native`:
-//!   `bench_spread_cv_mote` / `bench_spread_cv_native` (goal: mote adds no spread).
-//!   `bench_spread_cv_mote_warm` (and its `_unpreempted`, `preempted_runs_mote_warm`): the same
-//!   under mote with every run restored from one snapshot on a pool of one VM, as
-//!   `mote bench --warm` runs; `bench_spread_warm_vs_native` its ratio to the native spread.
+//!   preemption by the machine under it, if any, is not counted; a run it slowed as a whole
+//!   shows as outlying: `bench_spread_outlying_runs_*` count the runs whose medians lie outside
+//!   Tukey's fences of their side's run medians, and `_clean` is the spread over the runs
+//!   neither preempted nor outlying. `bench_spread_vs_native`: `bench_spread_cv_mote_clean` /
+//!   `bench_spread_cv_native_clean` (goal: mote adds no spread); `_all_runs_vs_native` the
+//!   same over every run (no goal: slowed runs decide it, on either side).
+//!   `bench_spread_cv_mote_warm` (and its `_unpreempted`, `_clean`, `preempted_runs_mote_warm`,
+//!   `outlying_runs_mote_warm`): the same under mote with every run restored from one snapshot
+//!   on a pool of one VM, as `mote bench --warm` runs; `bench_spread_warm_vs_native` (and
+//!   `bench_spread_warm_all_runs_vs_native`) its ratios to the native spread. The text output
+//!   adds 95 % bootstrap intervals of the ratios (runs resampled).
 //!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians (`bench_spread_vs_native`: of spreads) measured in this same run.
@@ -120,12 +127,18 @@ const CONCURRENT_THREADS: usize = 64;
 const HELD_GUESTS: usize = 1000;
 /// Rounds of the compute workload: long enough that start-up noise does not matter.
 const COMPUTE_ROUNDS: u64 = 10_000_000;
-/// Runs of `bench-spread` under mote, and as many native runs of the same timings.
-const SPREAD_RUNS: usize = 30;
-/// Rounds of the compute workload per `bench-spread` timing: about 71 µs on this project's
-/// machines (1.8 ns a round), long enough that the fences' jitter is nothing, short enough
-/// that a run of 100 is over in under 10 ms.
-const SPREAD_ROUNDS: u64 = 40_000;
+/// Runs of `bench-spread` under mote (cold and warm), and as many native runs of the same
+/// timings: about 7 s in all. With 30 the ratio of two spreads swung from 0.7 to 1.8 between
+/// quiet runs of the benchmark, decided by whichever side a slowed run fell on.
+const SPREAD_RUNS: usize = 60;
+/// Resamples of the bootstrap interval of a ratio of spreads.
+const SPREAD_RESAMPLES: usize = 2000;
+/// Rounds of the compute workload per `bench-spread` timing: about 355 µs on this project's
+/// machines (1.8 ns a round), so that a run of 100 (36 ms) outlasts most of the slow stretches
+/// of the machine under this one, and the TSC's steps (26 ticks here) are 0.003 % of a sample.
+/// With 40,000 rounds (71 µs) a whole 7 ms run was often slowed by one such stretch, and
+/// otherwise the spreads of both sides were a step or two of the TSC.
+const SPREAD_ROUNDS: u64 = 200_000;
 /// Empty measurements per run (`bench-spread`'s, and the calibration's on both sides).
 const SPREAD_EMPTY: usize = 1000;
 /// Timings of the workload per run, as `bench-spread` takes.
@@ -611,41 +624,24 @@ fn host_tsc_khz() -> f64 {
     ticks as f64 / elapsed.as_secs_f64() / 1000.0
 }
 
-/// How many times the calling thread has been preempted (involuntary context switches).
-/// Pins the calling thread to the machine's last CPU while it lives, then gives it back every
-/// CPU it could use before.
-struct PinnedToLastCpu(libc::cpu_set_t);
-
-impl PinnedToLastCpu {
-    fn new() -> Self {
+/// Pins the calling thread to the machine's last CPU.
+fn pin_to_last_cpu() {
+    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    // SAFETY: the set is a plain bit set, zeroed before use; the CPU index is below the
+    // machine's count and so below CPU_SETSIZE; pid 0 is this thread.
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
         let size = std::mem::size_of::<libc::cpu_set_t>();
-        let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
-        // SAFETY: both sets are plain bit sets of `size` bytes, zeroed before use; the CPU
-        // index is below the machine's count and so below CPU_SETSIZE; pid 0 is this thread.
-        unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            assert_eq!(
-                libc::sched_setaffinity(0, size, &one),
-                0,
-                "pinning to CPU {cpu}"
-            );
-            Self(before)
-        }
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &one),
+            0,
+            "pinning to CPU {cpu}"
+        );
     }
 }
 
-impl Drop for PinnedToLastCpu {
-    fn drop(&mut self) {
-        // SAFETY: the set was filled by sched_getaffinity and is `size_of::<cpu_set_t>()` bytes.
-        unsafe {
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
-        }
-    }
-}
-
+/// How many times the calling thread has been preempted (involuntary context switches).
 fn involuntary_switches() -> u64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one `rusage` where it is pointed, which has room for it;
@@ -1468,11 +1464,40 @@ struct SpreadRun {
     median: u64,
     /// Involuntary context switches of the thread during the run.
     switches: u64,
+    /// The median lies outside Tukey's fences of its kind's run medians (`mark_outlying`).
+    outlying: bool,
 }
 
 impl SpreadRun {
     fn preempted(&self) -> bool {
         self.switches > 0
+    }
+
+    /// Neither preempted nor outlying: what the goal's spread is taken over.
+    fn clean(&self) -> bool {
+        !self.preempted() && !self.outlying
+    }
+}
+
+/// Flags the runs whose medians lie outside Tukey's fences (more than 1.5 interquartile
+/// ranges beyond the quartiles of all the runs' medians), as `mote bench` flags outlying
+/// samples: runs slowed as a whole by something outside both mote and the workload. On this
+/// project's machines (nested, under another hypervisor) stretches of a few to tens of
+/// milliseconds run up to 4 % slow now and then, whichever side is running; over 1000 runs of
+/// each side, one in five to ten runs was slowed by more than 0.3 %, on both sides alike, and
+/// those runs decide a spread taken over every run.
+fn mark_outlying(runs: &mut [SpreadRun]) {
+    let mut medians: Vec<f64> = runs.iter().map(|run| run.median as f64).collect();
+    medians.sort_by(f64::total_cmp);
+    let quartile = |q: f64| {
+        let at = (medians.len() - 1) as f64 * q;
+        let (low, high) = (at.floor() as usize, at.ceil() as usize);
+        medians[low] + (medians[high] - medians[low]) * (at - low as f64)
+    };
+    let (q1, q3) = (quartile(0.25), quartile(0.75));
+    let (low, high) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
+    for run in runs {
+        run.outlying = !(low..=high).contains(&(run.median as f64));
     }
 }
 
@@ -1491,11 +1516,25 @@ fn spread_cv_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f6
 
 /// The cost of `mote_guest::bench::measure` and the run-to-run spread of a fixed workload timed
 /// with it, under mote (`bench-spread`) and natively (`TscHarness`), into `values`: the
-/// `bench_*` figures. Runs of the two alternate, all on this thread.
+/// `bench_*` figures. Runs of the two alternate, all on one thread of their own.
 fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, guest_dir: &Path) {
     // Both sides run on one CPU, as `mote bench --pin` would: a run that moved between CPUs
-    // part-way would measure the move, not the workload.
-    let _pinned = PinnedToLastCpu::new();
+    // part-way would measure the move, not the workload. Only that thread is pinned, as `mote
+    // bench --pin` pins its runner: the process's other threads (mote's, KVM's for each VM)
+    // keep the process's CPUs.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            pin_to_last_cpu();
+            spread_figures_pinned(values, hypervisor, guest_dir)
+        });
+    });
+}
+
+fn spread_figures_pinned(
+    values: &mut BTreeMap<String, f64>,
+    hypervisor: &Hypervisor,
+    guest_dir: &Path,
+) {
     // The guest and the host compute the same checksum (`bench-spread` itself reports none).
     let expected = compute::workload(SPREAD_ROUNDS);
     let compute_guest =
@@ -1543,6 +1582,7 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
             SpreadRun {
                 median: median_count(&compute),
                 switches,
+                outlying: false,
             }
         };
     let mote_run = |overheads: &mut Vec<u64>, empties: &mut Vec<u64>| {
@@ -1590,6 +1630,7 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         SpreadRun {
             median: median_count(&compute),
             switches,
+            outlying: false,
         }
     };
     // One uncounted run of each: page in the image and the code.
@@ -1601,6 +1642,9 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         mote.push(mote_run(&mut overheads, &mut empties));
         warm.push(warm_run());
         native.push(native_run(&mut native_overheads, &mut native_empties));
+    }
+    for runs in [&mut mote, &mut warm, &mut native] {
+        mark_outlying(runs);
     }
 
     values.insert(
@@ -1623,6 +1667,14 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         if let Some(cv) = spread_cv_percent(runs.iter().filter(|run| !run.preempted())) {
             values.insert(format!("bench_spread_cv_{kind}_unpreempted"), cv);
         }
+        let outlying = runs.iter().filter(|run| run.outlying).count();
+        values.insert(
+            format!("bench_spread_outlying_runs_{kind}"),
+            outlying as f64,
+        );
+        if let Some(cv) = spread_cv_percent(runs.iter().filter(|run| run.clean())) {
+            values.insert(format!("bench_spread_cv_{kind}_clean"), cv);
+        }
     }
 
     // What one sample took, in time: the guest's ticks at the rate mote tells it, the host's
@@ -1643,21 +1695,84 @@ fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, g
         median_count(&native_empties),
     );
     for (kind, runs) in [("mote", &mote), ("mote_warm", &warm), ("native", &native)] {
-        let medians: Vec<String> = runs
+        let mut medians: Vec<u64> = runs.iter().map(|run| run.median).collect();
+        medians.sort_unstable();
+        let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
+        let flagged: Vec<String> = runs
             .iter()
+            .filter(|run| !run.clean())
             .map(|run| match run.switches {
                 0 => run.median.to_string(),
                 switches => format!("{}*{switches}", run.median),
             })
             .collect();
-        let unpreempted = runs.iter().filter(|run| !run.preempted()).count();
         println!(
-            "bench-spread, {kind}: run medians in ticks (*n: preempted n times; {unpreempted} of \
-             {} runs not preempted): {}",
+            "bench-spread, {kind}: run medians in ticks: min {} p25 {} median {} p75 {} max {}; \
+             {} of {} runs preempted, {} outlying{}{}",
+            at(0.0),
+            at(0.25),
+            at(0.5),
+            at(0.75),
+            at(1.0),
+            runs.iter().filter(|run| run.preempted()).count(),
             runs.len(),
-            medians.join(" ")
+            runs.iter().filter(|run| run.outlying).count(),
+            if flagged.is_empty() {
+                ""
+            } else {
+                "; left out (*n: preempted n times): "
+            },
+            flagged.join(" ")
         );
     }
+    for (kind, runs) in [("mote", &mote), ("mote_warm", &warm)] {
+        let clean: Vec<&SpreadRun> = runs.iter().filter(|run| run.clean()).collect();
+        let native_clean: Vec<&SpreadRun> = native.iter().filter(|run| run.clean()).collect();
+        let (low, high) = spread_ratio_interval(&clean, &native_clean);
+        let all: Vec<&SpreadRun> = runs.iter().collect();
+        let native_all: Vec<&SpreadRun> = native.iter().collect();
+        let (all_low, all_high) = spread_ratio_interval(&all, &native_all);
+        println!(
+            "bench-spread: {kind}'s spread over native's, 95 % bootstrap intervals (runs \
+             resampled): {low:.2} to {high:.2} over the runs left in, {all_low:.2} to \
+             {all_high:.2} over all"
+        );
+    }
+}
+
+/// A 95 % percentile-bootstrap interval of the ratio of the spreads of `runs` and `native`
+/// (`spread_cv_percent`), each resampled on its own, run by run.
+fn spread_ratio_interval(runs: &[&SpreadRun], native: &[&SpreadRun]) -> (f64, f64) {
+    // xorshift64*, seeded from the clock: the interval only says how far the ratio could move.
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_nanos() as u64 | 1);
+    let mut next = |below: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % below as u64) as usize
+    };
+    let mut ratios: Vec<f64> = (0..SPREAD_RESAMPLES)
+        .filter_map(|_| {
+            let mut resample = |runs: &[&SpreadRun]| {
+                if runs.is_empty() {
+                    return None;
+                }
+                let picked: Vec<&SpreadRun> =
+                    (0..runs.len()).map(|_| runs[next(runs.len())]).collect();
+                spread_cv_percent(picked.into_iter())
+            };
+            let (a, b) = (resample(runs)?, resample(native)?);
+            (b > 0.0).then(|| a / b)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    if ratios.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
 }
 
 /// A ratio's goal.
@@ -2112,13 +2227,23 @@ fn main() {
         ),
         (
             "bench_spread_vs_native".into(),
-            values["bench_spread_cv_mote"] / values["bench_spread_cv_native"],
+            values["bench_spread_cv_mote_clean"] / values["bench_spread_cv_native_clean"],
             Some(Goal::AtMost(1.0)),
         ),
         (
             "bench_spread_warm_vs_native".into(),
-            values["bench_spread_cv_mote_warm"] / values["bench_spread_cv_native"],
+            values["bench_spread_cv_mote_warm_clean"] / values["bench_spread_cv_native_clean"],
             Some(Goal::AtMost(1.0)),
+        ),
+        (
+            "bench_spread_all_runs_vs_native".into(),
+            values["bench_spread_cv_mote"] / values["bench_spread_cv_native"],
+            None,
+        ),
+        (
+            "bench_spread_warm_all_runs_vs_native".into(),
+            values["bench_spread_cv_mote_warm"] / values["bench_spread_cv_native"],
+            None,
         ),
         (
             "seq_runs_floor_vs_mote".into(),

@@ -46,6 +46,7 @@
 
 mod budget;
 mod console;
+mod cpus;
 mod debug;
 #[doc(hidden)]
 pub mod decode;
@@ -951,6 +952,10 @@ impl RunConfig {
 /// (`SIGRTMIN`): mote installs a handler for it that does nothing, and a run with a deadline
 /// keeps it blocked on the calling thread except inside `KVM_RUN` (the thread's signal mask is
 /// restored when the run returns).
+///
+/// A caller may pin the threads it runs guests on: mote's helper threads, and the thread KVM
+/// starts for each VM, run on the CPUs of the process (its main thread's), not on the CPU of the
+/// pinned thread that happened to start them.
 #[derive(Clone)]
 pub struct Hypervisor {
     shared: Arc<Shared>,

@@ -179,6 +179,7 @@ impl Pool {
         let maker = std::thread::Builder::new()
             .name("mote-pool".into())
             .spawn(move || {
+                crate::cpus::leave_creators_cpus();
                 // The pool's thread runs only mote's code: it holds itself to a run's calls.
                 if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Pool) {
                     tracing::warn!(%error, "the pool's thread runs without a seccomp filter");
@@ -348,6 +349,8 @@ impl PoolShared {
             .charge(PRIVATE_PAGES_MAX * PAGE_SIZE, Duration::ZERO)?;
         let mut vm = snapshot::new_vm(shared, &self.snapshot, true, &mut phases)?;
         vm.charge = Some(charge);
+        // Ahead of the run, which then pays nothing for it.
+        vm.start_kvm_worker(true)?;
         Ok(vm)
     }
 

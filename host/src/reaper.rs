@@ -28,6 +28,7 @@ impl Reaper {
         let thread = std::thread::Builder::new()
             .name("mote-reaper".into())
             .spawn(move || {
+                crate::cpus::leave_creators_cpus();
                 // This thread runs only mote's code: it can live with mote's allowlist. Where
                 // seccomp is missing it goes on unfiltered.
                 if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Reaper)

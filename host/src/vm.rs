@@ -127,6 +127,8 @@ pub(crate) struct Vm {
     pub(crate) signal_mask: Option<u64>,
     /// The VM has KVM's in-kernel interrupt controllers and PIT: `hlt` stays in KVM.
     pub(crate) irqchip: bool,
+    /// The vCPU has been through `KVM_RUN` (see [`Vm::start_kvm_worker`]).
+    entered: bool,
 }
 
 impl Vm {
@@ -184,7 +186,30 @@ impl Vm {
             charge: None,
             signal_mask: None,
             irqchip,
+            entered: false,
         })
+    }
+
+    /// Has KVM start the worker thread it keeps for each VM (since Linux 6.13 it does so at the
+    /// VM's first `KVM_RUN`, from the thread that makes it), from this thread with the process's
+    /// CPUs: a worker started by a pinned thread would share its CPU and preempt its runs (see
+    /// the `cpus` module). A thread that is not pinned goes through a `KVM_RUN` that does not
+    /// enter the guest only if `now`: a pool's thread makes the worker ahead of the first run,
+    /// a run's first `KVM_RUN` makes it anyway. Called before the vCPU first runs; from then on
+    /// it does nothing.
+    pub(crate) fn start_kvm_worker(&mut self, now: bool) -> Result<(), Error> {
+        if self.entered {
+            return Ok(());
+        }
+        let widened = crate::cpus::ProcessCpus::widen();
+        if now || widened.is_some() {
+            // A vCPU that has not run has no instruction to complete: whether it "settled"
+            // says nothing here.
+            crate::vcpu_state::settle(&mut self.vcpu)?;
+        }
+        drop(widened);
+        self.entered = true;
+        Ok(())
     }
 
     pub(crate) fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), Error> {

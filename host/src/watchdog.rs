@@ -230,6 +230,7 @@ impl Watchdog {
         let thread = std::thread::Builder::new()
             .name("mote-watchdog".into())
             .spawn(move || {
+                crate::cpus::leave_creators_cpus();
                 // This thread runs only mote's code: it can live with mote's allowlist. Where
                 // seccomp is missing it goes on unfiltered.
                 let watchdog = crate::seccomp::Thread::Watchdog;

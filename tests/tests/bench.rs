@@ -236,13 +236,18 @@ fn a_baseline_report_is_compared_with_a_later_run() {
         baseline.as_os_str(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Pinned and cold: the runner thread, under its seccomp filter, lets each new VM's KVM
+    // thread start beyond its CPU (a call the filter must allow).
     let report = bench_json(&[
         two.as_os_str(),
         "--runs".as_ref(),
         "5".as_ref(),
         "--baseline".as_ref(),
         baseline.as_os_str(),
+        "--pin".as_ref(),
+        "0".as_ref(),
     ]);
+    assert_eq!(report["settings"]["pin"], 0);
     let work = comparison(&report, "samples-work-2x", Some("work"));
     assert_eq!(work["baseline"], "samples-work-1x (before.json)");
     assert_eq!(work["verdict"], "slower", "{work:#}");
@@ -382,4 +387,115 @@ fn preemptions_are_counted_while_the_guest_runs_when_asked() {
     );
     let preemptions = outcome.stats.preemptions.expect("counted when asked");
     assert!(preemptions > 0, "{preemptions}");
+}
+
+/// The CPUs each thread of this process named `mote-*` or `kvm-*` may use, as the kernel lists
+/// them (`/proc/self/task/TID/status`, `Cpus_allowed_list`).
+fn mote_and_kvm_threads() -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("a task").path();
+        // A thread may end between the listing and the read.
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue;
+        };
+        let name = name.trim().to_owned();
+        if !(name.starts_with("mote-") || name.starts_with("kvm-")) {
+            continue;
+        }
+        let cpus = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_owned();
+        threads.push((name, cpus));
+    }
+    threads
+}
+
+#[test]
+fn a_pinned_caller_keeps_its_cpu_to_itself() {
+    use mote_host::{Exit, Hypervisor, RunConfig};
+    use std::sync::{Arc, Mutex};
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: this process may use only one CPU");
+        return;
+    }
+    let pinned = cpus - 1;
+    let seen = std::thread::spawn(move || {
+        pin_to(pinned);
+        // A hypervisor of this thread's own: its watchdog and reaper start from the pinned
+        // thread, on its first runs.
+        let hypervisor = Hypervisor::open().expect("KVM");
+        let guest = mote_host::GuestImage::from_file(guest_path("hostcall")).expect("hostcall");
+        // The first run starts the watchdog (its deadline) and, as its VM is torn down, the
+        // reaper.
+        let upper = Arc::new(|request: &[u8]| Ok(request.to_ascii_uppercase()));
+        let first = hypervisor
+            .run(
+                &guest,
+                RunConfig::default()
+                    .input(b"a".to_vec())
+                    .host_function("upper", upper),
+            )
+            .expect("a run");
+        assert_eq!(first.exit, Exit::Guest { code: 0 });
+        // The second looks from inside the run, while its VM (and KVM's thread for it) lives.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let looking: mote_host::HostFunction = Arc::new(move |request: &[u8]| {
+            *record.lock().unwrap() = mote_and_kvm_threads();
+            Ok(request.to_ascii_uppercase())
+        });
+        let config = || {
+            RunConfig::default()
+                .input(b"b".to_vec())
+                .host_function("upper", Arc::clone(&looking))
+        };
+        let second = hypervisor.run(&guest, config()).expect("a run");
+        assert_eq!(second.exit, Exit::Guest { code: 0 });
+        assert_eq!(second.output, b"B");
+        let mut threads = seen.lock().unwrap().clone();
+        // A pool's thread, and the VMs it makes.
+        let snapshot = hypervisor
+            .snapshot(&guest, RunConfig::default())
+            .expect("a snapshot of hostcall");
+        let pool = mote_host::Pool::new(
+            &hypervisor,
+            &snapshot,
+            mote_host::PoolConfig::default().min_idle(2).max_vms(2),
+        )
+        .expect("a pool");
+        // The pool's thread makes the second VM.
+        let made = std::time::Instant::now();
+        while pool.size().0 < 2 {
+            assert!(made.elapsed().as_secs() < 10, "the pool made no second VM");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let warm = pool.run(config()).expect("a warm run");
+        assert_eq!(warm.exit, Exit::Guest { code: 0 });
+        threads.extend(seen.lock().unwrap().iter().cloned());
+        threads
+    })
+    .join()
+    .expect("the pinned thread");
+    let names: Vec<&str> = seen.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in ["mote-watchdog", "mote-reaper", "mote-pool"] {
+        assert!(names.contains(&expected), "no {expected} among {seen:?}");
+    }
+    // KVM's own thread for each VM is a thread of the process since Linux 6.13, started by the
+    // VM's first KVM_RUN; older kernels keep it elsewhere.
+    let only_pinned = pinned.to_string();
+    for (name, cpus) in &seen {
+        assert_ne!(
+            cpus, &only_pinned,
+            "{name} shares the pinned caller's CPU {pinned} alone: {seen:?}"
+        );
+    }
 }

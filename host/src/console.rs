@@ -126,6 +126,7 @@ impl Stream {
             std::thread::Builder::new()
                 .name("mote-console".into())
                 .spawn(move || {
+                    crate::cpus::leave_creators_cpus();
                     for chunk in receiver {
                         if let Err(error) = out.write_all(&chunk).and_then(|()| out.flush()) {
                             *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.kind());

@@ -1,17 +1,18 @@
 //! Where mote's own threads, and the thread KVM starts for each VM, may run: on the CPUs of
 //! the process, not only on the CPU a caller pinned its own thread to.
 //!
-//! A thread inherits its creator's CPU mask. Mote starts its watchdog, reaper and pool threads
-//! lazily, from whichever thread first needs them, and KVM starts a worker of its own for each VM
-//! (Linux's `kvm-nx-lpage-recovery`, a thread of the process since 6.13) from the thread that
-//! first enters the VM. A benchmark that pinned its run thread to one CPU, to keep everything
-//! else off it, would otherwise find all of them pinned there too: measured, KVM's worker
-//! preempted every pinned run once while the guest ran, and again when the reaper stopped it
-//! during the next run.
+//! A thread inherits its creator's CPU mask. mote starts its watchdog, reaper, pool, console and
+//! debugger threads from whichever thread first needs them (often a run's thread), and KVM
+//! starts a thread of its own for each VM (Linux's `kvm-nx-lpage-recovery`: a thread of the
+//! process since 6.13, started by the VM's first `KVM_RUN` since 6.14 and 6.13.3) from the
+//! thread that first enters the VM. A benchmark that pinned its run thread to one CPU, to keep
+//! everything else off it, would otherwise find all of them pinned there too: measured, KVM's
+//! thread preempted every pinned run once while the guest ran, and again when the reaper stopped
+//! it during the next run.
 //!
 //! "The CPUs of the process" are those its main thread may use: `taskset` on a whole process
 //! keeps mote's threads within it, while one thread of the process pinned on its own does not
-//! take them along.
+//! take them along. KVM's thread gets the pinned thread's CPUs and the process's.
 
 use std::mem::{size_of, zeroed};
 

@@ -632,6 +632,7 @@ fn start_reader(
     std::thread::Builder::new()
         .name("mote-gdb".into())
         .spawn(move || {
+            crate::cpus::leave_creators_cpus();
             let mut buffer = [0u8; 4096];
             loop {
                 let message = match (&*stream).read(&mut buffer) {

@@ -116,7 +116,7 @@ pub(crate) fn run(
     purpose: Purpose,
     stats: Stats,
 ) -> Result<Finished, Error> {
-    vm.start_kvm_worker(false)?;
+    vm.place_kvm_thread();
     // The deadline counts from the first guest instruction.
     let started = Instant::now();
     // A deadline too far away to represent is no deadline.

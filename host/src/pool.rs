@@ -349,8 +349,6 @@ impl PoolShared {
             .charge(PRIVATE_PAGES_MAX * PAGE_SIZE, Duration::ZERO)?;
         let mut vm = snapshot::new_vm(shared, &self.snapshot, true, &mut phases)?;
         vm.charge = Some(charge);
-        // Ahead of the run, which then pays nothing for it.
-        vm.start_kvm_worker(true)?;
         Ok(vm)
     }
 

@@ -143,13 +143,16 @@ fn filter(
         libc::SYS_clone,
         vec![SeccompRule::new(vec![thread]).map_err(fail)?],
     );
-    // A thread's own CPUs (pid 0), no other thread's: mote's threads leave a pinned creator's
-    // CPU as they start, and a pinned run thread widens itself while KVM starts a VM's worker
-    // (the `cpus` module).
-    let own_thread = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
-        .and_then(|condition| SeccompRule::new(vec![condition]))
-        .map_err(fail)?;
-    rules.insert(libc::SYS_sched_setaffinity, vec![own_thread]);
+    if ioctl {
+        // A thread's own CPUs (pid 0), no other thread's: a pinned run thread widens itself
+        // while KVM starts a VM's thread, and threads started under a run's filter leave a
+        // pinned creator's CPU (the `cpus` module). (The reaper and watchdog do that before
+        // they filter themselves.)
+        let own_thread = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+            .map_err(fail)?;
+        rules.insert(libc::SYS_sched_setaffinity, vec![own_thread]);
+    }
     // Answered by the `refuse_open` program below.
     rules.insert(libc::SYS_openat, Vec::new());
     // Closing a descriptor first asks whether it is open (the standard library checks, to

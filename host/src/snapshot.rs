@@ -365,7 +365,7 @@ pub(crate) fn capture(
 }
 
 /// A new VM mapping `snapshot`'s memory, with the CPUID its guest saw (and KVM's dirty log, for
-/// a pool); its vCPU state is set by [`start_run`]. `phases` gets the time spent.
+/// a pool); its vCPU state is set by [`run_on`]. `phases` gets the time spent.
 pub(crate) fn new_vm(
     shared: &Shared,
     snapshot: &Snapshot,

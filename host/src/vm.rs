@@ -26,7 +26,7 @@ const CPUID_8000_0001_ECX_SVM: u32 = 1 << 2;
 /// `tsc_khz` goes into the info leaf so the guest can time itself without exits.
 ///
 /// KVM fills the APIC ID fields of the supported table with those of the host CPU the ioctl ran
-/// on (measured: leaf 1 EBX[31:24] and leaf 0xB EDX read 0 or 1 depending on the CPU), so they
+/// on (measured: leaf 1 EBX bits 31:24 and leaf 0xB EDX read 0 or 1 depending on the CPU), so they
 /// are set to the one vCPU's, 0: a guest sees the same table on every run, and a snapshot taken
 /// in one process matches the table of another.
 fn guest_cpuid(supported: &CpuId, tsc_khz: u32, mote_leaves: bool) -> Result<CpuId, Error> {
@@ -127,8 +127,8 @@ pub(crate) struct Vm {
     pub(crate) signal_mask: Option<u64>,
     /// The VM has KVM's in-kernel interrupt controllers and PIT: `hlt` stays in KVM.
     pub(crate) irqchip: bool,
-    /// The vCPU has been through `KVM_RUN` (see [`Vm::start_kvm_worker`]).
-    entered: bool,
+    /// KVM's thread for this VM has been seen to (see [`Vm::place_kvm_thread`]).
+    kvm_thread_placed: bool,
 }
 
 impl Vm {
@@ -186,30 +186,34 @@ impl Vm {
             charge: None,
             signal_mask: None,
             irqchip,
-            entered: false,
+            kvm_thread_placed: false,
         })
     }
 
-    /// Has KVM start the worker thread it keeps for each VM (since Linux 6.13 it does so at the
-    /// VM's first `KVM_RUN`, from the thread that makes it), from this thread with the process's
-    /// CPUs: a worker started by a pinned thread would share its CPU and preempt its runs (see
-    /// the `cpus` module). A thread that is not pinned goes through a `KVM_RUN` that does not
-    /// enter the guest only if `now`: a pool's thread makes the worker ahead of the first run,
-    /// a run's first `KVM_RUN` makes it anyway. Called before the vCPU first runs; from then on
-    /// it does nothing.
-    pub(crate) fn start_kvm_worker(&mut self, now: bool) -> Result<(), Error> {
-        if self.entered {
-            return Ok(());
+    /// Keeps the thread KVM starts for this VM off the CPU of a pinned caller. Since Linux 6.14
+    /// (and 6.13.3) KVM starts it at the VM's first `KVM_RUN`, from the thread that makes that
+    /// call and with its CPUs: a thread pinned to one CPU would find KVM's thread pinned there too,
+    /// preempting its runs (see the `cpus` module). So a pinned thread widens itself to the
+    /// process's CPUs and makes one `KVM_RUN` with `immediate_exit` set first. That call returns
+    /// before the guest is entered: KVM still counts the vCPU as never run (its CPUID may still be
+    /// set), and nothing the guest sees changes. A thread that is not pinned does nothing: the
+    /// run's own first `KVM_RUN` starts KVM's thread with the process's CPUs. Best effort: if the
+    /// call fails, the run's first `KVM_RUN` tries again and reports what is wrong. Called before
+    /// the vCPU first runs; from then on it does nothing.
+    pub(crate) fn place_kvm_thread(&mut self) {
+        if self.kvm_thread_placed {
+            return;
         }
-        let widened = crate::cpus::ProcessCpus::widen();
-        if now || widened.is_some() {
-            // A vCPU that has not run has no instruction to complete: whether it "settled"
-            // says nothing here.
-            crate::vcpu_state::settle(&mut self.vcpu)?;
+        self.kvm_thread_placed = true;
+        let Some(widened) = crate::cpus::ProcessCpus::widen() else {
+            return;
+        };
+        // A vCPU that has not run has no instruction to complete: whether it "settled" says
+        // nothing here.
+        if let Err(error) = crate::vcpu_state::settle(&mut self.vcpu) {
+            tracing::debug!(%error, "KVM's thread for a VM may share a pinned caller's CPU");
         }
         drop(widened);
-        self.entered = true;
-        Ok(())
     }
 
     pub(crate) fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), Error> {

@@ -180,10 +180,11 @@ fn ten_thousand_in_a_row_and_a_thousand_at_once_stay_correct_and_flat() {
         samples.push((open_descriptors(), resident_kib()));
     }
     let (first, last) = (samples[0], samples[9]);
-    // A pool's size moves a little (its thread refills it in the background); a leak of one
-    // descriptor or one page per run would show as hundreds.
+    // A pool's size moves a little (its thread refills it in the background), and on a busy
+    // machine the reaper may still hold VMs it has not torn down (up to its queue of 8, a few
+    // descriptors each); a leak of one descriptor or one page per run would show as a thousand.
     assert!(
-        last.0 <= first.0 + 8,
+        last.0 <= first.0 + 48,
         "descriptors grew from {} to {}: {samples:?}",
         first.0,
         last.0

@@ -87,14 +87,22 @@
 //!   preemption by the machine under it, if any, is not counted; a run it slowed as a whole
 //!   shows as outlying: `bench_spread_outlying_runs_*` count the runs whose medians lie outside
 //!   Tukey's fences of their side's run medians, and `_clean` is the spread over the runs
-//!   neither preempted nor outlying. `bench_spread_vs_native`: `bench_spread_cv_mote_clean` /
-//!   `bench_spread_cv_native_clean` (goal: mote adds no spread); `_all_runs_vs_native` the
-//!   same over every run (no goal: slowed runs decide it, on either side).
-//!   `bench_spread_cv_mote_warm` (and its `_unpreempted`, `_clean`, `preempted_runs_mote_warm`,
-//!   `outlying_runs_mote_warm`): the same under mote with every run restored from one snapshot
-//!   on a pool of one VM, as `mote bench --warm` runs; `bench_spread_warm_vs_native` (and
-//!   `bench_spread_warm_all_runs_vs_native`) its ratios to the native spread. The text output
-//!   adds 95 % bootstrap intervals of the ratios (runs resampled).
+//!   neither preempted nor outlying. `bench_spread_robust_*`: the robust counterpart of the
+//!   coefficient of variation over the unpreempted runs, 1.4826 × the median absolute deviation
+//!   of their medians over the median of their medians, in percent: it holds however the slowed
+//!   runs fall, up to half of them (with more than a quarter slowed, Tukey's fences widen and
+//!   keep some). `bench_spread_vs_native`: `bench_spread_robust_mote` /
+//!   `bench_spread_robust_native` (goal: mote adds no spread); `_clean_vs_native` and
+//!   `_all_runs_vs_native` the ratios of `_clean` and of all-run coefficients of variation (no
+//!   goal: slowed runs decide the latter, on either side). `bench_spread_*_mote_warm`: the same
+//!   under mote with every run restored from one snapshot on a pool of one VM, as `mote bench
+//!   --warm` runs, and `bench_spread_warm_vs_native` (and `_warm_clean_vs_native`,
+//!   `_warm_all_runs_vs_native`) its ratios to the native spreads. The text output adds 95 %
+//!   bootstrap intervals of the goal's ratio and of the all-runs one (runs resampled). While
+//!   more than a quarter of the native runs are slowed as a whole (medians 0.2 % above the
+//!   fastest: the machine under this one is busy), the set of runs is taken again, up to three
+//!   sets in all; `bench_spread_sets` says how many were taken, and the figures are those of
+//!   the set whose native runs were slowed least.
 //!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians (`bench_spread_vs_native`: of spreads) measured in this same run.
@@ -131,6 +139,8 @@ const COMPUTE_ROUNDS: u64 = 10_000_000;
 /// timings: about 7 s in all. With 30 the ratio of two spreads swung from 0.7 to 1.8 between
 /// quiet runs of the benchmark, decided by whichever side a slowed run fell on.
 const SPREAD_RUNS: usize = 60;
+/// The most sets of `SPREAD_RUNS` taken while the machine is busy (see `slowed_runs`).
+const SPREAD_SETS: usize = 3;
 /// Resamples of the bootstrap interval of a ratio of spreads.
 const SPREAD_RESAMPLES: usize = 2000;
 /// Rounds of the compute workload per `bench-spread` timing: about 355 µs on this project's
@@ -1485,6 +1495,15 @@ impl SpreadRun {
     }
 }
 
+/// How many of `runs` have medians more than 0.2 % above the fastest: slowed as a whole by
+/// the machine under this one, for a workload whose unslowed runs keep within about 0.05 %.
+fn slowed_runs(runs: &[SpreadRun]) -> usize {
+    let fastest = runs.iter().map(|run| run.median).min().unwrap_or(0) as f64;
+    runs.iter()
+        .filter(|run| run.median as f64 > fastest * 1.002)
+        .count()
+}
+
 /// Flags the runs whose medians lie outside Tukey's fences (more than 1.5 interquartile
 /// ranges beyond the quartiles of all the runs' medians), as `mote bench` flags outlying
 /// samples: runs slowed as a whole by something outside both mote and the workload. On this
@@ -1505,6 +1524,31 @@ fn mark_outlying(runs: &mut [SpreadRun]) {
     for run in runs {
         run.outlying = !(low..=high).contains(&(run.median as f64));
     }
+}
+
+/// The robust counterpart of the coefficient of variation of the runs' medians, in percent:
+/// 1.4826 times their median absolute deviation (the standard deviation, for normal data) over
+/// their median. It reads the middle of the runs, so up to half of them may be slowed without
+/// moving it: runs slowed as a whole by the machine under this one fall wherever they fall.
+/// `None` for fewer than two runs.
+fn spread_robust_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f64> {
+    let medians: Vec<u64> = runs.map(|run| run.median).collect();
+    if medians.len() < 2 {
+        return None;
+    }
+    let middle = |sorted: &mut Vec<f64>| {
+        sorted.sort_by(f64::total_cmp);
+        let half = sorted.len() / 2;
+        if sorted.len().is_multiple_of(2) {
+            (sorted[half - 1] + sorted[half]) / 2.0
+        } else {
+            sorted[half]
+        }
+    };
+    let mut values: Vec<f64> = medians.iter().map(|&m| m as f64).collect();
+    let median = middle(&mut values);
+    let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
+    Some(100.0 * 1.4826 * middle(&mut deviations) / median)
 }
 
 /// The coefficient of variation of the runs' medians, in percent: the sample standard
@@ -1643,12 +1687,39 @@ fn spread_figures_pinned(
     mote_run(&mut Vec::new(), &mut Vec::new());
     warm_run();
     native_run(&mut Vec::new(), &mut Vec::new());
-    let (mut mote, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..SPREAD_RUNS {
-        mote.push(mote_run(&mut overheads, &mut empties));
-        warm.push(warm_run());
-        native.push(native_run(&mut native_overheads, &mut native_empties));
+    // A set of runs is taken again (at most `SPREAD_SETS` times in all) while the machine
+    // under this one is busy, as the native runs alone tell: judged by the side mote is held
+    // against, the choice can only make the goal harder for mote.
+    let mut best: Option<(usize, [Vec<SpreadRun>; 3])> = None;
+    let mut sets = 0;
+    while sets < SPREAD_SETS {
+        sets += 1;
+        let (mut mote, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..SPREAD_RUNS {
+            mote.push(mote_run(&mut overheads, &mut empties));
+            warm.push(warm_run());
+            native.push(native_run(&mut native_overheads, &mut native_empties));
+        }
+        let slowed = slowed_runs(&native);
+        let quiet = slowed * 4 <= native.len();
+        if best.as_ref().is_none_or(|(fewest, _)| slowed < *fewest) {
+            best = Some((slowed, [mote, warm, native]));
+        }
+        if quiet {
+            break;
+        }
+        println!(
+            "bench-spread: set {sets}: {slowed} of {SPREAD_RUNS} native runs slowed by more \
+             than 0.2 % (the machine is busy){}",
+            if sets < SPREAD_SETS {
+                ", taking another set"
+            } else {
+                "; the spreads below, from the quietest set, are the machine's as much as mote's"
+            }
+        );
     }
+    values.insert("bench_spread_sets".into(), sets as f64);
+    let [mut mote, mut warm, mut native] = best.expect("at least one set").1;
     for runs in [&mut mote, &mut warm, &mut native] {
         mark_outlying(runs);
     }
@@ -1680,6 +1751,9 @@ fn spread_figures_pinned(
         );
         if let Some(cv) = spread_cv_percent(runs.iter().filter(|run| run.clean())) {
             values.insert(format!("bench_spread_cv_{kind}_clean"), cv);
+        }
+        if let Some(robust) = spread_robust_percent(runs.iter().filter(|run| !run.preempted())) {
+            values.insert(format!("bench_spread_robust_{kind}"), robust);
         }
     }
 
@@ -1731,24 +1805,31 @@ fn spread_figures_pinned(
             flagged.join(" ")
         );
     }
+    let robust = |runs: &[&SpreadRun]| spread_robust_percent(runs.iter().copied());
+    let cv = |runs: &[&SpreadRun]| spread_cv_percent(runs.iter().copied());
+    let native_unpreempted: Vec<&SpreadRun> =
+        native.iter().filter(|run| !run.preempted()).collect();
     for (kind, runs) in [("mote", &mote), ("mote_warm", &warm)] {
-        let clean: Vec<&SpreadRun> = runs.iter().filter(|run| run.clean()).collect();
-        let native_clean: Vec<&SpreadRun> = native.iter().filter(|run| run.clean()).collect();
-        let (low, high) = spread_ratio_interval(&clean, &native_clean);
+        let unpreempted: Vec<&SpreadRun> = runs.iter().filter(|run| !run.preempted()).collect();
+        let (low, high) = spread_ratio_interval(&unpreempted, &native_unpreempted, robust);
         let all: Vec<&SpreadRun> = runs.iter().collect();
         let native_all: Vec<&SpreadRun> = native.iter().collect();
-        let (all_low, all_high) = spread_ratio_interval(&all, &native_all);
+        let (all_low, all_high) = spread_ratio_interval(&all, &native_all, cv);
         println!(
             "bench-spread: {kind}'s spread over native's, 95 % bootstrap intervals (runs \
-             resampled): {low:.2} to {high:.2} over the runs left in, {all_low:.2} to \
-             {all_high:.2} over all"
+             resampled): {low:.2} to {high:.2} robust (MAD, unpreempted runs), {all_low:.2} to \
+             {all_high:.2} as coefficients of variation over all runs"
         );
     }
 }
 
-/// A 95 % percentile-bootstrap interval of the ratio of the spreads of `runs` and `native`
-/// (`spread_cv_percent`), each resampled on its own, run by run.
-fn spread_ratio_interval(runs: &[&SpreadRun], native: &[&SpreadRun]) -> (f64, f64) {
+/// A 95 % percentile-bootstrap interval of the ratio of `spread` of `runs` to that of `native`,
+/// each resampled on its own, run by run.
+fn spread_ratio_interval(
+    runs: &[&SpreadRun],
+    native: &[&SpreadRun],
+    spread: impl Fn(&[&SpreadRun]) -> Option<f64>,
+) -> (f64, f64) {
     // xorshift64*, seeded from the clock: the interval only says how far the ratio could move.
     let mut state = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1767,7 +1848,7 @@ fn spread_ratio_interval(runs: &[&SpreadRun], native: &[&SpreadRun]) -> (f64, f6
                 }
                 let picked: Vec<&SpreadRun> =
                     (0..runs.len()).map(|_| runs[next(runs.len())]).collect();
-                spread_cv_percent(picked.into_iter())
+                spread(&picked)
             };
             let (a, b) = (resample(runs)?, resample(native)?);
             (b > 0.0).then(|| a / b)
@@ -2258,25 +2339,42 @@ fn main() {
     for (name, mote, native, goal) in [
         (
             "bench_spread_vs_native",
-            "mote_clean",
-            "native_clean",
+            "robust_mote",
+            "robust_native",
             Some(Goal::AtMost(1.0)),
         ),
         (
             "bench_spread_warm_vs_native",
-            "mote_warm_clean",
-            "native_clean",
+            "robust_mote_warm",
+            "robust_native",
             Some(Goal::AtMost(1.0)),
         ),
-        ("bench_spread_all_runs_vs_native", "mote", "native", None),
+        (
+            "bench_spread_clean_vs_native",
+            "cv_mote_clean",
+            "cv_native_clean",
+            None,
+        ),
+        (
+            "bench_spread_warm_clean_vs_native",
+            "cv_mote_warm_clean",
+            "cv_native_clean",
+            None,
+        ),
+        (
+            "bench_spread_all_runs_vs_native",
+            "cv_mote",
+            "cv_native",
+            None,
+        ),
         (
             "bench_spread_warm_all_runs_vs_native",
-            "mote_warm",
-            "native",
+            "cv_mote_warm",
+            "cv_native",
             None,
         ),
     ] {
-        let spread = |kind: &str| values.get(&format!("bench_spread_cv_{kind}")).copied();
+        let spread = |kind: &str| values.get(&format!("bench_spread_{kind}")).copied();
         match spread(mote).zip(spread(native)) {
             Some((mote, native)) => ratios.push((name.into(), mote / native, goal)),
             None => println!("{name}: left out, a spread is missing"),

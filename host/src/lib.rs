@@ -967,6 +967,8 @@ pub(crate) struct Shared {
     // still open. Both threads start when first needed.
     watchdog: OnceLock<watchdog::Watchdog>,
     reaper: OnceLock<Option<reaper::Reaper>>,
+    /// Keeps KVM's static keys on between runs (see [`vm::ResidentVcpu`]).
+    _resident_vcpu: Option<vm::ResidentVcpu>,
     kvm: Kvm,
     supported_cpuid: kvm_bindings::CpuId,
     /// Learnt from the first vCPU.
@@ -1021,10 +1023,12 @@ impl Hypervisor {
         let enforce_pv_cpuid = kvm
             .check_extension_raw(u64::from(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID) as _)
             > 0;
+        let resident_vcpu = vm::ResidentVcpu::new(&kvm);
         Ok(Self {
             shared: Arc::new(Shared {
                 watchdog: OnceLock::new(),
                 reaper: OnceLock::new(),
+                _resident_vcpu: resident_vcpu,
                 kvm,
                 supported_cpuid,
                 machine: OnceLock::new(),

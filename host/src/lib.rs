@@ -967,8 +967,11 @@ pub(crate) struct Shared {
     // still open. Both threads start when first needed.
     watchdog: OnceLock<watchdog::Watchdog>,
     reaper: OnceLock<Option<reaper::Reaper>>,
-    /// Keeps KVM's static keys on between runs (see [`vm::ResidentVcpu`]).
-    _resident_vcpu: Option<vm::ResidentVcpu>,
+    /// Keeps KVM's static keys on between runs (see [`vm::ResidentVcpu`]), made with the
+    /// hypervisor's second VM.
+    resident_vcpu: OnceLock<Option<vm::ResidentVcpu>>,
+    /// VMs made so far (a run's, a snapshot's, a pool's).
+    vms_made: std::sync::atomic::AtomicU64,
     kvm: Kvm,
     supported_cpuid: kvm_bindings::CpuId,
     /// Learnt from the first vCPU.
@@ -984,6 +987,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Called as a VM is about to be made: from the second on, a vCPU that never runs is held
+    /// for the hypervisor's life ([`vm::ResidentVcpu`]). A process that makes one VM and exits
+    /// (`mote run`) has nothing to gain from it, and does not hold the descriptors and memory.
+    pub(crate) fn making_a_vm(&self) {
+        if self.vms_made.fetch_add(1, Ordering::Relaxed) >= 1 {
+            self.resident_vcpu
+                .get_or_init(|| vm::ResidentVcpu::new(&self.kvm));
+        }
+    }
+
     /// Does `work` here, or on a filtered thread of its own if the embedder asked for that.
     pub(crate) fn run_where_asked<T: Send>(
         &self,
@@ -1023,12 +1036,12 @@ impl Hypervisor {
         let enforce_pv_cpuid = kvm
             .check_extension_raw(u64::from(kvm_bindings::KVM_CAP_ENFORCE_PV_FEATURE_CPUID) as _)
             > 0;
-        let resident_vcpu = vm::ResidentVcpu::new(&kvm);
         Ok(Self {
             shared: Arc::new(Shared {
                 watchdog: OnceLock::new(),
                 reaper: OnceLock::new(),
-                _resident_vcpu: resident_vcpu,
+                resident_vcpu: OnceLock::new(),
+                vms_made: std::sync::atomic::AtomicU64::new(0),
                 kvm,
                 supported_cpuid,
                 machine: OnceLock::new(),

@@ -143,6 +143,7 @@ impl Vm {
         dirty_log: bool,
         irqchip: bool,
     ) -> Result<Self, Error> {
+        shared.making_a_vm();
         let fd = shared
             .kvm
             .create_vm()
@@ -286,7 +287,7 @@ pub(crate) struct GuestFacts {
     pub(crate) debug_gate: Option<u64>,
 }
 
-/// A VM with one vCPU that never runs, held for as long as a hypervisor lives. KVM turns some
+/// A VM with one vCPU that never runs, held by a hypervisor from its second VM on. KVM turns some
 /// of its static keys (code switched by patching the kernel's text) on as the first vCPU on the
 /// machine is made and off again as the last one goes: with one VM at a time, every run paid
 /// for both patches, each interrupting every CPU (measured with `perf`: a quarter of a cold

@@ -51,7 +51,8 @@ fn table_index(address: u64, level: u32) -> u64 {
     (address >> (12 + 9 * (level - 1))) & 0x1FF
 }
 
-/// Hands out zero-filled physical frames, upward from a start address.
+/// Hands out physical frames, upward from a start address. It writes nothing: a frame holds
+/// what the memory held (zero, in fresh guest memory).
 #[derive(Debug, Clone)]
 pub struct FrameAllocator {
     next: u64,
@@ -367,6 +368,24 @@ mod tests {
         memory.write_obj(pdpt, GuestAddress(0x2000)).unwrap();
         memory.write_obj(pd, GuestAddress(0x3000)).unwrap();
         memory
+    }
+
+    #[test]
+    fn tables_are_cleared_as_they_are_taken_whatever_the_memory_held() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        memory
+            .write_slice(&vec![0xFF; 1 << 20], GuestAddress(0))
+            .unwrap();
+        let mut frames = FrameAllocator::new(0x1000, 0x80000);
+        let mut tables = PageTableBuilder::new(&memory, &mut frames).unwrap();
+        tables
+            .map_range(&mut frames, 0x40_0000, 0x9_0000, 2, flags::WRITABLE)
+            .unwrap();
+        let root = tables.root();
+        assert_eq!(translate(&memory, root, 0x40_1234, READ), Ok(0x9_1234));
+        // Stale entries of the 0xFF memory would map, or fault on reserved bits, elsewhere.
+        assert!(translate(&memory, root, 0x60_0000, READ).is_err());
+        assert!(translate(&memory, root, 0x8000_0000, READ).is_err());
     }
 
     #[test]

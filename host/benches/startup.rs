@@ -75,21 +75,21 @@
 //!   its `empty` samples, empty measurements with that overhead taken off, in ticks (about 0).
 //! - `bench_spread_cv_mote`, `bench_spread_cv_native`: the run-to-run spread of a fixed
 //!   workload timed with `bench::measure`'s harness, in percent: the coefficient of variation
-//!   (standard deviation over mean) of the runs' medians. Under mote, `bench-spread` runs 60
+//!   (standard deviation over mean) of the runs' centres. Under mote, `bench-spread` runs 60
 //!   times, each timing the compute workload (200,000 rounds, about 355 µs) 100 times; natively,
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
-//!   calibration), the runs of the two alternating, both on one thread pinned to the machine's
-//!   last CPU (the process's other threads, mote's and KVM's, are not pinned).
+//!   calibration), the runs of the two alternating, both on one thread pinned to the last CPU
+//!   it may use (the process's other threads, mote's and KVM's, are not pinned).
 //!   `_unpreempted`: over the runs whose thread
 //!   had no involuntary context switch while it measured (`getrusage`; under mote, counted by
 //!   `RunConfig::count_preemptions` while the guest runs; left out with fewer than two such runs),
 //!   and `bench_spread_preempted_runs_mote` / `_native` count the others. The host's own
 //!   preemption by the machine under it, if any, is not counted; a run it slowed as a whole
-//!   shows as outlying: `bench_spread_outlying_runs_*` count the runs whose medians lie outside
-//!   Tukey's fences of their side's run medians, and `_clean` is the spread over the runs
+//!   shows as outlying: `bench_spread_outlying_runs_*` count the runs whose centres lie outside
+//!   Tukey's fences of their side's run centres, and `_clean` is the spread over the runs
 //!   neither preempted nor outlying. `bench_spread_robust_*`: the robust counterpart of the
 //!   coefficient of variation over the unpreempted runs, 1.4826 × the median absolute deviation
-//!   of their medians over the median of their medians, in percent: it holds however the slowed
+//!   of their centres over the median of their centres, in percent: it holds however the slowed
 //!   runs fall, up to half of them (with more than a quarter slowed, Tukey's fences widen and
 //!   keep some). `bench_spread_vs_native`: `bench_spread_robust_mote` /
 //!   `bench_spread_robust_native` (goal: mote adds no spread); `_clean_vs_native` and
@@ -101,8 +101,10 @@
 //!   bootstrap intervals of the goal's ratio and of the all-runs one (runs resampled). While
 //!   more than a quarter of the native runs are slowed as a whole (medians 0.2 % above the
 //!   fastest: the machine under this one is busy), the set of runs is taken again, up to three
-//!   sets in all; `bench_spread_sets` says how many were taken, and the figures are those of
-//!   the set whose native runs were slowed least.
+//!   sets in all; `bench_spread_sets` says how many were taken, and the spread figures are those
+//!   of the set whose native runs were slowed least (`bench_measure_overhead_cycles` and
+//!   `bench_empty_measure_cycles` take every set's runs). Each run's centre is the mean of the
+//!   middle half of its 100 timings, finer than a median, which moves in the TSC's steps.
 //!
 //! Samples of a floor and of mote are interleaved so that a change in machine load hits both
 //! alike; ratios are of medians (`bench_spread_vs_native`: of spreads) measured in this same run.
@@ -1474,13 +1476,14 @@ fn serve_figures(values: &mut BTreeMap<String, f64>, mote_bin: &Path, echo: &Pat
     }
 }
 
-/// One run of the spread figures: the median of its `compute` timings, in TSC ticks, and how
+/// One run of the spread figures: the centre of its `compute` timings, in TSC ticks, and how
 /// often its thread was preempted while it ran.
 struct SpreadRun {
-    median: u64,
+    /// The mean of the middle half of the run's timings (`middle_mean`).
+    centre: f64,
     /// Involuntary context switches of the thread during the run.
     switches: u64,
-    /// The median lies outside Tukey's fences of its kind's run medians (`mark_outlying`).
+    /// The centre lies outside Tukey's fences of its kind's run centres (`mark_outlying`).
     outlying: bool,
 }
 
@@ -1489,30 +1492,49 @@ impl SpreadRun {
         self.switches > 0
     }
 
-    /// Neither preempted nor outlying: what the goal's spread is taken over.
+    /// Neither preempted nor outlying: what `_clean` spreads are taken over.
     fn clean(&self) -> bool {
         !self.preempted() && !self.outlying
     }
 }
 
-/// How many of `runs` have medians more than 0.2 % above the fastest: slowed as a whole by
-/// the machine under this one, for a workload whose unslowed runs keep within about 0.05 %.
+/// The mean of the middle half of `samples` (the 26th to the 75th of 100, sorted): as robust as
+/// a median to the few timings a tick or an exit cut into, and finer than one. A median is one
+/// timing, and timings move in the TSC's steps (26 ticks on this project's machines), so run
+/// medians differed by whole steps and their spread under mote was one step or none.
+fn middle_mean(samples: &[u64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let quarter = sorted.len() / 4;
+    let middle = &sorted[quarter..sorted.len() - quarter];
+    middle.iter().sum::<u64>() as f64 / middle.len().max(1) as f64
+}
+
+/// How many of `runs` have centres more than 0.2 % above the tenth percentile of all: slowed
+/// as a whole by the machine under this one, for a workload whose unslowed runs keep within
+/// about 0.05 %. (From a low percentile rather than the fastest run, which one unusually fast
+/// run would move.)
 fn slowed_runs(runs: &[SpreadRun]) -> usize {
-    let fastest = runs.iter().map(|run| run.median).min().unwrap_or(0) as f64;
-    runs.iter()
-        .filter(|run| run.median as f64 > fastest * 1.002)
+    let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
+    centres.sort_by(f64::total_cmp);
+    let Some(&low) = centres.get(centres.len() / 10) else {
+        return 0;
+    };
+    centres
+        .iter()
+        .filter(|&&centre| centre > low * 1.002)
         .count()
 }
 
-/// Flags the runs whose medians lie outside Tukey's fences (more than 1.5 interquartile
-/// ranges beyond the quartiles of all the runs' medians), as `mote bench` flags outlying
+/// Flags the runs whose centres lie outside Tukey's fences (more than 1.5 interquartile
+/// ranges beyond the quartiles of all the runs' centres), as `mote bench` flags outlying
 /// samples: runs slowed as a whole by something outside both mote and the workload. On this
 /// project's machines (nested, under another hypervisor) stretches of a few to tens of
 /// milliseconds run up to 4 % slow now and then, whichever side is running; over 1000 runs of
 /// each side, one in five to ten runs was slowed by more than 0.3 %, on both sides alike, and
 /// those runs decide a spread taken over every run.
 fn mark_outlying(runs: &mut [SpreadRun]) {
-    let mut medians: Vec<f64> = runs.iter().map(|run| run.median as f64).collect();
+    let mut medians: Vec<f64> = runs.iter().map(|run| run.centre).collect();
     medians.sort_by(f64::total_cmp);
     let quartile = |q: f64| {
         let at = (medians.len() - 1) as f64 * q;
@@ -1522,18 +1544,18 @@ fn mark_outlying(runs: &mut [SpreadRun]) {
     let (q1, q3) = (quartile(0.25), quartile(0.75));
     let (low, high) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
     for run in runs {
-        run.outlying = !(low..=high).contains(&(run.median as f64));
+        run.outlying = !(low..=high).contains(&run.centre);
     }
 }
 
-/// The robust counterpart of the coefficient of variation of the runs' medians, in percent:
+/// The robust counterpart of the coefficient of variation of the runs' centres, in percent:
 /// 1.4826 times their median absolute deviation (the standard deviation, for normal data) over
 /// their median. It reads the middle of the runs, so up to half of them may be slowed without
 /// moving it: runs slowed as a whole by the machine under this one fall wherever they fall.
 /// `None` for fewer than two runs.
 fn spread_robust_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f64> {
-    let medians: Vec<u64> = runs.map(|run| run.median).collect();
-    if medians.len() < 2 {
+    let mut values: Vec<f64> = runs.map(|run| run.centre).collect();
+    if values.len() < 2 {
         return None;
     }
     let middle = |sorted: &mut Vec<f64>| {
@@ -1545,16 +1567,15 @@ fn spread_robust_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Optio
             sorted[half]
         }
     };
-    let mut values: Vec<f64> = medians.iter().map(|&m| m as f64).collect();
     let median = middle(&mut values);
     let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
     Some(100.0 * 1.4826 * middle(&mut deviations) / median)
 }
 
-/// The coefficient of variation of the runs' medians, in percent: the sample standard
+/// The coefficient of variation of the runs' centres, in percent: the sample standard
 /// deviation over the mean. `None` for fewer than two runs.
 fn spread_cv_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f64> {
-    let medians: Vec<f64> = runs.map(|run| run.median as f64).collect();
+    let medians: Vec<f64> = runs.map(|run| run.centre).collect();
     if medians.len() < 2 {
         return None;
     }
@@ -1630,7 +1651,7 @@ fn spread_figures_pinned(
             overheads.extend(overhead);
             empties.extend(empty);
             SpreadRun {
-                median: median_count(&compute),
+                centre: middle_mean(&compute),
                 switches,
                 outlying: false,
             }
@@ -1678,7 +1699,7 @@ fn spread_figures_pinned(
         let switches = involuntary_switches() - before;
         overheads.push(harness.overhead);
         SpreadRun {
-            median: median_count(&compute),
+            centre: middle_mean(&compute),
             switches,
             outlying: false,
         }
@@ -1760,7 +1781,9 @@ fn spread_figures_pinned(
     // What one sample took, in time: the guest's ticks at the rate mote tells it, the host's
     // at the rate counted here.
     let median_of_medians = |runs: &[SpreadRun]| {
-        median_count(&runs.iter().map(|run| run.median).collect::<Vec<_>>()) as f64
+        let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
+        centres.sort_by(f64::total_cmp);
+        centres[centres.len() / 2]
     };
     let host_khz = host_tsc_khz();
     let guest_khz = hypervisor.tsc_khz().map_or(host_khz, |khz| khz as f64);
@@ -1775,20 +1798,20 @@ fn spread_figures_pinned(
         median_count(&native_empties),
     );
     for (kind, runs) in [("mote", &mote), ("mote_warm", &warm), ("native", &native)] {
-        let mut medians: Vec<u64> = runs.iter().map(|run| run.median).collect();
-        medians.sort_unstable();
-        let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
+        let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
+        centres.sort_by(f64::total_cmp);
+        let at = |q: f64| centres[((centres.len() - 1) as f64 * q).round() as usize];
         let flagged: Vec<String> = runs
             .iter()
             .filter(|run| !run.clean())
             .map(|run| match run.switches {
-                0 => run.median.to_string(),
-                switches => format!("{}*{switches}", run.median),
+                0 => format!("{:.0}", run.centre),
+                switches => format!("{:.0}*{switches}", run.centre),
             })
             .collect();
         println!(
-            "bench-spread, {kind}: run medians in ticks: min {} p25 {} median {} p75 {} max {}; \
-             {} of {} runs preempted, {} outlying{}{}",
+            "bench-spread, {kind}: run centres in ticks: min {:.0} p25 {:.0} median {:.0} p75 \
+             {:.0} max {:.0}; {} of {} runs preempted, {} outlying{}{}",
             at(0.0),
             at(0.25),
             at(0.5),
@@ -2376,7 +2399,10 @@ fn main() {
     ] {
         let spread = |kind: &str| values.get(&format!("bench_spread_{kind}")).copied();
         match spread(mote).zip(spread(native)) {
-            Some((mote, native)) => ratios.push((name.into(), mote / native, goal)),
+            Some((mote, native)) if mote > 0.0 && native > 0.0 => {
+                ratios.push((name.into(), mote / native, goal))
+            }
+            Some(_) => println!("{name}: left out, a spread of 0 (below what the TSC resolves)"),
             None => println!("{name}: left out, a spread is missing"),
         }
     }

@@ -960,7 +960,7 @@ impl RunConfig {
 /// From its second VM on, a hypervisor also holds a VM of its own with one vCPU that never
 /// runs (two descriptors): while it exists, KVM does not patch its code in and out of the
 /// kernel each time a VM is made and destroyed, which made every cold start about a quarter
-/// slower on a machine running no other VMs.
+/// slower on a machine where no other vCPU held KVM's keys.
 #[derive(Clone)]
 pub struct Hypervisor {
     shared: Arc<Shared>,

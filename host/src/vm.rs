@@ -287,12 +287,16 @@ pub(crate) struct GuestFacts {
     pub(crate) debug_gate: Option<u64>,
 }
 
-/// A VM with one vCPU that never runs, held by a hypervisor from its second VM on. KVM turns some
-/// of its static keys (code switched by patching the kernel's text) on as the first vCPU on the
-/// machine is made and off again as the last one goes: with one VM at a time, every run paid
-/// for both patches, each interrupting every CPU (measured with `perf`: a quarter of a cold
-/// run's CPU time; a snapshot's cold run went from 0.84-0.87 ms to 0.60-0.62 ms with one such
-/// vCPU held). It costs two descriptors and KVM's few KiB for a vCPU, and it never runs.
+/// A VM with one vCPU that never runs, held by a hypervisor from its second VM on. Making a vCPU
+/// turned some of KVM's static keys on (seen with `perf`: `kvm_create_lapic` →
+/// `static_key_slow_inc`, code switched by patching the kernel's text) and destroying it turned
+/// them off again (`kvm_arch_vcpu_destroy` → `static_key_slow_dec`) when no other vCPU held
+/// them: with one VM at a time, every run paid for both patches, each interrupting every CPU (a
+/// quarter of a cold run's CPU time; a snapshot's cold run went from 0.84-0.87 ms to 0.60-0.62
+/// ms with one such vCPU held). Which keys, and whether other VMs on the machine hold them
+/// already, depends on the kernel and on those VMs. It costs two descriptors and a little of
+/// the kernel's memory. If making it fails, the hypervisor goes on without it (and does not
+/// try again).
 pub(crate) struct ResidentVcpu {
     // Field order is drop order: the vCPU before its VM.
     _vcpu: VcpuFd,
@@ -302,7 +306,11 @@ pub(crate) struct ResidentVcpu {
 impl ResidentVcpu {
     /// Makes it; `None` if KVM refuses (mote works without it, only slower to make VMs).
     pub(crate) fn new(kvm: &kvm_ioctls::Kvm) -> Option<Self> {
+        // Kernels that start KVM's thread for a VM as the VM is made (6.13.0-6.13.2) would give
+        // it a pinned caller's CPUs for the hypervisor's life.
+        let widened = crate::cpus::ProcessCpus::widen();
         let made = kvm.create_vm().and_then(|vm| Ok((vm.create_vcpu(0)?, vm)));
+        drop(widened);
         match made {
             Ok((vcpu, vm)) => Some(Self {
                 _vcpu: vcpu,

@@ -78,8 +78,8 @@
 //!   (standard deviation over mean) of the runs' centres. Under mote, `bench-spread` runs 60
 //!   times, each timing the compute workload (200,000 rounds, about 355 µs) 100 times; natively,
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
-//!   calibration), the runs of the two alternating, both on one thread pinned to the last CPU
-//!   it may use (the process's other threads, mote's and KVM's, are not pinned).
+//!   calibration), the runs of the three kinds (cold, warm, native) taken in turns, in an order
+//!   drawn afresh each turn, all on one thread pinned to the last CPU it may use (the process's other threads, mote's and KVM's, are not pinned).
 //!   `_unpreempted`: over the runs whose thread
 //!   had no involuntary context switch while it measured (`getrusage`; under mote, counted by
 //!   `RunConfig::count_preemptions` while the guest runs; left out with fewer than two such runs),
@@ -1712,14 +1712,25 @@ fn spread_figures_pinned(
     // under this one is busy, as the native runs alone tell: judged by the side mote is held
     // against, the choice can only make the goal harder for mote.
     let mut best: Option<(usize, [Vec<SpreadRun>; 3])> = None;
+    let mut random = Xorshift::seeded();
     let mut sets = 0;
     while sets < SPREAD_SETS {
         sets += 1;
         let (mut mote, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..SPREAD_RUNS {
-            mote.push(mote_run(&mut overheads, &mut empties));
-            warm.push(warm_run());
-            native.push(native_run(&mut native_overheads, &mut native_empties));
+            // In an order drawn afresh each time: a disturbance that comes back at the pace of
+            // one round would otherwise fall on the same kind of run every time.
+            let mut order = [0, 1, 2];
+            for i in (1..order.len()).rev() {
+                order.swap(i, random.below(i + 1));
+            }
+            for kind in order {
+                match kind {
+                    0 => mote.push(mote_run(&mut overheads, &mut empties)),
+                    1 => warm.push(warm_run()),
+                    _ => native.push(native_run(&mut native_overheads, &mut native_empties)),
+                }
+            }
         }
         let slowed = slowed_runs(&native);
         let quiet = slowed * 4 <= native.len();
@@ -1853,16 +1864,9 @@ fn spread_ratio_interval(
     native: &[&SpreadRun],
     spread: impl Fn(&[&SpreadRun]) -> Option<f64>,
 ) -> (f64, f64) {
-    // xorshift64*, seeded from the clock: the interval only says how far the ratio could move.
-    let mut state = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |since| since.as_nanos() as u64 | 1);
-    let mut next = |below: usize| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % below as u64) as usize
-    };
+    // The interval only says how far the ratio could move: a clock-seeded draw does.
+    let mut random = Xorshift::seeded();
+    let mut next = |below: usize| random.below(below);
     let mut ratios: Vec<f64> = (0..SPREAD_RESAMPLES)
         .filter_map(|_| {
             let mut resample = |runs: &[&SpreadRun]| {
@@ -1883,6 +1887,27 @@ fn spread_ratio_interval(
     }
     let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
     (at(0.025), at(0.975))
+}
+
+/// xorshift64*, seeded from the clock: the spread figures' draws need no more.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn seeded() -> Self {
+        Self(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |since| since.as_nanos() as u64 | 1),
+        )
+    }
+
+    /// A number below `bound` (above 0).
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound as u64) as usize
+    }
 }
 
 /// A ratio's goal.

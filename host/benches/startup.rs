@@ -79,7 +79,8 @@
 //!   times, each timing the compute workload (200,000 rounds, about 355 µs) 100 times; natively,
 //!   this program does the same with a copy of the harness (`TscHarness`: the same fences and
 //!   calibration), the runs of the three kinds (cold, warm, native) taken in turns, in an order
-//!   drawn afresh each turn, all on one thread pinned to the last CPU it may use (the process's other threads, mote's and KVM's, are not pinned).
+//!   drawn afresh each turn, all on one thread pinned to the last CPU it may use (the process's
+//!   other threads, mote's and KVM's, are not pinned).
 //!   `_unpreempted`: over the runs whose thread
 //!   had no involuntary context switch while it measured (`getrusage`; under mote, counted by
 //!   `RunConfig::count_preemptions` while the guest runs; left out with fewer than two such runs),
@@ -99,8 +100,8 @@
 //!   --warm` runs, and `bench_spread_warm_vs_native` (and `_warm_clean_vs_native`,
 //!   `_warm_all_runs_vs_native`) its ratios to the native spreads. The text output adds 95 %
 //!   bootstrap intervals of the goal's ratio and of the all-runs one (runs resampled). While
-//!   more than a quarter of the native runs are slowed as a whole (medians 0.2 % above the
-//!   fastest: the machine under this one is busy), the set of runs is taken again, up to three
+//!   more than a quarter of the native runs are slowed as a whole (centres 0.2 % above the
+//!   tenth percentile: the machine under this one is busy), the set of runs is taken again, up to three
 //!   sets in all; `bench_spread_sets` says how many were taken, and the spread figures are those
 //!   of the set whose native runs were slowed least (`bench_measure_overhead_cycles` and
 //!   `bench_empty_measure_cycles` take every set's runs). Each run's centre is the mean of the
@@ -1515,8 +1516,7 @@ fn middle_mean(samples: &[u64]) -> f64 {
 /// about 0.05 %. (From a low percentile rather than the fastest run, which one unusually fast
 /// run would move.)
 fn slowed_runs(runs: &[SpreadRun]) -> usize {
-    let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
-    centres.sort_by(f64::total_cmp);
+    let centres = sorted_centres(runs);
     let Some(&low) = centres.get(centres.len() / 10) else {
         return 0;
     };
@@ -1530,18 +1530,12 @@ fn slowed_runs(runs: &[SpreadRun]) -> usize {
 /// ranges beyond the quartiles of all the runs' centres), as `mote bench` flags outlying
 /// samples: runs slowed as a whole by something outside both mote and the workload. On this
 /// project's machines (nested, under another hypervisor) stretches of a few to tens of
-/// milliseconds run up to 4 % slow now and then, whichever side is running; over 1000 runs of
+/// milliseconds run up to 9 % slow now and then, whichever side is running; over 1000 runs of
 /// each side, one in five to ten runs was slowed by more than 0.3 %, on both sides alike, and
 /// those runs decide a spread taken over every run.
 fn mark_outlying(runs: &mut [SpreadRun]) {
-    let mut medians: Vec<f64> = runs.iter().map(|run| run.centre).collect();
-    medians.sort_by(f64::total_cmp);
-    let quartile = |q: f64| {
-        let at = (medians.len() - 1) as f64 * q;
-        let (low, high) = (at.floor() as usize, at.ceil() as usize);
-        medians[low] + (medians[high] - medians[low]) * (at - low as f64)
-    };
-    let (q1, q3) = (quartile(0.25), quartile(0.75));
+    let centres = sorted_centres(runs.iter());
+    let (q1, q3) = (quantile(&centres, 0.25), quantile(&centres, 0.75));
     let (low, high) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
     for run in runs {
         run.outlying = !(low..=high).contains(&run.centre);
@@ -1553,23 +1547,29 @@ fn mark_outlying(runs: &mut [SpreadRun]) {
 /// their median. It reads the middle of the runs, so up to half of them may be slowed without
 /// moving it: runs slowed as a whole by the machine under this one fall wherever they fall.
 /// `None` for fewer than two runs.
-fn spread_robust_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f64> {
-    let mut values: Vec<f64> = runs.map(|run| run.centre).collect();
-    if values.len() < 2 {
+fn spread_robust_percent<'a>(runs: impl IntoIterator<Item = &'a SpreadRun>) -> Option<f64> {
+    let centres = sorted_centres(runs);
+    if centres.len() < 2 {
         return None;
     }
-    let middle = |sorted: &mut Vec<f64>| {
-        sorted.sort_by(f64::total_cmp);
-        let half = sorted.len() / 2;
-        if sorted.len().is_multiple_of(2) {
-            (sorted[half - 1] + sorted[half]) / 2.0
-        } else {
-            sorted[half]
-        }
-    };
-    let median = middle(&mut values);
-    let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
-    Some(100.0 * 1.4826 * middle(&mut deviations) / median)
+    let median = quantile(&centres, 0.5);
+    let mut deviations: Vec<f64> = centres.iter().map(|c| (c - median).abs()).collect();
+    deviations.sort_by(f64::total_cmp);
+    Some(100.0 * 1.4826 * quantile(&deviations, 0.5) / median)
+}
+
+/// The centres of `runs`, smallest first.
+fn sorted_centres<'a>(runs: impl IntoIterator<Item = &'a SpreadRun>) -> Vec<f64> {
+    let mut centres: Vec<f64> = runs.into_iter().map(|run| run.centre).collect();
+    centres.sort_by(f64::total_cmp);
+    centres
+}
+
+/// The `q` quantile of `sorted` (not empty), interpolated linearly between its neighbours.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let at = (sorted.len() - 1) as f64 * q;
+    let (low, high) = (at.floor() as usize, at.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (at - low as f64)
 }
 
 /// The coefficient of variation of the runs' centres, in percent: the sample standard
@@ -1587,7 +1587,8 @@ fn spread_cv_percent<'a>(runs: impl Iterator<Item = &'a SpreadRun>) -> Option<f6
 
 /// The cost of `mote_guest::bench::measure` and the run-to-run spread of a fixed workload timed
 /// with it, under mote (`bench-spread`) and natively (`TscHarness`), into `values`: the
-/// `bench_*` figures. Runs of the two alternate, all on one thread of their own.
+/// `bench_*` figures. Runs of the three kinds (cold, warm, native) take turns, all on one
+/// thread of their own.
 fn spread_figures(values: &mut BTreeMap<String, f64>, hypervisor: &Hypervisor, guest_dir: &Path) {
     // Both sides run on one CPU, as `mote bench --pin` would: a run that moved between CPUs
     // part-way would measure the move, not the workload. Only that thread is pinned, as `mote
@@ -1709,8 +1710,8 @@ fn spread_figures_pinned(
     warm_run();
     native_run(&mut Vec::new(), &mut Vec::new());
     // A set of runs is taken again (at most `SPREAD_SETS` times in all) while the machine
-    // under this one is busy, as the native runs alone tell: judged by the side mote is held
-    // against, the choice can only make the goal harder for mote.
+    // under this one is busy, as the native runs alone tell: the choice does not look at
+    // mote's runs.
     let mut best: Option<(usize, [Vec<SpreadRun>; 3])> = None;
     let mut random = Xorshift::seeded();
     let mut sets = 0;
@@ -1791,26 +1792,21 @@ fn spread_figures_pinned(
 
     // What one sample took, in time: the guest's ticks at the rate mote tells it, the host's
     // at the rate counted here.
-    let median_of_medians = |runs: &[SpreadRun]| {
-        let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
-        centres.sort_by(f64::total_cmp);
-        centres[centres.len() / 2]
-    };
+    let median_centre = |runs: &[SpreadRun]| sorted_centres(runs)[runs.len() / 2];
     let host_khz = host_tsc_khz();
     let guest_khz = hypervisor.tsc_khz().map_or(host_khz, |khz| khz as f64);
     println!(
         "bench-spread: {SPREAD_ROUNDS} rounds a sample took {:.1} µs under mote (TSC {guest_khz:.0} \
          kHz), {:.1} µs natively (TSC {host_khz:.0} kHz); an empty measurement costs {} ticks \
          under mote, {} natively (median {} after that is taken off)",
-        median_of_medians(&mote) * 1e3 / guest_khz,
-        median_of_medians(&native) * 1e3 / host_khz,
+        median_centre(&mote) * 1e3 / guest_khz,
+        median_centre(&native) * 1e3 / host_khz,
         median_count(&overheads),
         median_count(&native_overheads),
         median_count(&native_empties),
     );
     for (kind, runs) in [("mote", &mote), ("mote_warm", &warm), ("native", &native)] {
-        let mut centres: Vec<f64> = runs.iter().map(|run| run.centre).collect();
-        centres.sort_by(f64::total_cmp);
+        let centres = sorted_centres(runs.iter());
         let at = |q: f64| centres[((centres.len() - 1) as f64 * q).round() as usize];
         let flagged: Vec<String> = runs
             .iter()
@@ -1866,15 +1862,15 @@ fn spread_ratio_interval(
 ) -> (f64, f64) {
     // The interval only says how far the ratio could move: a clock-seeded draw does.
     let mut random = Xorshift::seeded();
-    let mut next = |below: usize| random.below(below);
     let mut ratios: Vec<f64> = (0..SPREAD_RESAMPLES)
         .filter_map(|_| {
             let mut resample = |runs: &[&SpreadRun]| {
                 if runs.is_empty() {
                     return None;
                 }
-                let picked: Vec<&SpreadRun> =
-                    (0..runs.len()).map(|_| runs[next(runs.len())]).collect();
+                let picked: Vec<&SpreadRun> = (0..runs.len())
+                    .map(|_| runs[random.below(runs.len())])
+                    .collect();
                 spread(&picked)
             };
             let (a, b) = (resample(runs)?, resample(native)?);

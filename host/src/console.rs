@@ -123,19 +123,16 @@ impl Stream {
             let (sender, receiver) = sync_channel::<Vec<u8>>(QUEUE);
             let (finished, done) = sync_channel::<()>(1);
             let failure = Arc::clone(&self.failure);
-            std::thread::Builder::new()
-                .name("mote-console".into())
-                .spawn(move || {
-                    crate::cpus::leave_creators_cpus();
-                    for chunk in receiver {
-                        if let Err(error) = out.write_all(&chunk).and_then(|()| out.flush()) {
-                            *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.kind());
-                            break;
-                        }
+            crate::cpus::spawn_helper("mote-console", move || {
+                for chunk in receiver {
+                    if let Err(error) = out.write_all(&chunk).and_then(|()| out.flush()) {
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.kind());
+                        break;
                     }
-                    let _ = finished.send(());
-                })
-                .ok()?;
+                }
+                let _ = finished.send(());
+            })
+            .ok()?;
             self.sender = Some(sender);
             self.done = Some(done);
         }

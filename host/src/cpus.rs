@@ -65,9 +65,23 @@ impl CpuSet {
     }
 }
 
+/// Starts one of mote's own threads, named `name`, running `body` on the CPUs of the process
+/// whatever the CPUs of the thread that starts it.
+pub(crate) fn spawn_helper<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            leave_creators_cpus();
+            body()
+        })
+}
+
 /// Gives the calling thread (one of mote's own, as it starts) the CPUs of the process, whatever
 /// it inherited from the thread that started it. Where that fails the thread stays where it is.
-pub(crate) fn leave_creators_cpus() {
+fn leave_creators_cpus() {
     if let (Some(process), Some(own)) = (CpuSet::of_process(), CpuSet::of(0))
         && !own.same_as(&process)
         && !process.apply_to_this_thread()
@@ -141,11 +155,8 @@ mod tests {
             assert_eq!(own_cpus(), process);
             drop(widened);
             assert_eq!(own_cpus(), vec![last]);
-            // A thread it starts leaves its creator's CPU for the process's.
-            let started = std::thread::spawn(|| {
-                leave_creators_cpus();
-                own_cpus()
-            });
+            // A thread of mote's it starts leaves its creator's CPU for the process's.
+            let started = spawn_helper("mote-test", own_cpus).unwrap();
             assert_eq!(started.join().unwrap(), process);
         })
         .join()

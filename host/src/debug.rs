@@ -629,25 +629,22 @@ fn start_reader(
     to_vcpu: mpsc::Sender<Incoming>,
     stop: Arc<crate::stop::RunStop>,
 ) -> Result<std::thread::JoinHandle<()>, DebugError> {
-    std::thread::Builder::new()
-        .name("mote-gdb".into())
-        .spawn(move || {
-            crate::cpus::leave_creators_cpus();
-            let mut buffer = [0u8; 4096];
-            loop {
-                let message = match (&*stream).read(&mut buffer) {
-                    Ok(0) | Err(_) => Incoming::Closed,
-                    Ok(n) => Incoming::Bytes(buffer[..n].to_vec()),
-                };
-                let closed = matches!(message, Incoming::Closed);
-                let delivered = to_vcpu.send(message).is_ok();
-                stop.kick();
-                if closed || !delivered {
-                    return;
-                }
+    crate::cpus::spawn_helper("mote-gdb", move || {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let message = match (&*stream).read(&mut buffer) {
+                Ok(0) | Err(_) => Incoming::Closed,
+                Ok(n) => Incoming::Bytes(buffer[..n].to_vec()),
+            };
+            let closed = matches!(message, Incoming::Closed);
+            let delivered = to_vcpu.send(message).is_ok();
+            stop.kick();
+            if closed || !delivered {
+                return;
             }
-        })
-        .map_err(DebugError::Thread)
+        }
+    })
+    .map_err(DebugError::Thread)
 }
 
 /// The end of a debugging session.

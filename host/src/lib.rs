@@ -975,8 +975,8 @@ pub(crate) struct Shared {
     /// Keeps KVM's static keys on between runs (see [`vm::ResidentVcpu`]), made with the
     /// hypervisor's second VM.
     resident_vcpu: OnceLock<Option<vm::ResidentVcpu>>,
-    /// VMs made so far (a run's, a snapshot's, a pool's).
-    vms_made: std::sync::atomic::AtomicU64,
+    /// A VM has been made (a run's, a snapshot's, a pool's).
+    made_a_vm: AtomicBool,
     kvm: Kvm,
     supported_cpuid: kvm_bindings::CpuId,
     /// Learnt from the first vCPU.
@@ -996,7 +996,7 @@ impl Shared {
     /// for the hypervisor's life ([`vm::ResidentVcpu`]). A process that makes one VM and exits
     /// (`mote run`) has nothing to gain from it, and does not hold the descriptors and memory.
     pub(crate) fn making_a_vm(&self) {
-        if self.vms_made.fetch_add(1, Ordering::Relaxed) >= 1 {
+        if self.made_a_vm.swap(true, Ordering::Relaxed) {
             self.resident_vcpu
                 .get_or_init(|| vm::ResidentVcpu::new(&self.kvm));
         }
@@ -1046,7 +1046,7 @@ impl Hypervisor {
                 watchdog: OnceLock::new(),
                 reaper: OnceLock::new(),
                 resident_vcpu: OnceLock::new(),
-                vms_made: std::sync::atomic::AtomicU64::new(0),
+                made_a_vm: AtomicBool::new(false),
                 kvm,
                 supported_cpuid,
                 machine: OnceLock::new(),

@@ -176,17 +176,14 @@ impl Pool {
             fresh: false,
         });
         let maker_shared = Arc::clone(&shared);
-        let maker = std::thread::Builder::new()
-            .name("mote-pool".into())
-            .spawn(move || {
-                crate::cpus::leave_creators_cpus();
-                // The pool's thread runs only mote's code: it holds itself to a run's calls.
-                if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Pool) {
-                    tracing::warn!(%error, "the pool's thread runs without a seccomp filter");
-                }
-                maker_shared.make_and_trim()
-            })
-            .map_err(|e| Error::Internal(format!("cannot start the pool's thread: {e}")))?;
+        let maker = crate::cpus::spawn_helper("mote-pool", move || {
+            // The pool's thread runs only mote's code: it holds itself to a run's calls.
+            if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Pool) {
+                tracing::warn!(%error, "the pool's thread runs without a seccomp filter");
+            }
+            maker_shared.make_and_trim()
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the pool's thread: {e}")))?;
         Ok(Self {
             shared,
             maker: Some(maker),

@@ -25,18 +25,14 @@ impl Reaper {
     /// Starts the thread.
     pub(crate) fn start() -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<Remains>(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("mote-reaper".into())
-            .spawn(move || {
-                crate::cpus::leave_creators_cpus();
-                // This thread runs only mote's code: it can live with mote's allowlist. Where
-                // seccomp is missing it goes on unfiltered.
-                if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Reaper)
-                {
-                    tracing::warn!(%error, "the tear-down thread runs without a seccomp filter");
-                }
-                receiver.into_iter().for_each(drop)
-            })?;
+        let thread = crate::cpus::spawn_helper("mote-reaper", move || {
+            // This thread runs only mote's code: it can live with mote's allowlist. Where
+            // seccomp is missing it goes on unfiltered.
+            if let Err(error) = crate::seccomp::restrict_thread(crate::seccomp::Thread::Reaper) {
+                tracing::warn!(%error, "the tear-down thread runs without a seccomp filter");
+            }
+            receiver.into_iter().for_each(drop)
+        })?;
         Ok(Self {
             sender: Some(sender),
             thread: Some(thread),

@@ -227,18 +227,15 @@ impl Watchdog {
             wake: Condvar::new(),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("mote-watchdog".into())
-            .spawn(move || {
-                crate::cpus::leave_creators_cpus();
-                // This thread runs only mote's code: it can live with mote's allowlist. Where
-                // seccomp is missing it goes on unfiltered.
-                let watchdog = crate::seccomp::Thread::Watchdog;
-                if let Err(error) = crate::seccomp::restrict_thread(watchdog) {
-                    tracing::warn!(%error, "the deadline thread runs without a seccomp filter");
-                }
-                watch(&thread_shared)
-            })?;
+        let thread = crate::cpus::spawn_helper("mote-watchdog", move || {
+            // This thread runs only mote's code: it can live with mote's allowlist. Where
+            // seccomp is missing it goes on unfiltered.
+            let watchdog = crate::seccomp::Thread::Watchdog;
+            if let Err(error) = crate::seccomp::restrict_thread(watchdog) {
+                tracing::warn!(%error, "the deadline thread runs without a seccomp filter");
+            }
+            watch(&thread_shared)
+        })?;
         Ok(Self {
             shared,
             thread: Some(thread),
